@@ -1,0 +1,3 @@
+from streamalchemy.cli import main
+
+main()

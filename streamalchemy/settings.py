@@ -1,0 +1,164 @@
+"""Where things live and how the daemon behaves: flag > environment > config.toml > default.
+
+Only reads; creating directories is left to the code that writes into them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streamalchemy.errors import ConfigError
+
+APP = "streamalchemy"
+DEFAULT_RTSP_URL = "rtsp://127.0.0.1:8554"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    log_dir: Path
+    config_file: Path
+    state_file: Path
+    socket: Path
+    hls_dir: Path
+    persistence_enabled: bool
+    backup_count: int
+    ffmpeg: str
+    ffprobe: str
+    rtsp_url: str
+    autostart: bool
+    stall_timeout: float
+    mediamtx: str | None
+
+
+def _parse_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true/false or 1/0")
+
+
+def _parse_count(value: str) -> int:
+    count = int(value)
+    if not 0 <= count <= 100:
+        raise ValueError("expected a whole number from 0 to 100")
+    return count
+
+
+def _parse_seconds(value: str) -> float:
+    seconds = float(value)
+    if not 1 <= seconds <= 3600:
+        raise ValueError("expected a number of seconds from 1 to 3600")
+    return seconds
+
+
+def _parse_rtsp_url(value: str) -> str:
+    if not value.startswith(("rtsp://", "rtsps://")):
+        raise ValueError("expected an rtsp:// URL")
+    return value.rstrip("/")
+
+
+# setting (also its config.toml key) -> (environment variable, parser)
+_KNOWN: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "state_file": ("STREAM_PERSISTENCE_FILE", Path),
+    "socket": ("STREAMALCHEMY_SOCKET", Path),
+    "persistence_enabled": ("ENABLE_STREAM_PERSISTENCE", _parse_bool),
+    "backup_count": ("STREAM_PERSISTENCE_BACKUP_COUNT", _parse_count),
+    "ffmpeg": ("STREAMALCHEMY_FFMPEG", str),
+    "ffprobe": ("STREAMALCHEMY_FFPROBE", str),
+    "rtsp_url": ("STREAMALCHEMY_RTSP_URL", _parse_rtsp_url),
+    "autostart": ("STREAMALCHEMY_AUTOSTART", _parse_bool),
+    "stall_timeout": ("STREAMALCHEMY_STALL_TIMEOUT", _parse_seconds),
+    "mediamtx": ("STREAMALCHEMY_MEDIAMTX", str),
+}
+
+
+def _base_dirs(env: Mapping[str, str]) -> tuple[Path, Path, Path, Path]:
+    """Return the data, log, runtime and config directories."""
+    home = env.get("STREAMALCHEMY_HOME")
+    if home:
+        root = Path(home).expanduser().absolute()
+        return root, root / "logs", root, root
+    import platformdirs
+
+    data = Path(platformdirs.user_data_dir(APP, appauthor=False))
+    logs = Path(platformdirs.user_log_dir(APP, appauthor=False))
+    config = Path(platformdirs.user_config_dir(APP, appauthor=False))
+    xdg_runtime = env.get("XDG_RUNTIME_DIR")
+    per_user_run = Path(f"/run/user/{os.getuid()}")
+    if xdg_runtime:
+        runtime = Path(xdg_runtime) / APP
+    elif per_user_run.is_dir():
+        runtime = per_user_run / APP
+    else:
+        # Containers and cron often have no runtime directory; the data dir is private too.
+        runtime = data
+    return data, logs, runtime, config
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc}); fix or remove it") from exc
+    unknown = sorted(set(doc) - set(_KNOWN))
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown setting {unknown[0]!r}; known: {', '.join(sorted(_KNOWN))}"
+        )
+    return doc
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Resolve every setting; raise ConfigError naming the variable or file at fault."""
+    env = os.environ if env is None else env
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    data, logs, runtime, config_dir = _base_dirs(env)
+    config_file = config_dir / "config.toml"
+    config = _read_config(config_file)
+
+    resolved: dict[str, Any] = {}
+    for key, (var, parse) in _KNOWN.items():
+        if key in flags:
+            resolved[key] = flags[key]
+            continue
+        if env.get(var, "").strip():
+            source, raw = var, env[var]
+        elif key in config:
+            source, raw = f"{config_file}: {key}", config[key]
+        else:
+            continue
+        try:
+            resolved[key] = parse(str(raw).lower() if isinstance(raw, bool) else str(raw))
+        except ValueError as exc:
+            raise ConfigError(f"{source}={raw!r} is invalid: {exc}") from exc
+
+    return Settings(
+        data_dir=data,
+        log_dir=logs,
+        config_file=config_file,
+        state_file=Path(resolved.get("state_file", data / "active_streams.json")).absolute(),
+        socket=Path(resolved.get("socket", runtime / f"{APP}.sock")).absolute(),
+        hls_dir=data / "hls",
+        persistence_enabled=resolved.get("persistence_enabled", True),
+        backup_count=resolved.get("backup_count", 3),
+        ffmpeg=resolved.get("ffmpeg") or shutil.which("ffmpeg") or "ffmpeg",
+        ffprobe=resolved.get("ffprobe") or shutil.which("ffprobe") or "ffprobe",
+        rtsp_url=resolved.get("rtsp_url", DEFAULT_RTSP_URL),
+        autostart=resolved.get("autostart", True),
+        stall_timeout=resolved.get("stall_timeout", 20.0),
+        mediamtx=resolved.get("mediamtx") or shutil.which("mediamtx"),
+    )
