@@ -1,0 +1,97 @@
+"""A small HTTP/1.1 JSON server on a Unix socket, for callers of our own uid only.
+
+Just enough HTTP for the CLI and ``curl --unix-socket``: one request per
+connection, bodies by Content-Length, JSON both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+log = logging.getLogger("streamalchemy.http")
+
+Reply = tuple[int, dict[str, Any]]
+Handler = Callable[[str, str, dict[str, str], dict[str, Any]], Awaitable[Reply]]
+MAX_BODY = 1 << 20
+
+
+def peer_uid(writer: asyncio.StreamWriter) -> int | None:
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[1])
+
+
+async def _read_request(
+    reader: asyncio.StreamReader,
+) -> tuple[str, str, dict[str, str], dict[str, Any]]:
+    request_line = (await reader.readline()).decode("latin-1").strip()
+    method, target, _version = request_line.split(" ", 2)
+    headers: dict[str, str] = {}
+    while True:
+        line = (await reader.readline()).decode("latin-1").strip()
+        if not line:
+            break
+        key, _, value = line.partition(":")
+        headers[key.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    if length > MAX_BODY:
+        raise ValueError("request body too large")
+    raw = await reader.readexactly(length) if length else b""
+    body = json.loads(raw) if raw.strip() else {}
+    if not isinstance(body, dict):
+        raise ValueError("the request body must be a JSON object")
+    url = urlsplit(target)
+    query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+    return method.upper(), url.path.rstrip("/") or "/", query, body
+
+
+def _encode(status: int, body: dict[str, Any]) -> bytes:
+    payload = json.dumps(body).encode() + b"\n"
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode() + payload
+
+
+def connection_handler(
+    handle: Handler,
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """Wrap ``handle`` into an asyncio connection callback that checks the caller's uid."""
+    own_uid = os.getuid()
+
+    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            uid = peer_uid(writer)
+            if uid is not None and uid not in (own_uid, 0):
+                # The socket's mode already keeps others out; this holds if it is loosened.
+                log.warning("refused a client of uid %d", uid)
+                reply: Reply = (403, {"success": False, "message": "permission denied"})
+            else:
+                try:
+                    method, path, query, body = await asyncio.wait_for(_read_request(reader), 30)
+                except (ValueError, UnicodeDecodeError, asyncio.IncompleteReadError) as exc:
+                    reply = (400, {"success": False, "message": f"bad request: {exc}"})
+                else:
+                    reply = await handle(method, path, query, body)
+            writer.write(_encode(*reply))
+            await writer.drain()
+        except (ConnectionError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+    return on_connection

@@ -1,0 +1,80 @@
+"""Decide, per saved stream, what a restore does: the contract's restore rules.
+
+Pure: the caller passes the clock, the file check and the encoder choice, and
+carries out the plan (starting streams, removing expired entries).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Container, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streamalchemy.errors import EncoderUnavailable, InvalidInput
+from streamalchemy.spec import StreamSpec, spec_from_entry
+
+
+@dataclass(frozen=True)
+class Step:
+    """What to do with one saved entry. ``spec`` is set when it is to be started."""
+
+    name: str
+    result: str  # "restored" (to start), "skipped" or "failed"
+    reason: str
+    spec: StreamSpec | None = None
+    saved_at: float = 0.0
+    encoder: str = ""
+    expired: bool = False
+
+
+def _priority(entry: Any) -> int:
+    try:
+        return int(entry["config"].get("priority") or 0)
+    except (TypeError, KeyError, AttributeError, ValueError):
+        return 0
+
+
+def _ago(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
+
+
+def plan(
+    entries: Mapping[str, Any],
+    *,
+    running: Container[str],
+    choose_encoder: Callable[[StreamSpec], str],
+    now: float | None = None,
+    file_exists: Callable[[str], bool] = lambda p: Path(p).is_file(),
+) -> list[Step]:
+    """Return one step per saved stream, highest priority first."""
+    now = time.time() if now is None else now
+    steps = []
+    for name in sorted(entries, key=lambda n: (-_priority(entries[n]), n)):
+        entry = entries[name]
+        if name in running:
+            steps.append(Step(name, "skipped", "already running"))
+            continue
+        try:
+            spec = spec_from_entry(name, entry)
+            saved_at = float(entry["saved_at"])
+        except (InvalidInput, KeyError, TypeError, ValueError) as exc:
+            steps.append(Step(name, "failed", f"invalid saved entry: {exc}"))
+            continue
+        if spec.duration and now >= saved_at + spec.duration:
+            over = now - saved_at - spec.duration
+            reason = f"expired: its {_ago(spec.duration)} duration ended {_ago(over)} ago"
+            steps.append(Step(name, "skipped", reason, expired=True))
+            continue
+        if spec.source_type == "file" and not file_exists(spec.source):
+            steps.append(Step(name, "skipped", f"source file not found: {spec.source}"))
+            continue
+        try:
+            encoder = choose_encoder(spec)
+        except EncoderUnavailable as exc:
+            steps.append(Step(name, "skipped", str(exc)))
+            continue
+        steps.append(Step(name, "restored", "", spec=spec, saved_at=saved_at, encoder=encoder))
+    return steps
