@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -61,6 +65,7 @@ def tmp_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     ):
         monkeypatch.delenv(var, raising=False)
     yield home
+    end_daemon_of(home)
     shutil.rmtree(home, ignore_errors=True)
 
 
@@ -122,3 +127,87 @@ def rtsp_receiver() -> Iterator[RtspReceiver]:
     receiver = RtspReceiver()
     yield receiver
     receiver.stop()
+
+
+# -- the real CLI and daemon ------------------------------------------------------------
+
+
+def cli(*args: str, timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``streamalchemy ARGS`` as a user would, in this test's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "streamalchemy", *args],
+        capture_output=True, text=True, timeout=timeout, input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+    )
+
+
+def cli_json(*args: str, timeout: float = 60) -> tuple[int, dict[str, Any]]:
+    proc = cli(*args, "--json", timeout=timeout)
+    assert proc.stdout.strip(), f"no JSON on stdout; stderr: {proc.stderr}"
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def end_daemon_of(home: Path) -> None:
+    """Kill whatever daemon (and FFmpeg) a test left running in ``home``, by its recorded pid."""
+    try:
+        pid = int((home / "daemon.pid").read_text().strip())
+        proc = psutil.Process(pid)
+        if "streamalchemy" not in " ".join(proc.cmdline()):
+            return
+    except (OSError, ValueError, psutil.Error):
+        return
+    children = proc.children(recursive=True)
+    for p in [proc, *children]:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs([proc, *children], timeout=10)
+
+
+class Daemon:
+    """``streamalchemy daemon run`` in the foreground, as systemd would run it."""
+
+    def __init__(self, home: Path, *args: str) -> None:
+        self.home = home
+        self.socket = home / "streamalchemy.sock"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamalchemy", "daemon", "run", *args],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        wait_for(lambda: self.socket.exists() or self.proc.poll() is not None, 20,
+                 "the daemon's socket")
+        assert self.proc.poll() is None, self.proc.stderr.read().decode() if self.proc.stderr else ""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def ffmpeg_children(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.pid).children(recursive=True)
+        except psutil.Error:
+            return []
+
+    def stop(self, timeout: float = 20) -> int:
+        """SIGTERM and wait; kill by pid if it does not exit in time."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.wait(5)
+
+    def kill(self) -> None:
+        children = self.ffmpeg_children()
+        self.proc.kill()
+        self.proc.wait(10)
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+
+
+@pytest.fixture
+def daemon(tmp_home: Path) -> Iterator[Daemon]:
+    d = Daemon(tmp_home)
+    yield d
+    d.stop()

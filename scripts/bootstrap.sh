@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install what StreamAlchemy needs on a fresh Debian/Ubuntu machine: FFmpeg (apt-get,
+# when missing) and a virtual environment in .venv with the project in it.
+# Usage: scripts/bootstrap.sh [EXTRA]   e.g. "test" installs the test tools too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null; then
+    echo "==> installing FFmpeg with apt-get"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq ffmpeg >/dev/null
+fi
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    echo "==> creating .venv"
+    "$PYTHON" -m venv .venv
+fi
+extra="${1:-}"
+echo "==> installing streamalchemy${extra:+[$extra]} into .venv"
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e ".${extra:+[$extra]}"
