@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -32,14 +32,14 @@ app.add_typer(daemon_app, name="daemon")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
 
-class Codec(str, Enum):
+class Codec(StrEnum):
     h264 = "h264"
     h265 = "h265"
     mpeg4 = "mpeg4"
     copy = "copy"
 
 
-class Resolution(str, Enum):
+class Resolution(StrEnum):
     r480 = "480"
     r720 = "720"
     r1080 = "1080"
@@ -47,13 +47,13 @@ class Resolution(str, Enum):
     r2160 = "2160"
 
 
-class Audio(str, Enum):
+class Audio(StrEnum):
     aac = "aac"
     pcm_alaw = "pcm_alaw"
     none = "none"
 
 
-class HwAccel(str, Enum):
+class HwAccel(StrEnum):
     none = "none"
     auto = "auto"
     nvenc = "nvenc"
@@ -62,7 +62,7 @@ class HwAccel(str, Enum):
     videotoolbox = "videotoolbox"
 
 
-class Restart(str, Enum):
+class Restart(StrEnum):
     on_failure = "on-failure"
     always = "always"
     never = "never"
@@ -127,12 +127,16 @@ def start(
     ] = "0",
     output: Annotated[
         str | None,
-        typer.Option(help="rtsp:// rtmp:// srt:// udp:// URL, hls, null or a file path. "
-                     "[default: $STREAMALCHEMY_RTSP_URL/NAME]"),
+        typer.Option(
+            help="rtsp:// rtmp:// srt:// udp:// URL, hls, null or a file path. "
+            "[default: $STREAMALCHEMY_RTSP_URL/NAME]"
+        ),
     ] = None,
     restart: Annotated[Restart, typer.Option(help="When FFmpeg dies.")] = Restart.on_failure,
     priority: Annotated[int, typer.Option(help="Higher is restored first.")] = 0,
-    replace: Annotated[bool, typer.Option("--replace", help="Replace a stream of this name.")] = False,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Replace a stream of this name.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Start a stream, wait until FFmpeg runs, save it, and print its output URL."""
@@ -165,8 +169,10 @@ def start(
         stream = result["stream"]
         print(stream["output"])
         if sys.stderr.isatty():
-            print(f"{stream['name']} started (pid {stream['pid']}, {stream['encoder']})",
-                  file=sys.stderr)
+            print(
+                f"{stream['name']} started (pid {stream['pid']}, {stream['encoder']})",
+                file=sys.stderr,
+            )
 
     _emit(as_json, lambda: _client().request("POST", "/streams", body), show)
 
@@ -187,7 +193,9 @@ def stop(
         return {"success": True, "stopped": reply["stopped"]}
 
     def show(result: dict[str, Any]) -> None:
-        print(f"stopped: {', '.join(result['stopped'])}" if result["stopped"] else "nothing to stop")
+        print(
+            f"stopped: {', '.join(result['stopped'])}" if result["stopped"] else "nothing to stop"
+        )
 
     _emit(as_json, action, show)
 
@@ -254,15 +262,15 @@ def clear(
 
 @app.command()
 def restore(
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report only; change nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report only; change nothing.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Restore every saved stream that is not running, and report each."""
 
     def action() -> dict[str, Any]:
-        reply = _client().request(
-            "POST", "/restore_streams", {"dry_run": dry_run}, timeout=600
-        )
+        reply = _client().request("POST", "/restore_streams", {"dry_run": dry_run}, timeout=600)
         return {"success": reply["success"], "results": reply["results"]}
 
     def show(result: dict[str, Any]) -> None:
@@ -279,13 +287,17 @@ def restore(
 def logs(
     name: Annotated[str, typer.Argument(help="The stream.")],
     lines: Annotated[int, typer.Option("-n", "--lines", min=0, help="How many lines.")] = 50,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Show a stream's FFmpeg log and lifecycle events."""
     if as_json and follow:
-        _fail(InvalidInput("--follow prints lines as they come; it cannot be combined with --json"),
-              as_json)
+        _fail(
+            InvalidInput("--follow prints lines as they come; it cannot be combined with --json"),
+            as_json,
+        )
     result = _emit(
         as_json,
         lambda: _client().request("GET", f"/streams/{name}/logs?lines={lines}"),

@@ -279,7 +279,11 @@ class Daemon:
             case "GET", ["streams", name, "logs"]:
                 return self.logs(name, query.get("lines", "50"))
             case "GET", ["persistent_streams"]:
-                return 200, {"success": True, "streams": self.store.load(), "enabled": self.store.enabled}
+                return 200, {
+                    "success": True,
+                    "streams": self.store.load(),
+                    "enabled": self.store.enabled,
+                }
             case "POST", ["clear_persistent_streams"]:
                 self.store.clear()
                 return 200, {"success": True, "message": "All persistent streams cleared"}

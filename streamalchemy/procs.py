@@ -110,7 +110,9 @@ class ChildRecord:
             except (psutil.Error, KeyError, TypeError, ValueError):
                 continue
             if same:
-                log.warning("ending FFmpeg of %s left by a previous daemon (pid %d)", name, proc.pid)
+                log.warning(
+                    "ending FFmpeg of %s left by a previous daemon (pid %d)", name, proc.pid
+                )
                 signal_group(proc.pid, signal.SIGKILL)
                 with contextlib.suppress(psutil.Error):
                     proc.kill()

@@ -46,8 +46,22 @@ def _num(value: float | None, fmt: str) -> str:
 
 def streams(result: dict[str, Any]) -> None:
     table = Table(box=None, header_style="bold")
-    for column in ("NAME", "STATUS", "PID", "UPTIME", "LEFT", "RESTARTS", "SOURCE", "OUTPUT",
-                   "ENCODER", "FPS", "KBPS", "SPEED", "CPU%", "MEM MB"):
+    for column in (
+        "NAME",
+        "STATUS",
+        "PID",
+        "UPTIME",
+        "LEFT",
+        "RESTARTS",
+        "SOURCE",
+        "OUTPUT",
+        "ENCODER",
+        "FPS",
+        "KBPS",
+        "SPEED",
+        "CPU%",
+        "MEM MB",
+    ):
         table.add_column(column, no_wrap=column in ("NAME", "STATUS", "PID"))
     for s in result["streams"]:
         status = s["status"]
@@ -82,8 +96,17 @@ def saved(result: dict[str, Any]) -> None:
     if not result["enabled"]:
         console.print("[yellow]persistence is disabled (ENABLE_STREAM_PERSISTENCE=false)[/]")
     table = Table(box=None, header_style="bold")
-    for column in ("NAME", "TYPE", "SOURCE", "CODEC", "DURATION", "SAVED", "LEFT", "PRIORITY",
-                   "OUTPUT"):
+    for column in (
+        "NAME",
+        "TYPE",
+        "SOURCE",
+        "CODEC",
+        "DURATION",
+        "SAVED",
+        "LEFT",
+        "PRIORITY",
+        "OUTPUT",
+    ):
         table.add_column(column)
     now = time.time()
     for name, entry in sorted(result["streams"].items()):
@@ -132,8 +155,9 @@ def encoders(result: dict[str, Any]) -> None:
     for codec, rows in result["encoders"].items():
         for row in rows:
             picked = "*" if result["auto"].get(codec) == row["name"] else ""
-            table.add_row(codec, row["name"], row["type"], "yes" if row["available"] else "no",
-                          picked)
+            table.add_row(
+                codec, row["name"], row["type"], "yes" if row["available"] else "no", picked
+            )
     console.print(table)
 
 

@@ -192,6 +192,8 @@ class Stream:
             self.log.tail.append(f"cannot run {self.argv[0]}: {exc.strerror}")
             return 0.0, 127
         self._proc, self.started_at = proc, time.time()
+        if self._stopping:  # stop() came while the fork was under way
+            await procs.stop(proc, self._sup.grace)
         self._sup.record.add(self.spec.name, proc.pid, self.argv)
         self._ps = None
         self.log.event(f"started FFmpeg pid {proc.pid}")
@@ -238,17 +240,19 @@ class Stream:
 
     def check(self, now: float, mono: float) -> None:
         """Called every second: enforce the deadline and catch stalled FFmpeg."""
-        proc = self._proc
-        alive = proc is not None and proc.returncode is None
+        pid = self.pid
         if self.deadline is not None and now >= self.deadline and self.active:
-            if alive and proc is not None:
-                procs.signal_group(proc.pid, signal.SIGTERM)
+            if pid is not None:
+                procs.signal_group(pid, signal.SIGTERM)
             self._wake.set()
-        elif alive and proc is not None and mono - self._progress_at > self._sup.stall_timeout:
-            if not self._stalled and not self._stopping:
-                self._stalled = True
-                self.log.event(f"no progress for {self._sup.stall_timeout:g}s: killing FFmpeg")
-                procs.signal_group(proc.pid, signal.SIGKILL)
+        elif (
+            pid is not None
+            and not (self._stalled or self._stopping)
+            and mono - self._progress_at > self._sup.stall_timeout
+        ):
+            self._stalled = True
+            self.log.event(f"no progress for {self._sup.stall_timeout:g}s: killing FFmpeg")
+            procs.signal_group(pid, signal.SIGKILL)
 
     async def stop(self, grace: float) -> None:
         self._stopping = True
@@ -347,6 +351,9 @@ class Supervisor:
             log=StreamLog(self.log_path(spec.name)),
             supervisor=self,
         )
+        previous = self.streams.get(spec.name)
+        if previous is not None:
+            previous.log.close()  # a finished or failed run of the same name
         self.streams[spec.name] = stream
         return stream
 

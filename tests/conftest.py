@@ -43,10 +43,11 @@ def free_port() -> int:
 def kill_tree(proc: subprocess.Popen[bytes]) -> None:
     """End a process the test started (and its group, when it leads one), by PID."""
     if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL) if os.getpgid(proc.pid) == proc.pid else proc.kill()
-        except ProcessLookupError:
-            pass
+        with contextlib.suppress(ProcessLookupError):
+            if os.getpgid(proc.pid) == proc.pid:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
     proc.wait(timeout=10)
 
 
@@ -74,12 +75,33 @@ def sample_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 3-second 320x240 H.264 + AAC clip made by FFmpeg for this test run."""
     path = tmp_path_factory.mktemp("media") / "sample.mp4"
     subprocess.run(
-        [FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error",
-         "-f", "lavfi", "-i", "testsrc=size=320x240:rate=15:duration=3",
-         "-f", "lavfi", "-i", "sine=frequency=440:duration=3",
-         "-c:v", "libx264", "-g", "15", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest",
-         str(path)],
-        check=True, timeout=60,
+        [
+            FFMPEG,
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=15:duration=3",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:duration=3",
+            "-c:v",
+            "libx264",
+            "-g",
+            "15",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-shortest",
+            str(path),
+        ],
+        check=True,
+        timeout=60,
     )
     return path
 
@@ -92,10 +114,29 @@ class RtspReceiver:
         self.url = f"rtsp://127.0.0.1:{self.port}/{path}"
         self.frames = 0
         self.proc = subprocess.Popen(
-            [FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error",
-             "-rtsp_flags", "listen", "-timeout", "30", "-i", self.url,
-             "-progress", "pipe:1", "-stats_period", "0.2", "-f", "null", "-"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                FFMPEG,
+                "-nostdin",
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-rtsp_flags",
+                "listen",
+                "-timeout",
+                "30",
+                "-i",
+                self.url,
+                "-progress",
+                "pipe:1",
+                "-stats_period",
+                "0.2",
+                "-f",
+                "null",
+                "-",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -132,11 +173,16 @@ def rtsp_receiver() -> Iterator[RtspReceiver]:
 # -- the real CLI and daemon ------------------------------------------------------------
 
 
-def cli(*args: str, timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, timeout: float = 60, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``streamalchemy ARGS`` as a user would, in this test's environment."""
     return subprocess.run(
         [sys.executable, "-m", "streamalchemy", *args],
-        capture_output=True, text=True, timeout=timeout, input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
         stdin=None if input is not None else subprocess.DEVNULL,
     )
 
@@ -171,11 +217,16 @@ class Daemon:
         self.socket = home / "streamalchemy.sock"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streamalchemy", "daemon", "run", *args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
-        wait_for(lambda: self.socket.exists() or self.proc.poll() is not None, 20,
-                 "the daemon's socket")
-        assert self.proc.poll() is None, self.proc.stderr.read().decode() if self.proc.stderr else ""
+        wait_for(
+            lambda: self.socket.exists() or self.proc.poll() is not None, 20, "the daemon's socket"
+        )
+        assert self.proc.poll() is None, (
+            self.proc.stderr.read().decode() if self.proc.stderr else ""
+        )
 
     @property
     def pid(self) -> int:

@@ -79,9 +79,21 @@ def test_socket_refuses_another_user(daemon: Daemon, tmp_home: Path) -> None:
         "print(s.recv(4096).decode().split()[1])"
     )
     proc = subprocess.run(
-        ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups",
-         sys.executable, "-c", probe, str(daemon.socket)],
-        capture_output=True, text=True, timeout=30,
+        [
+            "setpriv",
+            "--reuid",
+            "nobody",
+            "--regid",
+            "nogroup",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            probe,
+            str(daemon.socket),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert proc.stdout.strip() == "403", proc.stderr
 
@@ -106,12 +118,18 @@ def test_daemon_stop_command_then_run_restores(tmp_home: Path) -> None:
     code, doc = cli_json("daemon", "stop")
     assert code == 0 and doc["success"] is True
     assert d.proc.wait(20) == 0
-    assert cli_json("daemon", "stop") == (0, {"success": True, "message": "the daemon is not running"})
+    assert cli_json("daemon", "stop") == (
+        0,
+        {"success": True, "message": "the daemon is not running"},
+    )
 
     d = Daemon(tmp_home)
     try:
-        wait_for(lambda: [s["status"] for s in cli_json("list")[1]["streams"]] == ["running"],
-                 20, "the stream to be restored")
+        wait_for(
+            lambda: [s["status"] for s in cli_json("list")[1]["streams"]] == ["running"],
+            20,
+            "the stream to be restored",
+        )
         assert cli_json("list")[1]["streams"][0]["pid"] != old_pid
     finally:
         d.stop()
@@ -139,7 +157,9 @@ def test_kill_9_leaves_no_ffmpeg_and_relaunch_runs_each_once(tmp_home: Path) -> 
         d.stop()
 
 
-def test_no_daemon_and_autostart_off_exits_3(tmp_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_daemon_and_autostart_off_exits_3(
+    tmp_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("STREAMALCHEMY_AUTOSTART", "0")
     proc = cli("list")
     assert proc.returncode == 3
@@ -154,7 +174,10 @@ def test_autostart_is_detached(tmp_home: Path) -> None:
         started = time.monotonic()
         proc = subprocess.run(
             [sys.executable, "-m", "streamalchemy", "list", "--json"],
-            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
         )
         assert proc.returncode == 0, proc.stderr
         assert time.monotonic() - started < 25  # run() returned: no pipe held open

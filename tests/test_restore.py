@@ -25,9 +25,16 @@ def entry(config: dict[str, str], saved_at: float) -> dict[str, object]:
 
 def testsrc_config(**extra: str) -> dict[str, str]:
     return {
-        "video_codec": "h264", "resolution": "480", "target_fps": "5", "audio_enabled": "no",
-        "audio_codec": "aac", "hardware_accel": "no", "duration_hours": "0",
-        "stream_type": "testsrc", "output": "null", **extra,
+        "video_codec": "h264",
+        "resolution": "480",
+        "target_fps": "5",
+        "audio_enabled": "no",
+        "audio_codec": "aac",
+        "hardware_accel": "no",
+        "duration_hours": "0",
+        "stream_type": "testsrc",
+        "output": "null",
+        **extra,
     }
 
 
@@ -60,20 +67,41 @@ def test_remaining_time_survives_restarts(tmp_home: Path) -> None:
 def test_expired_removed_missing_file_skipped_and_kept(tmp_home: Path, sample_video: Path) -> None:
     now = time.time()
     gone = tmp_home / "gone.mp4"
-    write_state(tmp_home, {
-        "old": entry(testsrc_config(duration_hours="1"), now - 7200),
-        "lost": entry({**testsrc_config(), "stream_type": "file", "video_file_path": str(gone),
-                       "file_source_type": "custom"}, now),
-        "fine": entry({**testsrc_config(), "stream_type": "file",
-                       "video_file_path": str(sample_video), "video_codec": "copy"}, now),
-    })
+    write_state(
+        tmp_home,
+        {
+            "old": entry(testsrc_config(duration_hours="1"), now - 7200),
+            "lost": entry(
+                {
+                    **testsrc_config(),
+                    "stream_type": "file",
+                    "video_file_path": str(gone),
+                    "file_source_type": "custom",
+                },
+                now,
+            ),
+            "fine": entry(
+                {
+                    **testsrc_config(),
+                    "stream_type": "file",
+                    "video_file_path": str(sample_video),
+                    "video_codec": "copy",
+                },
+                now,
+            ),
+        },
+    )
     d = Daemon(tmp_home, "--no-restore")
     try:
         code, doc = cli_json("restore", "--dry-run")
         assert code == 0
         assert doc["results"]["old"]["result"] == "skipped"
         assert "expired" in doc["results"]["old"]["reason"]
-        assert set(json.loads((tmp_home / "active_streams.json").read_text())) == {"old", "lost", "fine"}
+        assert set(json.loads((tmp_home / "active_streams.json").read_text())) == {
+            "old",
+            "lost",
+            "fine",
+        }
         assert streams_by_name() == {}
 
         code, doc = cli_json("restore")
@@ -96,21 +124,31 @@ def test_expired_removed_missing_file_skipped_and_kept(tmp_home: Path, sample_vi
 
 
 def test_original_app_state_file_is_restored(tmp_home: Path, sample_video: Path) -> None:
-    write_state(tmp_home, {
-        "legacy": {
-            "config": {
-                "video_codec": "h264", "resolution": "480", "target_fps": "10",
-                "audio_enabled": "yes", "audio_codec": "aac", "hardware_accel": "no",
-                "duration_hours": "", "stream_type": "file",
-                "video_file_path": str(sample_video), "video_file": sample_video.name,
-                "file_source_type": "folder", "source_url": None,
-                "encoder_details": {"name": "libx264", "type": "software"},
-                "output": "null",
-            },
-            "saved_at": time.time() - 60,
-            "status": "active",
-        }
-    })
+    write_state(
+        tmp_home,
+        {
+            "legacy": {
+                "config": {
+                    "video_codec": "h264",
+                    "resolution": "480",
+                    "target_fps": "10",
+                    "audio_enabled": "yes",
+                    "audio_codec": "aac",
+                    "hardware_accel": "no",
+                    "duration_hours": "",
+                    "stream_type": "file",
+                    "video_file_path": str(sample_video),
+                    "video_file": sample_video.name,
+                    "file_source_type": "folder",
+                    "source_url": None,
+                    "encoder_details": {"name": "libx264", "type": "software"},
+                    "output": "null",
+                },
+                "saved_at": time.time() - 60,
+                "status": "active",
+            }
+        },
+    )
     d = Daemon(tmp_home)
     try:
         wait_for(lambda: running("legacy"), 20, "the legacy stream")
@@ -142,7 +180,10 @@ def test_persistence_disabled_saves_and_restores_nothing(
     monkeypatch.setenv("ENABLE_STREAM_PERSISTENCE", "false")
     d = Daemon(tmp_home)
     try:
-        assert cli("start", "p", "--testsrc", "--output", "null", "--resolution", "480").returncode == 0
+        assert (
+            cli("start", "p", "--testsrc", "--output", "null", "--resolution", "480").returncode
+            == 0
+        )
         assert not (tmp_home / "active_streams.json").exists()
         code, doc = cli_json("saved")
         assert (code, doc) == (0, {"success": True, "streams": {}, "enabled": False})

@@ -25,8 +25,17 @@ def stream_status(name: str) -> str | None:
 def test_start_publishes_to_rtsp_then_stop_removes_it(
     daemon: Daemon, rtsp_receiver: RtspReceiver, tmp_home: Path
 ) -> None:
-    proc = cli("start", "cam1", "--testsrc", "--resolution", "480", "--fps", "10",
-               "--output", rtsp_receiver.url)
+    proc = cli(
+        "start",
+        "cam1",
+        "--testsrc",
+        "--resolution",
+        "480",
+        "--fps",
+        "10",
+        "--output",
+        rtsp_receiver.url,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == rtsp_receiver.url
     wait_for(lambda: rtsp_receiver.frames > 10, 20, "frames at the RTSP receiver")
@@ -46,13 +55,29 @@ def test_start_publishes_to_rtsp_then_stop_removes_it(
 
 
 def test_start_json_shape_and_defaults(daemon: Daemon, sample_video: Path) -> None:
-    code, doc = cli_json("start", "clip", "--file", str(sample_video), "--output", "null",
-                         "--resolution", "480")
+    code, doc = cli_json(
+        "start", "clip", "--file", str(sample_video), "--output", "null", "--resolution", "480"
+    )
     assert code == 0, doc
     stream = doc["stream"]
-    for key in ("name", "status", "pid", "source", "output", "encoder", "saved_at",
-                "started_at", "remaining_seconds", "restarts", "fps", "bitrate_kbps",
-                "speed", "cpu_percent", "memory_mb", "last_error"):
+    for key in (
+        "name",
+        "status",
+        "pid",
+        "source",
+        "output",
+        "encoder",
+        "saved_at",
+        "started_at",
+        "remaining_seconds",
+        "restarts",
+        "fps",
+        "bitrate_kbps",
+        "speed",
+        "cpu_percent",
+        "memory_mb",
+        "last_error",
+    ):
         assert key in stream
     assert stream["remaining_seconds"] is None
     assert stream["status"] in ("starting", "running")
@@ -60,7 +85,9 @@ def test_start_json_shape_and_defaults(daemon: Daemon, sample_video: Path) -> No
 
 
 def test_duplicate_name_exits_5_and_replace_swaps_pid(daemon: Daemon) -> None:
-    assert cli("start", "dup", "--testsrc", "--output", "null", "--resolution", "480").returncode == 0
+    assert (
+        cli("start", "dup", "--testsrc", "--output", "null", "--resolution", "480").returncode == 0
+    )
     first = cli_json("list")[1]["streams"][0]["pid"]
     proc = cli("start", "dup", "--testsrc", "--output", "null")
     assert proc.returncode == 5
@@ -122,12 +149,23 @@ def test_refused_rtsp_server_fails_with_hint(daemon: Daemon) -> None:
     assert daemon.ffmpeg_children() == []
 
 
-def test_sixteen_concurrent_starts_all_saved(daemon: Daemon, tmp_home: Path, sample_video: Path) -> None:
+def test_sixteen_concurrent_starts_all_saved(
+    daemon: Daemon, tmp_home: Path, sample_video: Path
+) -> None:
     names = [f"c{i:02d}" for i in range(16)]
 
     def start(name: str) -> int:
-        return cli("start", name, "--file", str(sample_video), "--codec", "copy",
-                   "--output", "null", timeout=120).returncode
+        return cli(
+            "start",
+            name,
+            "--file",
+            str(sample_video),
+            "--codec",
+            "copy",
+            "--output",
+            "null",
+            timeout=120,
+        ).returncode
 
     with ThreadPoolExecutor(16) as pool:
         codes = list(pool.map(start, names))
@@ -146,8 +184,16 @@ def test_hls_output_and_credentials_masked(daemon: Daemon, tmp_home: Path) -> No
     assert proc.stdout.strip() == str(playlist)
     wait_for(playlist.exists, 20, "the HLS playlist")
 
-    proc = cli("start", "relay", "--url", "rtsp://alice:s3cret@127.0.0.1:9/cam",
-               "--output", "null", "--resolution", "480")
+    proc = cli(
+        "start",
+        "relay",
+        "--url",
+        "rtsp://alice:s3cret@127.0.0.1:9/cam",
+        "--output",
+        "null",
+        "--resolution",
+        "480",
+    )
     assert "s3cret" not in proc.stdout + proc.stderr
     listing = cli("list", "--json").stdout + cli("list").stdout
     assert "s3cret" not in listing
@@ -165,7 +211,9 @@ def test_state_file_modes(daemon: Daemon, tmp_home: Path) -> None:
 
 
 def test_logs_shows_lifecycle(daemon: Daemon) -> None:
-    assert cli("start", "lg", "--testsrc", "--output", "null", "--resolution", "480").returncode == 0
+    assert (
+        cli("start", "lg", "--testsrc", "--output", "null", "--resolution", "480").returncode == 0
+    )
     code, doc = cli_json("logs", "lg", "-n", "5")
     assert code == 0 and any("started FFmpeg" in line for line in doc["lines"])
     assert cli("logs", "nosuch").returncode == 4

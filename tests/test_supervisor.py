@@ -39,8 +39,17 @@ def test_restart_policies() -> None:
 def test_receiver_goes_away_and_comes_back(daemon: Daemon) -> None:
     receiver = RtspReceiver()
     try:
-        proc = cli("start", "cam", "--testsrc", "--resolution", "480", "--fps", "10",
-                   "--output", receiver.url)
+        proc = cli(
+            "start",
+            "cam",
+            "--testsrc",
+            "--resolution",
+            "480",
+            "--fps",
+            "10",
+            "--output",
+            receiver.url,
+        )
         assert proc.returncode == 0, proc.stderr
         wait_for(lambda: receiver.frames > 5, 20, "frames at the first receiver")
     finally:
@@ -61,7 +70,10 @@ def test_stalled_ffmpeg_is_restarted(tmp_home: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("STREAMALCHEMY_STALL_TIMEOUT", "2")
     d = Daemon(tmp_home)
     try:
-        assert cli("start", "st", "--testsrc", "--resolution", "480", "--output", "null").returncode == 0
+        assert (
+            cli("start", "st", "--testsrc", "--resolution", "480", "--output", "null").returncode
+            == 0
+        )
         pid = stream("st")["pid"]
         assert isinstance(pid, int)
         os.kill(pid, signal.SIGSTOP)  # frozen: alive, but no progress
@@ -74,8 +86,9 @@ def test_stalled_ffmpeg_is_restarted(tmp_home: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_duration_ends_stream_and_leaves_file(daemon: Daemon, tmp_home: Path) -> None:
-    proc = cli("start", "short", "--testsrc", "--resolution", "480", "--output", "null",
-               "--duration", "3s")
+    proc = cli(
+        "start", "short", "--testsrc", "--resolution", "480", "--output", "null", "--duration", "3s"
+    )
     assert proc.returncode == 0, proc.stderr
     wait_for(lambda: stream("short")["status"] == "finished", 15, "the stream to finish")
     assert cli_json("saved")[1]["streams"] == {}
