@@ -1,3 +1,3 @@
-from streamalchemy.cli import main
+from streamalchemy.main import main
 
 main()

@@ -9,16 +9,16 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Any, NoReturn
 
 import typer
 
-from streamalchemy import __version__
+from streamalchemy import __version__, actions
+from streamalchemy.actions import client
 from streamalchemy.errors import InvalidInput, StreamAlchemyError
-from streamalchemy.settings import Settings, load_settings
+from streamalchemy.settings import load_settings
 
 app = typer.Typer(
     name="streamalchemy",
@@ -68,22 +68,8 @@ class Restart(StrEnum):
     never = "never"
 
 
-def _settings() -> Settings:
-    return load_settings()
-
-
-def _client() -> Any:
-    from streamalchemy.client import Client
-
-    return Client(_settings())
-
-
 def _fail(exc: StreamAlchemyError, as_json: bool) -> NoReturn:
-    message = " ".join(str(exc).split())  # one line, whatever the cause
-    if as_json:
-        print(json.dumps({"success": False, "message": message}))
-    print(f"streamalchemy: {message}", file=sys.stderr)
-    raise typer.Exit(exc.exit_code)
+    raise typer.Exit(actions.report_failure(exc, as_json))
 
 
 def _emit(
@@ -174,7 +160,7 @@ def start(
                 file=sys.stderr,
             )
 
-    _emit(as_json, lambda: _client().request("POST", "/streams", body), show)
+    _emit(as_json, lambda: client().request("POST", "/streams", body), show)
 
 
 @app.command()
@@ -189,7 +175,7 @@ def stop(
     body = {"names": names or [], "all": all_streams}
 
     def action() -> dict[str, Any]:
-        reply = _client().request("POST", "/stop", body)
+        reply = client().request("POST", "/stop", body)
         return {"success": True, "stopped": reply["stopped"]}
 
     def show(result: dict[str, Any]) -> None:
@@ -203,35 +189,25 @@ def stop(
 @app.command("list")
 def list_streams(as_json: JsonOpt = False) -> None:
     """Show the daemon's streams with live figures, and saved streams that are not running."""
-    from streamalchemy import render
 
-    def action() -> dict[str, Any]:
-        return _client().request("GET", "/streams")
+    def show(result: dict[str, Any]) -> None:
+        from streamalchemy import render
 
-    _emit(as_json, action, render.streams)
+        render.streams(result)
+
+    _emit(as_json, actions.list_streams, show)
 
 
 @app.command()
 def saved(as_json: JsonOpt = False) -> None:
     """Show the state file's entries (works while the daemon is down)."""
 
-    def action() -> dict[str, Any]:
-        from streamalchemy.persist import StateStore
-
-        settings = _settings()
-        store = StateStore(
-            settings.state_file,
-            backup_count=settings.backup_count,
-            enabled=settings.persistence_enabled,
-        )
-        return {"success": True, "streams": store.load(), "enabled": store.enabled}
-
     def show(result: dict[str, Any]) -> None:
         from streamalchemy import render
 
         render.saved(result)
 
-    _emit(as_json, action, show)
+    _emit(as_json, actions.saved, show)
 
 
 @app.command()
@@ -246,18 +222,7 @@ def clear(
         if not typer.confirm("Remove every saved stream from the state file?", default=False):
             _fail(InvalidInput("cancelled; nothing was cleared"), as_json)
 
-    def action() -> dict[str, Any]:
-        from streamalchemy.persist import StateStore
-
-        settings = _settings()
-        StateStore(
-            settings.state_file,
-            backup_count=settings.backup_count,
-            enabled=settings.persistence_enabled,
-        ).clear()
-        return {"success": True, "message": "All persistent streams cleared"}
-
-    _emit(as_json, action, lambda r: print(r["message"]))
+    _emit(as_json, actions.clear, lambda r: print(r["message"]))
 
 
 @app.command()
@@ -270,7 +235,7 @@ def restore(
     """Restore every saved stream that is not running, and report each."""
 
     def action() -> dict[str, Any]:
-        reply = _client().request("POST", "/restore_streams", {"dry_run": dry_run}, timeout=600)
+        reply = client().request("POST", "/restore_streams", {"dry_run": dry_run}, timeout=600)
         return {"success": reply["success"], "results": reply["results"]}
 
     def show(result: dict[str, Any]) -> None:
@@ -300,7 +265,7 @@ def logs(
         )
     result = _emit(
         as_json,
-        lambda: _client().request("GET", f"/streams/{name}/logs?lines={lines}"),
+        lambda: client().request("GET", f"/streams/{name}/logs?lines={lines}"),
         lambda r: print("\n".join(r["lines"])) if r["lines"] else None,
     )
     if follow:
@@ -315,7 +280,7 @@ def encoders(as_json: JsonOpt = False) -> None:
     from streamalchemy import encoders as enc
 
     def action() -> dict[str, Any]:
-        settings = _settings()
+        settings = load_settings()
         return {"success": True, **enc.report(enc.detect(settings.ffmpeg, settings.data_dir))}
 
     def show(result: dict[str, Any]) -> None:
@@ -336,7 +301,7 @@ def daemon_run(
     from streamalchemy import daemon
 
     try:
-        daemon.run(_settings(), restore=not no_restore)
+        daemon.run(load_settings(), restore=not no_restore)
     except StreamAlchemyError as exc:
         _fail(exc, False)
 
@@ -345,28 +310,7 @@ def daemon_run(
 def daemon_stop(as_json: JsonOpt = False) -> None:
     """Stop the daemon gracefully; its streams come back at its next launch."""
 
-    def action() -> dict[str, Any]:
-        client = _client()
-        if not client.reachable():
-            return {"success": True, "message": "the daemon is not running"}
-        reply = client.request("POST", "/shutdown", autostart=False)
-        pid = int(reply["pid"])
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.05)
-        return {"success": True, "message": f"daemon (pid {pid}) stopped", "pid": pid}
-
-    _emit(as_json, action, lambda r: print(r["message"]))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    _emit(as_json, actions.daemon_stop, lambda r: print(r["message"]))
 
 
 @daemon_app.command("status")
@@ -378,7 +322,7 @@ def daemon_status(as_json: JsonOpt = False) -> None:
 
         render.status(result)
 
-    _emit(as_json, lambda: _client().request("GET", "/status", autostart=False), show)
+    _emit(as_json, actions.daemon_status, show)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,90 @@
+"""What each read-mostly command does, as functions returning the JSON document.
+
+Shared by the Typer commands in ``cli`` and the fast path in ``main``, so both
+print exactly the same thing. Imports stay light: no Typer, no rich.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from streamalchemy.client import Client
+from streamalchemy.errors import StreamAlchemyError
+from streamalchemy.settings import Settings, load_settings
+
+
+def report_failure(exc: StreamAlchemyError, as_json: bool) -> int:
+    """Print a failure the contract's way and return its exit code."""
+    message = " ".join(str(exc).split())  # one line, whatever the cause
+    if as_json:
+        print(json.dumps({"success": False, "message": message}))
+    print(f"streamalchemy: {message}", file=sys.stderr)
+    return exc.exit_code
+
+
+def client(settings: Settings | None = None) -> Client:
+    return Client(settings or load_settings())
+
+
+def list_streams() -> dict[str, Any]:
+    return client().request("GET", "/streams")
+
+
+def daemon_status() -> dict[str, Any]:
+    return client().request("GET", "/status", autostart=False)
+
+
+def _store(settings: Settings) -> Any:
+    from streamalchemy.persist import StateStore
+
+    return StateStore(
+        settings.state_file,
+        backup_count=settings.backup_count,
+        enabled=settings.persistence_enabled,
+    )
+
+
+def saved() -> dict[str, Any]:
+    store = _store(load_settings())
+    return {"success": True, "streams": store.load(), "enabled": store.enabled}
+
+
+def clear() -> dict[str, Any]:
+    _store(load_settings()).clear()
+    return {"success": True, "message": "All persistent streams cleared"}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def daemon_stop() -> dict[str, Any]:
+    """Ask the daemon to shut down and wait, bounded, until its process is gone."""
+    c = client()
+    if not c.reachable():
+        return {"success": True, "message": "the daemon is not running"}
+    pid = int(c.request("POST", "/shutdown", autostart=False)["pid"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    return {"success": True, "message": f"daemon (pid {pid}) stopped", "pid": pid}
+
+
+def run_json(action: Any) -> int:
+    """Run one action and print its JSON document; return the exit code."""
+    try:
+        result = action()
+    except StreamAlchemyError as exc:
+        return report_failure(exc, as_json=True)
+    print(json.dumps(result))
+    return 0
