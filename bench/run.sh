@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Run the benchmarks and write docs/benchmarks.md (see bench/run.py for options).
+# Usage: bash bench/run.sh [--quick] [--only store|cli|footprint|restore ...] [--no-profile]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -n "${PYTHON:-}" ]; then
+    py="$PYTHON"
+elif [ -x .venv/bin/python ]; then
+    py=.venv/bin/python
+elif [ -x /tmp/venv/bin/python ]; then
+    py=/tmp/venv/bin/python
+else
+    echo "bench: no Python environment; run 'bash scripts/bootstrap.sh' first (makes .venv)" >&2
+    exit 2
+fi
+if ! command -v ffmpeg >/dev/null; then
+    echo "bench: ffmpeg is not on PATH; run 'bash scripts/bootstrap.sh' first" >&2
+    exit 2
+fi
+if ! "$py" -c "import psutil, filelock" 2>/dev/null; then
+    echo "bench: $py lacks the project's dependencies; run 'bash scripts/bootstrap.sh'" >&2
+    exit 2
+fi
+
+# The work tree first on the path, whether or not the venv has streamalchemy installed.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONDONTWRITEBYTECODE=1
+exec "$py" -m bench.run "$@"

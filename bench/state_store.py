@@ -1,0 +1,187 @@
+"""State store: start/stop entry mutations through persist.StateStore (lock, read,
+fsynced temporary file, backup rotation, rename, directory fsync), one writer and
+eight concurrent writer processes, against a plain ``json.dump`` + fsync + rename of
+the same document with no lock and no backups, in the same run.
+
+Mutations alternate ``save(name)`` and ``remove(name)`` on a file that also holds
+20 other saved streams, as a daemon does when streams start and stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    BenchError,
+    Row,
+    Sample,
+    file_config,
+    log,
+    percentile,
+    temp_home,
+)
+
+BACKGROUND = 20  # other saved streams in the file
+WRITERS = 8
+
+Mutate = Callable[[int], None]
+
+
+def _store_mutator(path: Path, tag: str) -> Mutate:
+    from streamalchemy.persist import StateStore, new_entry
+
+    store = StateStore(path, backup_count=3)
+    config = file_config(path.parent / "clip.mp4")
+
+    def mutate(i: int) -> None:
+        name = f"{tag}{i // 2:04d}"
+        if i % 2 == 0:
+            store.save(name, new_entry(config, time.time()))
+        else:
+            store.remove(name)
+
+    return mutate
+
+
+def _plain_mutator(path: Path, tag: str) -> Mutate:
+    from streamalchemy.persist import new_entry
+
+    doc: dict[str, Any] = json.loads(path.read_text())
+    config = file_config(path.parent / "clip.mp4")
+    tmp = path.with_name(f".{path.name}.{tag}.tmp")
+
+    def mutate(i: int) -> None:
+        name = f"{tag}{i // 2:04d}"
+        if i % 2 == 0:
+            doc[name] = new_entry(config, time.time())
+        else:
+            doc.pop(name, None)
+        with open(tmp, "w") as f:
+            json.dump(doc, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    return mutate
+
+
+MUTATORS = {"store": _store_mutator, "plain": _plain_mutator}
+
+
+def _seed(path: Path) -> None:
+    from streamalchemy.persist import new_entry
+
+    for stale in path.parent.glob(f"{path.name}*"):
+        stale.unlink()
+    doc = {
+        f"bg{i:02d}": new_entry(file_config(path.parent / "clip.mp4"), time.time())
+        for i in range(BACKGROUND)
+    }
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    os.chmod(path, 0o600)
+
+
+def _timed(mutate: Mutate, count: int) -> tuple[list[float], float, float]:
+    """Latencies of ``count`` mutations, and the monotonic start and end."""
+    lat = []
+    start = time.monotonic()
+    for i in range(count):
+        t0 = time.perf_counter()
+        mutate(i)
+        lat.append(time.perf_counter() - t0)
+    return lat, start, time.monotonic()
+
+
+def _worker(kind: str, path: str, tag: str, count: int, barrier: Any, out: Any) -> None:
+    mutate = MUTATORS[kind](Path(path), tag)
+    barrier.wait(60)
+    out.put(_timed(mutate, count))
+
+
+def one_writer(kind: str, path: Path, total: int) -> tuple[float, list[float]]:
+    _seed(path)
+    lat, start, end = _timed(MUTATORS[kind](path, "m"), total)
+    return total / (end - start), lat
+
+
+def many_writers(kind: str, path: Path, total: int) -> tuple[float, list[float]]:
+    _seed(path)
+    ctx = mp.get_context("fork")
+    barrier, out = ctx.Barrier(WRITERS), ctx.Queue()
+    each = total // WRITERS
+    procs = [
+        ctx.Process(target=_worker, args=(kind, str(path), f"w{j}-", each, barrier, out))
+        for j in range(WRITERS)
+    ]
+    try:
+        for p in procs:
+            p.start()
+        results = [out.get(timeout=300) for _ in procs]
+        for p in procs:
+            p.join(30)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(10)
+    if any(p.exitcode != 0 for p in procs):
+        raise BenchError(f"a {kind} writer process failed: {[p.exitcode for p in procs]}")
+    lat = [x for r in results for x in r[0]]
+    wall = max(r[2] for r in results) - min(r[1] for r in results)
+    return len(lat) / wall, lat
+
+
+def run(quick: bool = False) -> list[Row]:
+    total, reps = (200, 1) if quick else (1000, 3)
+    rows = []
+    with temp_home("store") as home:
+        path = home / "active_streams.json"
+        for label, fn in (("1 writer", one_writer), (f"{WRITERS} writers", many_writers)):
+            fig: dict[str, dict[str, Sample]] = {
+                k: {"rate": Sample(), "p50": Sample(), "p99": Sample()} for k in MUTATORS
+            }
+            for rep in range(reps):
+                for kind in ("plain", "store"):  # interleaved: noise hits both
+                    rate, lat = fn(kind, path, total)
+                    fig[kind]["rate"].values.append(rate)
+                    fig[kind]["p50"].values.append(percentile(lat, 50) * 1000)
+                    fig[kind]["p99"].values.append(percentile(lat, 99) * 1000)
+                log(
+                    f"state store {label} run {rep + 1}/{reps}: "
+                    f"store {fig['store']['rate'].values[-1]:.0f}/s, "
+                    f"plain {fig['plain']['rate'].values[-1]:.0f}/s"
+                )
+            base = "plain json.dump + fsync + rename"
+            note = f"{total} mutations per run, {reps} runs"
+            rows += [
+                Row("State store", f"{label}: mutations/s", "/s", fig["store"]["rate"],
+                    fig["plain"]["rate"], base, higher_is_better=True, note=note),
+                Row("State store", f"{label}: p50 latency", "ms", fig["store"]["p50"],
+                    fig["plain"]["p50"], base, note=note),
+                Row("State store", f"{label}: p99 latency", "ms", fig["store"]["p99"],
+                    fig["plain"]["p99"], base, note=note),
+            ]  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    for row in run(args.quick):
+        print(json.dumps(row.to_json()))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except BenchError as exc:
+        sys.exit(f"bench: {exc}")
