@@ -1,0 +1,403 @@
+"""One validated stream spec for the ``start`` request, the HTTP API body and the state file.
+
+A new stream and a restored one pass through the same ``_validated`` so that a
+hand-edited or old state file obeys the same rules as the command line. Nothing
+here starts processes; the only file-system look is whether an output file's
+directory exists.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from streamalchemy.durations import hours_text, parse_duration, parse_duration_hours
+from streamalchemy.errors import InvalidInput
+
+CODECS = ("h264", "h265", "mpeg4", "copy")
+RESOLUTIONS = (480, 720, 1080, 1440, 2160)
+FPS_RANGE = (1, 120)
+AUDIO_CODECS = ("aac", "pcm_alaw", "none")
+HWACCELS = ("none", "auto", "nvenc", "vaapi", "qsv", "videotoolbox")
+RESTARTS = ("on-failure", "always", "never")
+SOURCE_TYPES = ("file", "rtsp", "testsrc")
+SOURCE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "srt", "udp", "tcp")
+OUTPUT_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "srt", "udp", "tcp")
+# File extension -> the FFmpeg muxer that writes it; only containers that take a live stream.
+FILE_MUXERS = {".ts": "mpegts", ".mp4": "mp4", ".mkv": "matroska", ".flv": "flv", ".mov": "mov"}
+
+DEFAULT_RESOLUTION = 1080
+DEFAULT_FPS = 15
+
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_REQUEST_KEYS = frozenset(
+    {"name", "file", "url", "testsrc", "codec", "resolution", "fps", "audio", "hwaccel"}
+    | {"duration", "output", "restart", "priority", "replace"}
+)
+# userinfo in scheme://user:pass@host; the password may itself hold an unescaped '@'.
+_CREDENTIALS = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/\s?#@'\"]*)(?::(?P<pw>[^/\s?#'\"]*))?@"
+)
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """What to stream and how; the daemon, the supervisor and the state file share it."""
+
+    name: str
+    source_type: str  # "file" | "rtsp" (any URL) | "testsrc"
+    source: str  # absolute file path, URL, or "" for testsrc
+    codec: str = "h264"
+    resolution: int | None = DEFAULT_RESOLUTION  # None when codec is copy
+    fps: int | None = DEFAULT_FPS  # None when codec is copy
+    audio: str = "none"
+    hwaccel: str = "none"
+    duration: float = 0.0  # seconds, 0 = unlimited
+    output: str = ""  # "" = default RTSP URL, "null", "hls", a URL or an absolute file path
+    restart: str = "on-failure"
+    priority: int = 0
+
+    def to_config(self) -> dict[str, str]:
+        """The state file's ``config`` object, in the original StreamAlchemy's string format."""
+        config = {
+            "video_codec": self.codec,
+            # copy keeps neither; "" says so instead of a misleading default.
+            "resolution": "" if self.resolution is None else str(self.resolution),
+            "target_fps": "" if self.fps is None else str(self.fps),
+            "audio_enabled": "no" if self.audio == "none" else "yes",
+            "audio_codec": self.audio,
+            "hardware_accel": {"none": "no", "auto": "yes"}.get(self.hwaccel, self.hwaccel),
+            "duration_hours": hours_text(self.duration),
+            "stream_type": self.source_type,
+        }
+        if self.source_type == "file":
+            config["video_file_path"] = self.source
+            config["file_source_type"] = "custom"
+        elif self.source_type == "rtsp":
+            config["source_url"] = self.source
+        config.update(output=self.output, restart=self.restart, priority=str(self.priority))
+        return config
+
+
+def validate_name(name: object) -> str:
+    """Return ``name`` if it can name a stream (and a file, and a URL path), else refuse it."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InvalidInput(f"invalid stream name {name!r}: use 1-64 letters, digits, '_' or '-'")
+    return name
+
+
+def mask_credentials(text: str) -> str:
+    """Hide the user and password of every URL in ``text`` (FFmpeg log lines included)."""
+
+    def hide(m: re.Match[str]) -> str:
+        return m["scheme"] + ("***:***@" if m["pw"] is not None else "***@")
+
+    return _CREDENTIALS.sub(hide, text)
+
+
+def spec_from_request(body: Mapping[str, Any]) -> StreamSpec:
+    """Validate the body of ``POST /streams``, which the CLI sends; missing or null = default."""
+    if not isinstance(body, Mapping):
+        raise InvalidInput("the request body must be a JSON object")
+    unknown = sorted(set(body) - _REQUEST_KEYS)
+    if unknown:
+        raise InvalidInput(
+            f"unknown field {unknown[0]!r}: known fields are {', '.join(sorted(_REQUEST_KEYS))}"
+        )
+    testsrc = body.get("testsrc")
+    if testsrc is not None and not isinstance(testsrc, bool):
+        raise InvalidInput(f"invalid testsrc {testsrc!r}: use true or false")
+    given = [k for k in ("file", "url") if body.get(k) is not None]
+    given += ["testsrc"] if testsrc else []
+    if len(given) != 1:
+        raise InvalidInput(
+            f"give exactly one source: file, url or testsrc (got {', '.join(given) or 'none'})"
+        )
+    kind = given[0]
+    source_type = {"file": "file", "url": "rtsp", "testsrc": "testsrc"}[kind]
+    return _validated(
+        body.get("name"),
+        source_type,
+        "" if kind == "testsrc" else body[kind],
+        {key: body.get(key) for key in _FIELDS},
+        labels={"file": "file", "url": "url"},
+        refuse_copy_options=True,
+    )
+
+
+def spec_from_entry(name: str, entry: Mapping[str, Any]) -> StreamSpec:
+    """Validate a state-file entry, ours or the original StreamAlchemy's (all values strings)."""
+    config = entry.get("config") if isinstance(entry, Mapping) else None
+    if not isinstance(config, Mapping):
+        raise InvalidInput(f"saved stream {name!r} has no config object")
+    stream_type = config.get("stream_type")
+    if stream_type not in SOURCE_TYPES:
+        raise InvalidInput(f"invalid stream_type {stream_type!r}: use {_either(SOURCE_TYPES)}")
+    if stream_type == "file":
+        source = config.get("video_file_path") or config.get("video_file")
+    elif stream_type == "rtsp":
+        source = config.get("source_url")
+    else:
+        source = ""
+    audio_enabled = _choice(
+        "audio_enabled", _blank(config.get("audio_enabled")), ("yes", "no"), "no"
+    )
+    hardware = config.get("hardware_accel")
+    fields = {
+        "codec": config.get("video_codec"),
+        "resolution": config.get("resolution"),
+        "fps": config.get("target_fps"),
+        "audio": (config.get("audio_codec") or "aac") if audio_enabled == "yes" else "none",
+        "hwaccel": {"yes": "auto", "no": "none"}.get(hardware, hardware)
+        if isinstance(hardware, str)
+        else hardware,
+        "duration": _Hours(config.get("duration_hours")),
+        "output": config.get("output"),
+        "restart": config.get("restart"),
+        "priority": config.get("priority"),
+    }
+    return _validated(
+        name,
+        stream_type,
+        source,
+        {k: _blank(v) for k, v in fields.items()},
+        labels={**_ENTRY_LABELS, "file": "video_file_path", "url": "source_url"},
+        refuse_copy_options=False,
+    )
+
+
+# -- the one validation path -------------------------------------------------------------
+
+_FIELDS = (
+    "codec",
+    "resolution",
+    "fps",
+    "audio",
+    "hwaccel",
+    "duration",
+    "output",
+    "restart",
+    "priority",
+)
+_ENTRY_LABELS = {
+    "codec": "video_codec",
+    "fps": "target_fps",
+    "audio": "audio_codec",
+    "hwaccel": "hardware_accel",
+    "duration": "duration_hours",
+}
+_COPY_REFUSES = ("resolution", "fps", "hwaccel")
+
+
+@dataclass(frozen=True)
+class _Hours:
+    """A saved ``duration_hours``: plain hours, unlike a request's ``duration``."""
+
+    value: object
+
+
+def _blank(value: object) -> object:
+    """None for what the original app writes when a value does not apply: "" or null."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def _either(choices: tuple[object, ...]) -> str:
+    words = [str(c) for c in choices]
+    return ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _validated(
+    name: object,
+    source_type: str,
+    source: object,
+    fields: Mapping[str, object],
+    *,
+    labels: Mapping[str, str],
+    refuse_copy_options: bool,
+) -> StreamSpec:
+    """Check every field and return the spec.
+
+    A request giving resolution, fps or hwaccel with codec copy is refused; a saved
+    entry keeps them and they are ignored, as the contract says.
+    """
+
+    def label(field: str) -> str:
+        return labels.get(field, field)
+
+    name = validate_name(name)
+    codec = _choice(label("codec"), fields["codec"], CODECS, "h264")
+    copy = codec == "copy"
+    if copy:
+        explicit = [f for f in _COPY_REFUSES if fields[f] is not None]
+        if explicit and refuse_copy_options:
+            raise InvalidInput(
+                f"{label(explicit[0])} {fields[explicit[0]]!r} cannot be used with codec copy, "
+                "which does not re-encode: drop it or choose h264, h265 or mpeg4"
+            )
+        if source_type == "testsrc":
+            raise InvalidInput(
+                "codec copy needs a file or url source: testsrc is generated, "
+                "so use h264, h265 or mpeg4"
+            )
+    resolution = None if copy else _resolution(label("resolution"), fields["resolution"])
+    fps = None if copy else _fps(label("fps"), fields["fps"])
+    hwaccel = "none" if copy else _choice(label("hwaccel"), fields["hwaccel"], HWACCELS, "none")
+    audio = _choice(label("audio"), fields["audio"], AUDIO_CODECS, "none")
+    output = _output(fields["output"])
+    _check_container(codec, audio, output)
+    source = _source(source_type, source, label)
+    is_file = output.startswith("/")
+    if source_type == "file" and is_file and os.path.realpath(source) == os.path.realpath(output):
+        # FFmpeg's -y would overwrite the video while it reads it.
+        raise InvalidInput(f"invalid output {output!r}: it is the source file; choose another path")
+    return StreamSpec(
+        name=name,
+        source_type=source_type,
+        source=source,
+        codec=codec,
+        resolution=resolution,
+        fps=fps,
+        audio=audio,
+        hwaccel=hwaccel,
+        duration=_duration(label("duration"), fields["duration"]),
+        output=output,
+        restart=_choice(label("restart"), fields["restart"], RESTARTS, "on-failure"),
+        priority=_integer(label("priority"), fields["priority"], 0),
+    )
+
+
+def _choice(field: str, value: object, choices: tuple[str, ...], default: str) -> str:
+    if value is None:
+        return default
+    if value not in choices:
+        raise InvalidInput(f"invalid {field} {value!r}: use {_either(choices)}")
+    return str(value)
+
+
+def _integer(field: str, value: object, default: int, accepted: str = "a whole number") -> int:
+    """An int, or its decimal text (the state file keeps numbers as strings)."""
+    if value is None:
+        return default
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,9}\s*", value):
+        return int(value)
+    raise InvalidInput(f"invalid {field} {value!r}: use {accepted}")
+
+
+def _resolution(field: str, value: object) -> int:
+    accepted = _either(RESOLUTIONS)
+    resolution = _integer(field, value, DEFAULT_RESOLUTION, accepted)
+    if resolution not in RESOLUTIONS:
+        raise InvalidInput(f"invalid {field} {value!r}: use {accepted}")
+    return resolution
+
+
+def _fps(field: str, value: object) -> int:
+    low, high = FPS_RANGE
+    accepted = f"a whole number from {low} to {high}"
+    fps = _integer(field, value, DEFAULT_FPS, accepted)
+    if not low <= fps <= high:
+        raise InvalidInput(f"invalid {field} {value!r}: use {accepted}")
+    return fps
+
+
+def _duration(field: str, value: object) -> float:
+    """Whole seconds, so that the state file's 6-decimal hours read back to the same spec."""
+    if isinstance(value, _Hours):
+        seconds = parse_duration_hours(value.value)
+    elif value is None:
+        seconds = 0.0
+    elif isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise InvalidInput(f"invalid {field} {value!r}: use a string or a number of hours")
+    else:
+        seconds = parse_duration(value)
+    return float(max(1, round(seconds))) if seconds else 0.0
+
+
+def _source(source_type: str, source: object, label: Callable[[str], str]) -> str:
+    if source_type == "testsrc":
+        return ""
+    if source_type == "file":
+        return _absolute_path(label("file"), source)
+    return _url(label("url"), source, SOURCE_SCHEMES)
+
+
+def _absolute_path(field: str, value: object) -> str:
+    """Any absolute path: quotes, spaces, '$(...)' and newlines reach FFmpeg as one argv item."""
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"invalid {field} {value!r}: use an absolute file path")
+    if "\0" in value:
+        raise InvalidInput(f"invalid {field} {value!r}: a path cannot contain a NUL byte")
+    if not os.path.isabs(value):
+        raise InvalidInput(
+            f"invalid {field} {value!r}: use an absolute file path (the CLI resolves relative ones)"
+        )
+    return value
+
+
+def _url(field: str, value: object, schemes: tuple[str, ...]) -> str:
+    """Return the URL; refuse control characters (no URL needs them) and other schemes."""
+    accepted = f"a URL starting with {', '.join(s + '://' for s in schemes)}"
+    if not isinstance(value, str) or "://" not in value:
+        raise InvalidInput(f"invalid {field} {value!r}: use {accepted}")
+    shown = mask_credentials(value)
+    if not value.isprintable():
+        raise InvalidInput(f"invalid {field} {shown!r}: a URL cannot contain control characters")
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in schemes or not parts.netloc:
+        raise InvalidInput(f"invalid {field} {shown!r}: use {accepted}")
+    return value
+
+
+def _output(value: object) -> str:
+    if value is None or value in ("", "null", "hls"):
+        return str(value or "")
+    if isinstance(value, str) and value.startswith("/"):
+        path = _absolute_path("output", value)
+        if os.path.splitext(path)[1].lower() not in FILE_MUXERS:
+            raise InvalidInput(
+                f"invalid output {value!r}: a file output must end in {_either(tuple(FILE_MUXERS))}"
+            )
+        parent = os.path.dirname(path)
+        if not os.path.isdir(parent):
+            raise InvalidInput(
+                f"invalid output {value!r}: directory {parent!r} does not exist; create it first"
+            )
+        return path
+    if isinstance(value, str) and "://" in value:
+        return _url("output", value, OUTPUT_SCHEMES)
+    raise InvalidInput(
+        f"invalid output {value!r}: use null, hls, a URL "
+        f"({', '.join(s + '://' for s in OUTPUT_SCHEMES)}) "
+        f"or an absolute file path ending in {_either(tuple(FILE_MUXERS))}"
+    )
+
+
+def output_muxer(output: str) -> str:
+    """The FFmpeg muxer for a validated ``output`` ("" is the default RTSP push)."""
+    if output in ("null", "hls"):
+        return output
+    if output.startswith("/"):
+        return FILE_MUXERS[os.path.splitext(output)[1].lower()]
+    scheme = urlsplit(output).scheme.lower() or "rtsp"
+    return {"rtsp": "rtsp", "rtsps": "rtsp", "rtmp": "flv", "rtmps": "flv"}.get(scheme, "mpegts")
+
+
+def _check_container(codec: str, audio: str, output: str) -> None:
+    """Refuse up front what FFmpeg 5.1's muxers would refuse only once started."""
+    muxer = output_muxer(output)
+    if muxer == "flv" and codec in ("h265", "mpeg4"):
+        raise InvalidInput(
+            f"codec {codec} cannot go to output {mask_credentials(output)!r}: "
+            "FLV (rtmp://, .flv) carries h264 only; use --codec h264 or another output"
+        )
+    if muxer == "mp4" and audio == "pcm_alaw":
+        raise InvalidInput(
+            f"audio pcm_alaw cannot go to output {output!r}: MP4 does not carry it; "
+            "use --audio aac or a .mkv, .mov or .ts file"
+        )
