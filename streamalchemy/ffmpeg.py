@@ -1,0 +1,194 @@
+"""Turn a validated StreamSpec into an FFmpeg argv: pure, no I/O, no shell.
+
+Every user string (path, URL, name) is exactly one argv item. The supervisor
+reads ``-progress`` key=value blocks on stdout and warnings on stderr.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from streamalchemy.spec import StreamSpec, output_muxer
+
+# How long a network source may stay silent before FFmpeg gives up (and the
+# supervisor restarts it), in microseconds as FFmpeg wants it.
+SOURCE_TIMEOUT_US = "10000000"
+# Where VAAPI encodes; the first render node, the one a single-GPU machine has.
+VAAPI_DEVICE = "/dev/dri/renderD128"
+KEYFRAME_SECONDS = 2
+# Bits per pixel per frame at the target size: enough for a watchable live picture.
+_BITS_PER_PIXEL = {"h264": 0.08, "h265": 0.05, "mpeg4": 0.15}
+_HLS_SEGMENT = "segment_%05d.ts"
+
+
+def output_target(spec: StreamSpec, rtsp_url: str, hls_dir: Path) -> str:
+    """Where the stream goes, as users see it: the URL, the HLS playlist or file path, or null."""
+    if spec.output == "":
+        return f"{rtsp_url.rstrip('/')}/{spec.name}"
+    if spec.output == "hls":
+        return str(hls_dir / spec.name / "index.m3u8")
+    return spec.output
+
+
+def build_argv(
+    spec: StreamSpec, *, ffmpeg: str, encoder: str, target: str, stats_period: float = 1.0
+) -> list[str]:
+    """The full FFmpeg command line for ``spec``, encoding with ``encoder`` to ``target``."""
+    return [
+        ffmpeg,
+        *("-nostdin", "-hide_banner", "-loglevel", "warning", "-nostats"),
+        *("-progress", "pipe:1", "-stats_period", f"{stats_period:g}"),
+        *_device_args(encoder),
+        *_input_args(spec),
+        *_map_args(spec),
+        *_video_args(spec, encoder),
+        *_audio_args(spec),
+        *_output_args(spec, target),
+    ]
+
+
+def probe_argv(ffmpeg: str, encoder: str) -> list[str]:
+    """A two-frame test encode: succeeds only when ``encoder`` works on this machine."""
+    return [
+        ffmpeg,
+        *("-nostdin", "-hide_banner", "-loglevel", "error"),
+        *_device_args(encoder),
+        *("-f", "lavfi", "-i", "color=size=256x256:rate=5"),
+        *("-frames:v", "2", "-vf", ",".join(_upload_filters(encoder))),
+        *("-c:v", encoder, "-f", "null", "-"),
+    ]
+
+
+def _device_args(encoder: str) -> list[str]:
+    return ["-vaapi_device", VAAPI_DEVICE] if encoder.endswith("_vaapi") else []
+
+
+def _input_args(spec: StreamSpec) -> list[str]:
+    if spec.source_type == "file":
+        # -re: play the file at its own pace, as a camera would, looping forever.
+        return ["-re", "-stream_loop", "-1", "-i", spec.source]
+    if spec.source_type == "testsrc":
+        height, fps = _size(spec)
+        video = f"testsrc2=size={_width(height)}x{height}:rate={fps}"
+        args = ["-re", "-f", "lavfi", "-i", video]
+        if spec.audio != "none":
+            args += ["-re", "-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000"]
+        return args
+    return [*_url_input_options(urlsplit(spec.source).scheme.lower()), "-i", spec.source]
+
+
+def _url_input_options(scheme: str) -> list[str]:
+    """Timeouts so a dead or silent source makes FFmpeg exit instead of hanging."""
+    if scheme in ("rtsp", "rtsps"):
+        return ["-rtsp_transport", "tcp", "-timeout", SOURCE_TIMEOUT_US]
+    if scheme in ("http", "https"):
+        # http may serve a plain file, which -re plays at its pace; live sources ignore it.
+        reconnect = ["-reconnect", "1", "-reconnect_streamed", "1"]
+        reconnect += ["-reconnect_on_network_error", "1", "-reconnect_delay_max", "5"]
+        return ["-re", *reconnect, "-rw_timeout", SOURCE_TIMEOUT_US]
+    if scheme in ("rtmp", "rtmps"):
+        # rtmp's own -timeout means "listen for a publisher"; rw_timeout is the read timeout.
+        return ["-rw_timeout", SOURCE_TIMEOUT_US]
+    return ["-timeout", SOURCE_TIMEOUT_US]  # srt, udp, tcp
+
+
+def _map_args(spec: StreamSpec) -> list[str]:
+    args = ["-map", "0:v:0"]
+    if spec.audio == "none":
+        return args
+    if spec.source_type == "testsrc":
+        return [*args, "-map", "1:a:0"]
+    # The trailing '?' keeps a source without an audio track streaming, silently.
+    return [*args, "-map", "0:a:0?"]
+
+
+def _video_args(spec: StreamSpec, encoder: str) -> list[str]:
+    if spec.codec == "copy":
+        return ["-c:v", "copy"]
+    height, fps = _size(spec)
+    gop = str(KEYFRAME_SECONDS * fps)
+    kbps = max(200, round(_width(height) * height * fps * _BITS_PER_PIXEL[spec.codec] / 1000))
+    filters = [f"scale=-2:{height}", f"fps={fps}", *_upload_filters(encoder)]
+    return [
+        *("-vf", ",".join(filters)),
+        *("-c:v", encoder, *_encoder_options(encoder)),
+        *("-g", gop, "-keyint_min", gop, "-bf", "0"),
+        # A keyframe every 2 s whatever the encoder, so players and HLS can join quickly.
+        *("-force_key_frames", f"expr:gte(t,n_forced*{KEYFRAME_SECONDS})"),
+        *("-b:v", f"{kbps}k", "-maxrate", f"{kbps}k", "-bufsize", f"{2 * kbps}k"),
+    ]
+
+
+def _upload_filters(encoder: str) -> list[str]:
+    """Pixel format for the encoder, and the upload into GPU memory that VAAPI needs."""
+    if encoder.endswith("_vaapi"):
+        return ["format=nv12", "hwupload"]
+    if encoder.endswith("_qsv"):
+        return ["format=nv12"]
+    return ["format=yuv420p"]
+
+
+def _encoder_options(encoder: str) -> list[str]:
+    """Low-latency settings per encoder family."""
+    if encoder == "libx264":
+        return ["-preset", "veryfast", "-tune", "zerolatency", "-sc_threshold", "0"]
+    if encoder == "libx265":
+        quiet = "log-level=error:scenecut=0"
+        return ["-preset", "veryfast", "-tune", "zerolatency", "-x265-params", quiet]
+    if encoder == "mpeg4":
+        return ["-sc_threshold", "0"]
+    if encoder.endswith("_nvenc"):
+        return ["-preset", "p2", "-tune", "ll", "-zerolatency", "1"]
+    if encoder.endswith("_qsv"):
+        return ["-preset", "veryfast"]
+    if encoder.endswith("_videotoolbox"):
+        return ["-realtime", "1"]
+    return []  # vaapi: bitrate and GOP below are all it takes
+
+
+def _audio_args(spec: StreamSpec) -> list[str]:
+    if spec.audio == "aac":
+        return ["-c:a", "aac", "-b:a", "128k", "-ac", "2"]
+    if spec.audio == "pcm_alaw":
+        return ["-c:a", "pcm_alaw", "-ar", "8000", "-ac", "1"]
+    return ["-an"]
+
+
+def _output_args(spec: StreamSpec, target: str) -> list[str]:
+    muxer = output_muxer(spec.output)
+    if muxer == "null":
+        return ["-f", "null", "-"]
+    if spec.codec == "h265" and muxer in ("hls", "mp4", "mov"):
+        # Apple players want HEVC tagged hvc1 (FFmpeg defaults to hev1).
+        return ["-tag:v", "hvc1", *_container_args(muxer, target)]
+    return _container_args(muxer, target)
+
+
+def _container_args(muxer: str, target: str) -> list[str]:
+    if muxer == "hls":
+        segments = str(Path(target).parent / _HLS_SEGMENT)
+        return [
+            *("-f", "hls", "-hls_time", str(KEYFRAME_SECONDS), "-hls_list_size", "6"),
+            *("-hls_delete_threshold", "3", "-hls_flags", "delete_segments+omit_endlist"),
+            *("-hls_segment_filename", f"file:{segments}", f"file:{target}"),
+        ]
+    if muxer == "rtsp":
+        return ["-f", "rtsp", "-rtsp_transport", "tcp", target]
+    if target.startswith("/"):
+        # Fragmented MP4/MOV stays playable when FFmpeg is killed before it finishes.
+        fragments = ["-movflags", "+frag_keyframe+empty_moov"] if muxer in ("mp4", "mov") else []
+        # file: so that a ':' in the name is never read as a protocol.
+        return ["-f", muxer, *fragments, "-y", f"file:{target}"]
+    return ["-f", muxer, target]  # flv for rtmp, mpegts for srt/udp/tcp
+
+
+def _size(spec: StreamSpec) -> tuple[int, int]:
+    if spec.resolution is None or spec.fps is None:
+        raise ValueError(f"{spec.name}: codec {spec.codec} has no resolution or fps")
+    return spec.resolution, spec.fps
+
+
+def _width(height: int) -> int:
+    """The even 16:9 width for ``height`` (854 for 480)."""
+    return (height * 16 // 9 + 1) // 2 * 2
