@@ -146,6 +146,7 @@ def env_for(home: Path) -> dict[str, str]:
     env["STREAMALCHEMY_AUTOSTART"] = "0"  # a benchmark starts its daemon itself
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     env.pop("PYTHONPROFILEIMPORTTIME", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # .pyc caches, as an installed package has
     return env
 
 

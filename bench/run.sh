@@ -25,5 +25,6 @@ fi
 
 # The work tree first on the path, whether or not the venv has streamalchemy installed.
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONDONTWRITEBYTECODE=1
+# Byte-code caches as an installed package has them (this environment may turn them off).
+unset PYTHONDONTWRITEBYTECODE
 exec "$py" -m bench.run "$@"
