@@ -50,7 +50,7 @@ class Backoff:
             self.failures = 0
         delay = min(self.cap, self.base * 2**self.failures)
         self.failures += 1
-        return delay * self.rand.uniform(0.5, 1.0)
+        return float(delay * self.rand.uniform(0.5, 1.0))
 
 
 def should_restart(policy: str, exit_code: int, stalled: bool) -> bool:

@@ -222,11 +222,15 @@ class Daemon:
             stderr=subprocess.PIPE,
         )
         wait_for(
-            lambda: self.socket.exists() or self.proc.poll() is not None, 20, "the daemon's socket"
+            lambda: self.answering() or self.proc.poll() is not None, 20, "the daemon's socket"
         )
         assert self.proc.poll() is None, (
             self.proc.stderr.read().decode() if self.proc.stderr else ""
         )
+
+    def answering(self) -> bool:
+        with socket.socket(socket.AF_UNIX) as probe:
+            return probe.connect_ex(str(self.socket)) == 0
 
     @property
     def pid(self) -> int:

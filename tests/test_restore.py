@@ -23,7 +23,7 @@ def entry(config: dict[str, str], saved_at: float) -> dict[str, object]:
     return {"config": config, "saved_at": saved_at, "status": "active"}
 
 
-def testsrc_config(**extra: str) -> dict[str, str]:
+def pattern_config(**extra: str) -> dict[str, str]:
     return {
         "video_codec": "h264",
         "resolution": "480",
@@ -51,7 +51,7 @@ def running(*names: str) -> bool:
 
 def test_remaining_time_survives_restarts(tmp_home: Path) -> None:
     half_hour_ago = time.time() - 1800
-    write_state(tmp_home, {"timed": entry(testsrc_config(duration_hours="1"), half_hour_ago)})
+    write_state(tmp_home, {"timed": entry(pattern_config(duration_hours="1"), half_hour_ago)})
     for _ in range(2):
         d = Daemon(tmp_home)
         try:
@@ -70,10 +70,10 @@ def test_expired_removed_missing_file_skipped_and_kept(tmp_home: Path, sample_vi
     write_state(
         tmp_home,
         {
-            "old": entry(testsrc_config(duration_hours="1"), now - 7200),
+            "old": entry(pattern_config(duration_hours="1"), now - 7200),
             "lost": entry(
                 {
-                    **testsrc_config(),
+                    **pattern_config(),
                     "stream_type": "file",
                     "video_file_path": str(gone),
                     "file_source_type": "custom",
@@ -82,7 +82,7 @@ def test_expired_removed_missing_file_skipped_and_kept(tmp_home: Path, sample_vi
             ),
             "fine": entry(
                 {
-                    **testsrc_config(),
+                    **pattern_config(),
                     "stream_type": "file",
                     "video_file_path": str(sample_video),
                     "video_codec": "copy",
@@ -162,7 +162,7 @@ def test_failing_restore_keeps_stream_saved_and_retrying(tmp_home: Path) -> None
     from conftest import free_port
 
     url = f"rtsp://127.0.0.1:{free_port()}/nobody"
-    write_state(tmp_home, {"dead": entry(testsrc_config(output=url), time.time())})
+    write_state(tmp_home, {"dead": entry(pattern_config(output=url), time.time())})
     d = Daemon(tmp_home, "--no-restore")
     try:
         code, doc = cli_json("restore")
@@ -192,7 +192,7 @@ def test_persistence_disabled_saves_and_restores_nothing(
 
 
 def test_saved_works_with_daemon_down_and_clear_needs_yes(tmp_home: Path) -> None:
-    write_state(tmp_home, {"s1": entry(testsrc_config(), time.time())})
+    write_state(tmp_home, {"s1": entry(pattern_config(), time.time())})
     code, doc = cli_json("saved")
     assert code == 0 and set(doc["streams"]) == {"s1"} and doc["enabled"] is True
     assert "s1" in cli("saved").stdout
@@ -210,9 +210,9 @@ def test_saved_works_with_daemon_down_and_clear_needs_yes(tmp_home: Path) -> Non
 def test_plan_orders_by_priority() -> None:
     now = time.time()
     entries = {
-        "low": entry(testsrc_config(priority="-1"), now),
-        "high": entry(testsrc_config(priority="10"), now),
-        "mid": entry(testsrc_config(), now),
+        "low": entry(pattern_config(priority="-1"), now),
+        "high": entry(pattern_config(priority="10"), now),
+        "mid": entry(pattern_config(), now),
     }
     steps = plan(entries, running=set(), choose_encoder=lambda s: "libx264", now=now)
     assert [s.name for s in steps] == ["high", "mid", "low"]
