@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -76,15 +77,15 @@ def run(quick: bool = False) -> tuple[list[Row], str]:
             daemon.wait_ready()
             daemon.wait_all_progress(STREAMS, 120)
             for name, cmd in cmds.items():  # warm-up, and a check that each one works
-                run_cmd(cmd, env)
+                run_cmd(cmd, env, home)
                 if name != "baseline":
-                    out = json.loads(_stdout(cmd, env))
+                    out = json.loads(_stdout(cmd, env, home))
                     if out.get("success") is not True:
                         raise BenchError(f"{' '.join(cmd)} answered {out}")
             samples = {name: Sample() for name in cmds}
             for _ in range(rounds):
                 for name, cmd in cmds.items():
-                    samples[name].values.append(run_cmd(cmd, env) * 1000)
+                    samples[name].values.append(run_cmd(cmd, env, home) * 1000)
             log("cli: " + ", ".join(f"{k} {v.median:.0f}ms" for k, v in samples.items()))
             if len(daemon.get("/streams")["streams"]) != STREAMS:
                 raise BenchError("the daemon lost streams during the CLI benchmark")
@@ -105,22 +106,19 @@ def run(quick: bool = False) -> tuple[list[Row], str]:
     return rows, how
 
 
-def _stdout(cmd: list[str], env: dict[str, str]) -> str:
-    import subprocess
-
+def _stdout(cmd: list[str], env: dict[str, str], cwd: Path) -> str:
     return subprocess.run(
-        cmd, env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
-    ).stdout
+        cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=60,
+        stdin=subprocess.DEVNULL,
+    ).stdout  # fmt: skip
 
 
 def importtime(args: tuple[str, ...], top: int = 15) -> str:
     """The heaviest imports (cumulative microseconds) of one CLI command."""
-    import subprocess
-
     with temp_home("imp") as home:
         proc = subprocess.run(
             [PYTHON, "-X", "importtime", "-m", "streamalchemy", *args],
-            env=env_for(home), capture_output=True, text=True, timeout=60,
+            env=env_for(home), cwd=home, capture_output=True, text=True, timeout=60,
             stdin=subprocess.DEVNULL,
         )  # fmt: skip
     rows = []

@@ -282,9 +282,7 @@ class Daemon:
         code = self.proc.poll()
         state = f"exited with code {code}" if code is not None else "still running"
         detail = "\n    ".join(tail) or "(no output)"
-        return BenchError(
-            f"the daemon {what} ({state}); its stderr ({self.stderr_path}):\n    {detail}"
-        )
+        return BenchError(f"the daemon {what} ({state}); its stderr:\n    {detail}")
 
     def get(self, path: str, timeout: float = 30.0) -> dict[str, Any]:
         return http(self.socket, "GET", path, timeout)
@@ -382,11 +380,11 @@ def daemon_argvs(home: Path, entries: dict[str, Any]) -> list[list[str]]:
     return argvs
 
 
-def run_cmd(cmd: Sequence[str], env: dict[str, str], timeout: float = 60.0) -> float:
+def run_cmd(cmd: Sequence[str], env: dict[str, str], cwd: Path, timeout: float = 60.0) -> float:
     """Run one command to completion; its wall time in seconds. Fails on a non-zero exit."""
     t0 = time.perf_counter()
     proc = subprocess.run(
-        cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout
+        cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout
     )
     elapsed = time.perf_counter() - t0
     if proc.returncode != 0:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 
 from bench.common import BenchError, kill_pids
+from streamalchemy.procs import with_parent_death_signal
 
 
 class Children:
@@ -34,8 +35,10 @@ class Children:
         self._block_frame: dict[int, int] = {}
         try:
             for i, argv in enumerate(argvs):
+                # Exactly what the daemon runs: setpriv arms the parent-death signal and
+                # execs FFmpeg, so no FFmpeg outlives this process even if it is killed.
                 proc = subprocess.Popen(
-                    argv,
+                    with_parent_death_signal(argv),
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE if stderr else subprocess.DEVNULL,

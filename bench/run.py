@@ -15,6 +15,7 @@ import io
 import os
 import platform
 import pstats
+import signal
 import sys
 import tempfile
 import time
@@ -241,8 +242,9 @@ for it; every process it starts is stopped by PID.
 - **Restore**: the state file holds N saved `--file clip.mp4 --codec copy --output null`
   streams. Timed from launching `python -m streamalchemy daemon run` until `GET /streams`
   (polled every 0.1 s on the socket) shows every stream with `frames` > 0. The floor
-  spawns the very argv `ffmpeg.build_argv` gives for those entries, all at once, and
-  waits for each one's first `-progress` block with `frame` > 0. A 5-stream warm-up
+  spawns the very command the daemon runs for those entries (`ffmpeg.build_argv`, behind
+  `setpriv --pdeathsig KILL` as `procs.spawn` does), all at once, and waits for each
+  one's first `-progress` block with `frame` > 0. A 5-stream warm-up
   restore first fills the page cache and the daemon's encoder cache, as on a machine
   where the daemon has run before.
 - **CLI latency**: the daemon supervises 20 such streams; each round runs `python -c pass`
@@ -300,6 +302,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--profile", action="store_true", help="profile misses even in --quick")
     parser.add_argument("--out", type=Path, help="where to write the page")
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so every finally block stops what it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     info = machine()
     rep = Report()
     for name in args.only or ORDER:
