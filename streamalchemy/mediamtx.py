@@ -1,0 +1,150 @@
+"""Run MediaMTX, the RTSP server default outputs push to, when it is installed but not running.
+
+Optional: without a ``mediamtx`` binary (``STREAMALCHEMY_MEDIAMTX``, config.toml's
+``mediamtx`` or PATH), with an RTSP URL on another host, or with something already
+listening on its port, nothing is started. Otherwise the daemon owns it like a
+stream: its own process group, killed with the daemon, restarted with backoff,
+its output in ``<log dir>/mediamtx.log``. Nothing here touches streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from streamalchemy import procs
+from streamalchemy.settings import Settings
+from streamalchemy.supervisor import Backoff, StreamLog
+
+log = logging.getLogger("streamalchemy.mediamtx")
+
+READY_WAIT = 5.0  # seconds the daemon waits for MediaMTX's port before restoring streams
+STOP_GRACE = 5.0
+
+
+def local_address(rtsp_url: str) -> tuple[str, int] | None:
+    """The host and port of a plain ``rtsp://`` URL on this machine, else None.
+
+    An ``rtsps://`` server needs MediaMTX's TLS settings: that one the user runs.
+    """
+    parts = urlsplit(rtsp_url)
+    host = parts.hostname or ""
+    try:
+        local = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = False
+    if parts.scheme != "rtsp" or not local:
+        return None
+    return host, parts.port or 554
+
+
+def listening(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Whether a server accepts TCP connections there (a plain connect: fine for an RTSP server)."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+class MediaMTX:
+    """One supervised MediaMTX process, restarted with backoff until ``stop``."""
+
+    def __init__(self, binary: str, host: str, port: int, log_dir: Path) -> None:
+        self.argv = [binary]
+        self.host, self.port = host, port
+        self.log = StreamLog(log_dir / "mediamtx.log")
+        self.backoff = Backoff()
+        self._proc: asyncio.subprocess.Process | None = None
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Begin supervising and wait, bounded, until the RTSP port answers."""
+        self._task = asyncio.create_task(self._supervise(), name="mediamtx")
+        deadline = time.monotonic() + READY_WAIT
+        while not await asyncio.to_thread(listening, self.host, self.port, 0.2):
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "MediaMTX is not listening on port %d after %gs; streams will retry; see %s",
+                    self.port,
+                    READY_WAIT,
+                    self.log.path,
+                )
+                return
+            await asyncio.sleep(0.05)
+        log.info("MediaMTX listening on %s:%d", self.host, self.port)
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        # Must run on the loop thread, as procs.spawn: the parent-death signal is per thread.
+        return await asyncio.create_subprocess_exec(
+            *procs.with_parent_death_signal(self.argv),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            process_group=0,
+            # Where the release's mediamtx.yml sits, next to the binary, is where it looks.
+            cwd=Path(self.argv[0]).parent,
+            # Listen where our streams push to, whatever the port.
+            env={**os.environ, "MTX_RTSPADDRESS": f":{self.port}"},
+        )
+
+    async def _supervise(self) -> None:
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            try:
+                self._proc = await self._spawn()
+            except OSError as exc:
+                self.log.event(f"cannot run {self.argv[0]}: {exc.strerror}")
+                code = 127
+            else:
+                if self._stopping.is_set():  # stop() came while the fork was under way
+                    await procs.stop(self._proc, STOP_GRACE)
+                self.log.event(f"started MediaMTX pid {self._proc.pid}")
+                assert self._proc.stdout is not None
+                async for raw in self._proc.stdout:
+                    self.log.ffmpeg(raw.decode(errors="replace"))  # any child's output line
+                code = await self._proc.wait()
+                self.log.event(f"MediaMTX pid {self._proc.pid} exited with code {code}")
+            if self._stopping.is_set():
+                return
+            delay = self.backoff.next_delay(time.monotonic() - started)
+            self.log.event(f"restarting in {delay:.1f}s")
+            log.warning("MediaMTX exited with code %d; restarting in %.1fs", code, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+
+    async def stop(self) -> None:
+        """Stop supervising, then stop MediaMTX's process group (SIGTERM, SIGKILL after grace)."""
+        self._stopping.set()
+        if self._proc is not None:
+            await procs.stop(self._proc, STOP_GRACE)
+        if self._task is not None:
+            await self._task
+        self.log.event("stopped")
+        self.log.close()
+
+
+async def start_if_needed(settings: Settings) -> MediaMTX | None:
+    """Start MediaMTX for the daemon when it is installed and no RTSP server is up already."""
+    if settings.mediamtx is None:
+        return None
+    address = local_address(settings.rtsp_url)
+    if address is None:
+        log.info(
+            "MediaMTX not started: %s is not an rtsp:// URL on this machine", settings.rtsp_url
+        )
+        return None
+    if await asyncio.to_thread(listening, *address):
+        log.info("MediaMTX not started: something already listens on port %d", address[1])
+        return None
+    server = MediaMTX(settings.mediamtx, *address, settings.log_dir)
+    await server.start()
+    return server
