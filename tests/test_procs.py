@@ -48,6 +48,8 @@ def test_parent_death_signal_kills_child_with_its_parent() -> None:
     try:
         assert parent.stdout is not None
         child = psutil.Process(int(parent.stdout.readline()))
+        # setpriv sets the signal just before it execs: wait for the exec.
+        wait_for(lambda: child.cmdline() == SLEEPER, 10, "setpriv to exec the child")
         parent.kill()
         parent.wait(10)
         alive = psutil.wait_procs([child], timeout=10)[1]
