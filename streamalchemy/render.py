@@ -14,7 +14,8 @@ from streamalchemy.durations import parse_duration_hours
 from streamalchemy.errors import InvalidInput
 from streamalchemy.spec import mask_credentials
 
-console = Console()
+# Piped output keeps whole lines: scripts grep it, and 80 columns would cut every cell.
+console = Console(width=None if sys.stdout.isatty() else 240)
 STATUS_STYLE = {
     "running": "green",
     "starting": "cyan",
