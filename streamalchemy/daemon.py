@@ -193,6 +193,14 @@ class Daemon:
         await asyncio.gather(*(start_one(step) for step in to_start))
         return results
 
+    async def restore_at_launch(self) -> None:
+        # Probing encoders may run test encodes: keep the socket answering meanwhile.
+        try:
+            await asyncio.to_thread(self.encoder_table)
+        except StreamAlchemyError as exc:
+            log.error("%s", exc)  # each stream's restore then reports it
+        await self.restore(dry_run=False)
+
     def status(self) -> dict[str, Any]:
         return {
             "success": True,
@@ -372,7 +380,7 @@ async def _serve(settings: Settings, restore: bool) -> None:
     systemd.notify("READY=1")
     restoring = None
     if restore and daemon.store.enabled:
-        restoring = asyncio.create_task(daemon.restore(dry_run=False))
+        restoring = asyncio.create_task(daemon.restore_at_launch())
     await daemon.shutdown.wait()
     log.info("shutting down: stopping %d stream(s)", len(daemon.supervisor.streams))
     systemd.notify("STOPPING=1")

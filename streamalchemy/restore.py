@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streamalchemy.errors import EncoderUnavailable, InvalidInput
+from streamalchemy.errors import EncoderUnavailable, InvalidInput, StreamAlchemyError
 from streamalchemy.spec import StreamSpec, spec_from_entry
 
 
@@ -75,6 +75,9 @@ def plan(
             encoder = choose_encoder(spec)
         except EncoderUnavailable as exc:
             steps.append(Step(name, "skipped", str(exc)))
+            continue
+        except StreamAlchemyError as exc:  # FFmpeg itself is missing or broken
+            steps.append(Step(name, "failed", str(exc)))
             continue
         steps.append(Step(name, "restored", "", spec=spec, saved_at=saved_at, encoder=encoder))
     return steps
