@@ -20,7 +20,7 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import IO, Any
 
-from streamalchemy import __version__, encoders, systemd
+from streamalchemy import __version__, encoders, mediamtx, systemd
 from streamalchemy.errors import (
     InvalidInput,
     OperationFailed,
@@ -373,6 +373,8 @@ async def _serve(settings: Settings, restore: bool) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.shutdown.set)
+    # Up before the daemon answers or restores: RTSP streams find their server running.
+    rtsp_server = await mediamtx.start_if_needed(settings)
     server = await asyncio.start_unix_server(
         connection_handler(daemon.handle), sock=_bind(settings.socket)
     )
@@ -388,6 +390,8 @@ async def _serve(settings: Settings, restore: bool) -> None:
     if restoring is not None and not restoring.done():
         restoring.cancel()
     await daemon.supervisor.stop_all()
+    if rtsp_server is not None:
+        await rtsp_server.stop()
     with contextlib.suppress(FileNotFoundError):
         settings.socket.unlink()
     log.info("daemon stopped")

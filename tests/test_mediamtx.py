@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import free_port
+from conftest import Daemon, cli_json, free_port, wait_for
 from streamalchemy import mediamtx
 from streamalchemy.settings import load_settings
 
@@ -143,3 +143,21 @@ def test_not_started_without_binary_remote_url_or_with_port_taken(
             settings = load_settings(env={**env, **extra})
             assert asyncio.run(mediamtx.start_if_needed(settings)) is None
 
+
+def test_daemon_runs_mediamtx_until_it_stops(
+    tmp_home: Path, tmp_path: Path, marker: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()
+    monkeypatch.setenv("STREAMALCHEMY_MEDIAMTX", str(stand_in(tmp_path, LISTENER)))
+    monkeypatch.setenv("STREAMALCHEMY_RTSP_URL", f"rtsp://127.0.0.1:{port}")
+    d = Daemon(tmp_home)
+    try:
+        # Up before the daemon answered: restored RTSP streams find their server.
+        assert mediamtx.listening("127.0.0.1", port)
+        [pid] = started_pids(marker)
+        assert pid in {c.pid for c in d.ffmpeg_children()}
+        assert cli_json("daemon", "status")[0] == 0
+    finally:
+        assert d.stop() == 0
+    wait_for(lambda: not psutil.pid_exists(pid), 10, "MediaMTX to stop with the daemon")
+    assert "listener opened" in (tmp_home / "logs" / "mediamtx.log").read_text()
