@@ -129,7 +129,7 @@ def describe(param: Any) -> tuple[str, str]:
     if param.param_type_name == "argument":
         many = "..." if param.nargs == -1 else ""
         return f"\\fI{metavar}\\fR{many}", " ".join(body)
-    names = ", ".join(f"\\fB{text(o)}\\fR" for o in param.opts)
+    names = ", ".join(f"\\fB{text(o)}\\fR" for o in [*param.opts, *param.secondary_opts])
     return (names if param.is_flag else f"{names} \\fI{metavar}\\fR"), " ".join(body)
 
 

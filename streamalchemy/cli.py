@@ -28,6 +28,11 @@ app = typer.Typer(
 )
 daemon_app = typer.Typer(help="Run, stop and inspect the background daemon.", no_args_is_help=True)
 app.add_typer(daemon_app, name="daemon")
+service_app = typer.Typer(
+    help="Run the daemon as a systemd service, so that streams come back after a reboot.",
+    no_args_is_help=True,
+)
+app.add_typer(service_app, name="service")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
@@ -323,6 +328,70 @@ def daemon_status(as_json: JsonOpt = False) -> None:
         render.status(result)
 
     _emit(as_json, actions.daemon_status, show)
+
+
+FlavourOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--user/--system",
+        help="A user unit (starts at login, or at boot with lingering) or a system unit "
+        "(starts at boot). [default: --system for root, else --user]",
+    ),
+]
+NoSystemctlOpt = Annotated[
+    bool,
+    typer.Option("--no-systemctl", help="Change the unit file only; print the systemctl commands."),
+]
+
+
+@service_app.command("install")
+def service_install(
+    user: FlavourOpt = None,
+    print_only: Annotated[
+        bool, typer.Option("--print", help="Print the unit on stdout; write nothing.")
+    ] = False,
+    run_as: Annotated[
+        str | None,
+        typer.Option(help="The system unit's user. [default: $SUDO_USER, else you]"),
+    ] = None,
+    no_systemctl: NoSystemctlOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a systemd unit that runs `streamalchemy daemon run`, then enable and start it."""
+    from streamalchemy import service
+
+    flavour = service.flavour_for(user)
+
+    def action() -> dict[str, Any]:
+        unit = service.build(flavour, os.environ, run_as)
+        if print_only:
+            return {"success": True, "path": str(unit.path), "flavour": flavour, "unit": unit.text}
+        use = not no_systemctl and service.systemctl_usable(flavour)
+        return service.install(unit, use_systemctl=use, daemon_running=client().reachable())
+
+    def show(result: dict[str, Any]) -> None:
+        if print_only:
+            print(result["unit"], end="")
+        else:
+            print(service.summary(result))
+
+    _emit(as_json, action, show)
+
+
+@service_app.command("uninstall")
+def service_uninstall(
+    user: FlavourOpt = None, no_systemctl: NoSystemctlOpt = False, as_json: JsonOpt = False
+) -> None:
+    """Stop and disable the systemd unit and remove it; saved streams stay saved."""
+    from streamalchemy import service
+
+    flavour = service.flavour_for(user)
+
+    def action() -> dict[str, Any]:
+        use = not no_systemctl and service.systemctl_usable(flavour)
+        return service.uninstall(flavour, os.environ, use_systemctl=use)
+
+    _emit(as_json, action, lambda r: print(service.summary(r)))
 
 
 def _version(value: bool) -> None:

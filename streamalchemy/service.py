@@ -42,9 +42,11 @@ class Unit:
     notes: tuple[str, ...] = ()
 
 
-def default_flavour() -> Flavour:
-    """Root gets a system unit (starts at boot); anyone else a user unit."""
-    return "system" if os.geteuid() == 0 else "user"
+def flavour_for(user: bool | None) -> Flavour:
+    """``--user``/``--system``; without either, root gets a system unit, anyone else a user one."""
+    if user is None:
+        user = os.geteuid() != 0
+    return "user" if user else "system"
 
 
 def unit_path(flavour: Flavour, env: Mapping[str, str]) -> Path:
@@ -258,3 +260,15 @@ def uninstall(
         "ran": use_systemctl,
         "message": f"removed {path}",
     }
+
+
+def summary(result: Mapping[str, Any]) -> str:
+    """What ``install`` or ``uninstall`` did, for people."""
+    lines = [result.get("message", f"wrote {result['path']}")]
+    if result["ran"]:
+        lines += [f"ran: {c}" for c in result["commands"]]
+    elif result["commands"]:
+        lines += ["systemctl was not run; where systemd runs, run:"]
+        lines += [f"    {c}" for c in result["commands"]]
+    lines += [f"note: {n}" for n in result.get("notes", [])]
+    return "\n".join(lines)

@@ -38,7 +38,12 @@ def test_committed_pages_match_the_cli(tmp_path: Path) -> None:
 
 def test_a_page_per_command_and_no_date(tmp_path: Path) -> None:
     pages = generate(tmp_path)
-    for name in ("streamalchemy.1", "streamalchemy-start.1", "streamalchemy-daemon-run.1"):
+    for name in (
+        "streamalchemy.1",
+        "streamalchemy-start.1",
+        "streamalchemy-daemon-run.1",
+        "streamalchemy-service-install.1",
+    ):
         assert name in pages
     # The same version gives the same bytes: the date field stays empty.
     assert pages["streamalchemy.1"].splitlines()[1].startswith('.TH STREAMALCHEMY 1 "" ')

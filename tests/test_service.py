@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_json, kill_tree, wait_for
+from conftest import cli, cli_json, kill_tree, wait_for
 from streamalchemy import service
 from streamalchemy.errors import InvalidInput, OperationFailed
 from streamalchemy.supervisor import Supervisor
@@ -200,6 +200,35 @@ def test_uninstall_disables_and_removes(tmp_path: Path) -> None:
     assert result["message"] == f"removed {unit.path}"
     again = service.uninstall("user", env, use_systemctl=True, run=run)
     assert again["success"] is True and "no unit" in again["message"]
+
+
+# -- the command ----------------------------------------------------------------------
+
+
+def test_service_install_print_writes_nothing(
+    tmp_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    proc = cli("service", "install", "--user", "--print")
+    assert proc.returncode == 0, proc.stderr
+    assert fields(proc.stdout)["Type"] == ["notify"]
+    assert f'"STREAMALCHEMY_HOME={tmp_home}"' in fields(proc.stdout)["Environment"]
+    assert not (tmp_path / "systemd").exists()
+
+
+def test_service_install_then_uninstall(
+    tmp_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    path = tmp_path / "systemd" / "user" / service.UNIT_NAME
+    proc = cli("service", "install", "--user", "--no-systemctl")
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {path}" in proc.stdout
+    assert "systemctl --user enable --now streamalchemy.service" in proc.stdout
+    assert fields(path.read_text())["ExecStart"][0].endswith("daemon run")
+    code, doc = cli_json("service", "uninstall", "--user", "--no-systemctl")
+    assert code == 0 and doc["success"] is True and doc["message"] == f"removed {path}"
+    assert not path.exists()
 
 
 # -- the daemon's side of Type=notify --------------------------------------------------
