@@ -1,19 +1,24 @@
-"""The man pages in man/: generated from the Typer app, never drifting, rendering cleanly."""
+"""The docs: man pages generated from the Typer app and rendering cleanly, a README that
+names only real commands and options, and every setting documented in both."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import typer
 
+from streamalchemy.cli import app
 from streamalchemy.settings import _KNOWN
 
 ROOT = Path(__file__).resolve().parent.parent
 MAN_DIR = ROOT / "man"
+README = (ROOT / "README.md").read_text()
 
 
 def generate(out: Path) -> dict[str, str]:
@@ -50,11 +55,37 @@ def test_a_page_per_command_and_no_date(tmp_path: Path) -> None:
     assert generate(tmp_path / "again") == pages
 
 
-def test_main_page_names_every_setting() -> None:
-    page = (MAN_DIR / "streamalchemy.1").read_text()
+@pytest.mark.parametrize("doc", [MAN_DIR / "streamalchemy.1", ROOT / "README.md"])
+def test_every_setting_is_documented(doc: Path) -> None:
+    text = doc.read_text()
     for key, (var, _parse) in _KNOWN.items():
-        assert var in page and key in page, var
-    assert "STREAMALCHEMY_HOME" in page
+        assert var in text and key in text, var
+    assert "STREAMALCHEMY_HOME" in text
+
+
+def test_readme_starts_with_the_demo_and_the_tests() -> None:
+    first_block = README.split("```bash\n", 1)[1].split("```", 1)[0]
+    assert first_block.splitlines() == ["bash scripts/demo.sh", "bash scripts/test.sh"]
+
+
+def _options(command: typer.core.TyperGroup | typer.core.TyperCommand) -> set[str]:
+    return {o for p in command.params for o in [*p.opts, *getattr(p, "secondary_opts", [])]}
+
+
+def test_readme_uses_only_real_commands_and_options() -> None:
+    root = typer.main.get_command(app)
+    # Every "streamalchemy WORDS" in the README, up to a quote or a shell operator.
+    for match in re.finditer(r"(?<![\w/.-])streamalchemy((?: +[^\s`'\"|;&)>]+)+)", README):
+        command, words = root, match.group(1).split()
+        while words and words[0] in getattr(command, "commands", {}):
+            command = command.commands[words.pop(0)]
+        where = match.group(0)
+        if isinstance(command, typer.core.TyperGroup) and words:
+            assert words[0].startswith("-"), f"no such command: {where}"
+        known = {"--help", *_options(root), *_options(command)}
+        for word in words:
+            for option in re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", word):
+                assert option in known, f"no option {option}: {where}"
 
 
 @pytest.mark.skipif(
