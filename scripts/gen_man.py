@@ -64,7 +64,7 @@ ENVIRONMENT = [
     (
         "STREAMALCHEMY_MEDIAMTX",
         "A MediaMTX binary for the daemon to run when no RTSP server listens "
-        "(default: found on PATH).",
+        "(default: found on PATH; off: never).",
     ),
 ]
 FILES = [

@@ -1,10 +1,10 @@
 """Run MediaMTX, the RTSP server default outputs push to, when it is installed but not running.
 
-Optional: without a ``mediamtx`` binary (``STREAMALCHEMY_MEDIAMTX``, config.toml's
-``mediamtx`` or PATH), with an RTSP URL on another host, or with something already
-listening on its port, nothing is started. Otherwise the daemon owns it like a
-stream: its own process group, killed with the daemon, restarted with backoff,
-its output in ``<log dir>/mediamtx.log``. Nothing here touches streams.
+Optional: nothing is started without a ``mediamtx`` binary (``STREAMALCHEMY_MEDIAMTX``,
+config.toml's ``mediamtx`` or PATH), with it set to ``off``, with an RTSP URL on another
+host, or with something already listening on its port. Otherwise the daemon owns it like
+a stream: its own process group, killed with the daemon, restarted with backoff, its
+output in ``<log dir>/mediamtx.log``. Nothing here touches streams.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ log = logging.getLogger("streamalchemy.mediamtx")
 
 READY_WAIT = 5.0  # seconds the daemon waits for MediaMTX's port before restoring streams
 STOP_GRACE = 5.0
+# STREAMALCHEMY_MEDIAMTX=off: a mediamtx on PATH is left alone.
+OFF = frozenset({"off", "no", "none", "false", "0"})
 
 
 def local_address(rtsp_url: str) -> tuple[str, int] | None:
@@ -134,7 +136,7 @@ class MediaMTX:
 
 async def start_if_needed(settings: Settings) -> MediaMTX | None:
     """Start MediaMTX for the daemon when it is installed and no RTSP server is up already."""
-    if settings.mediamtx is None:
+    if settings.mediamtx is None or settings.mediamtx.lower() in OFF:
         return None
     address = local_address(settings.rtsp_url)
     if address is None:

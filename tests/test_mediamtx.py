@@ -123,25 +123,31 @@ def test_restarted_with_growing_backoff(
     assert "no configuration, giving up" in log_file.read_text()
 
 
-def test_not_started_without_binary_remote_url_or_with_port_taken(
+def test_not_started_when_off_absent_remote_or_port_taken(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no mediamtx to find there
+    binary = str(stand_in(tmp_path, LISTENER))
     env = {"STREAMALCHEMY_HOME": str(tmp_path)}
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     port = busy.getsockname()[1]
-    binary = str(stand_in(tmp_path, LISTENER))
-    cases = [
-        {},  # no mediamtx configured or on PATH
-        {"STREAMALCHEMY_MEDIAMTX": binary, "STREAMALCHEMY_RTSP_URL": "rtsp://192.0.2.7:8554"},
-        {"STREAMALCHEMY_MEDIAMTX": binary, "STREAMALCHEMY_RTSP_URL": f"rtsp://127.0.0.1:{port}"},
-    ]
     with busy:
+        monkeypatch.setenv("PATH", str(tmp_path))  # a mediamtx to find there...
+        cases = [
+            {"STREAMALCHEMY_MEDIAMTX": "off"},  # ...turned off
+            {"STREAMALCHEMY_MEDIAMTX": binary, "STREAMALCHEMY_RTSP_URL": "rtsp://192.0.2.7:8554"},
+            {
+                "STREAMALCHEMY_MEDIAMTX": binary,
+                "STREAMALCHEMY_RTSP_URL": f"rtsp://127.0.0.1:{port}",
+            },
+        ]
         for extra in cases:
-            settings = load_settings(env={**env, **extra})
-            assert asyncio.run(mediamtx.start_if_needed(settings)) is None
+            assert (
+                asyncio.run(mediamtx.start_if_needed(load_settings(env={**env, **extra}))) is None
+            )
+        monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # none configured or on PATH
+        assert asyncio.run(mediamtx.start_if_needed(load_settings(env=env))) is None
 
 
 def test_daemon_runs_mediamtx_until_it_stops(
