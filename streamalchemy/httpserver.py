@@ -76,17 +76,19 @@ def connection_handler(
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             uid = peer_uid(writer)
+            try:
+                # Read the request even from a caller about to be refused, so that it
+                # gets its answer instead of a broken pipe while it is still sending.
+                request = await asyncio.wait_for(_read_request(reader), 30)
+            except (ValueError, UnicodeDecodeError, asyncio.IncompleteReadError) as exc:
+                request = None
+                reply: Reply = (400, {"success": False, "message": f"bad request: {exc}"})
             if uid is not None and uid not in (own_uid, 0):
                 # The socket's mode already keeps others out; this holds if it is loosened.
                 log.warning("refused a client of uid %d", uid)
-                reply: Reply = (403, {"success": False, "message": "permission denied"})
-            else:
-                try:
-                    method, path, query, body = await asyncio.wait_for(_read_request(reader), 30)
-                except (ValueError, UnicodeDecodeError, asyncio.IncompleteReadError) as exc:
-                    reply = (400, {"success": False, "message": f"bad request: {exc}"})
-                else:
-                    reply = await handle(method, path, query, body)
+                reply = (403, {"success": False, "message": "permission denied"})
+            elif request is not None:
+                reply = await handle(*request)
             writer.write(_encode(*reply))
             await writer.drain()
         except (ConnectionError, TimeoutError):
