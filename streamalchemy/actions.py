@@ -53,6 +53,38 @@ def saved() -> dict[str, Any]:
     return {"success": True, "streams": store.load(), "enabled": store.enabled}
 
 
+def restore(dry_run: bool) -> dict[str, Any]:
+    """Restore now, reporting each stream, whether or not the daemon is up.
+
+    With the daemon down, a dry run plans from the file without starting one (that
+    would restore for real), and a real restore starts it without its launch-time
+    restore so that this request does the work and reports every stream.
+    """
+    c = client()
+    if not c.reachable():
+        if dry_run:
+            return {"success": True, "results": _plan_offline(c.settings)}
+        if c.settings.autostart:
+            c.start_daemon(restore=False)
+    reply = c.request("POST", "/restore_streams", {"dry_run": dry_run}, timeout=600)
+    return {"success": reply["success"], "results": reply["results"]}
+
+
+def _plan_offline(settings: Settings) -> dict[str, dict[str, str]]:
+    from functools import cache
+
+    from streamalchemy import encoders, restore
+    from streamalchemy.spec import StreamSpec
+
+    table = cache(lambda: encoders.detect(settings.ffmpeg, settings.data_dir))
+
+    def choose(spec: StreamSpec) -> str:
+        return encoders.choose(spec.codec, spec.hwaccel, table())
+
+    steps = restore.plan(_store(settings).load(), running=(), choose_encoder=choose)
+    return restore.dry_run_results(steps)
+
+
 def clear() -> dict[str, Any]:
     _store(load_settings()).clear()
     return {"success": True, "message": "All persistent streams cleared"}

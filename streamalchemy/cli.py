@@ -239,16 +239,12 @@ def restore(
 ) -> None:
     """Restore every saved stream that is not running, and report each."""
 
-    def action() -> dict[str, Any]:
-        reply = client().request("POST", "/restore_streams", {"dry_run": dry_run}, timeout=600)
-        return {"success": reply["success"], "results": reply["results"]}
-
     def show(result: dict[str, Any]) -> None:
         from streamalchemy import render
 
         render.restore(result)
 
-    result = _emit(as_json, action, show)
+    result = _emit(as_json, lambda: actions.restore(dry_run), show)
     if not result["success"]:
         raise typer.Exit(1)
 

@@ -94,11 +94,12 @@ class Client:
             hint += " (autostart is off: STREAMALCHEMY_AUTOSTART=0)"
         return f"the daemon is not running (no answer on {sock}); {hint}"
 
-    def start_daemon(self) -> None:
+    def start_daemon(self, *, restore: bool = True) -> None:
         """Start the daemon fully detached and wait, bounded, until its socket answers."""
         log_file = self.settings.log_dir / "daemon.log"
+        argv = [sys.executable, "-m", "streamalchemy", "daemon", "run"]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamalchemy", "daemon", "run"],
+            argv if restore else [*argv, "--no-restore"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

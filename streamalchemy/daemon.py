@@ -32,7 +32,7 @@ from streamalchemy.ffmpeg import build_argv, output_target
 from streamalchemy.httpserver import Reply, connection_handler
 from streamalchemy.persist import StateStore, new_entry
 from streamalchemy.procs import ChildRecord
-from streamalchemy.restore import Step, plan
+from streamalchemy.restore import Step, dry_run_results, plan
 from streamalchemy.settings import Settings
 from streamalchemy.sources import check_source
 from streamalchemy.spec import StreamSpec, mask_credentials, spec_from_request, validate_name
@@ -160,21 +160,18 @@ class Daemon:
             running={n for n, s in self.supervisor.streams.items() if s.active} | self._busy,
             choose_encoder=self.choose_encoder,
         )
-        if not dry_run:
-            expired = [s.name for s in steps if s.expired]
-            self.store.remove(*expired)
-            for step in steps:
-                if step.result != "restored":
-                    self.not_restored[step.name] = step.reason
-                    log.info("restore %s: %s (%s)", step.name, step.result, step.reason)
-            for name in expired:
-                self.not_restored.pop(name, None)
+        if dry_run:
+            return dry_run_results(steps)
+        expired = [s.name for s in steps if s.expired]
+        self.store.remove(*expired)
+        for step in steps:
+            if step.result != "restored":
+                self.not_restored[step.name] = step.reason
+                log.info("restore %s: %s (%s)", step.name, step.result, step.reason)
+        for name in expired:
+            self.not_restored.pop(name, None)
         results = {s.name: {"result": s.result, "reason": s.reason} for s in steps}
         to_start = [s for s in steps if s.result == "restored"]
-        if dry_run:
-            for step in to_start:
-                results[step.name]["reason"] = "dry run: would be started"
-            return results
         slots = asyncio.Semaphore(RESTORE_PARALLEL)
 
         async def start_one(step: Step) -> None:

@@ -81,3 +81,14 @@ def plan(
             continue
         steps.append(Step(name, "restored", "", spec=spec, saved_at=saved_at, encoder=encoder))
     return steps
+
+
+def dry_run_results(steps: list[Step]) -> dict[str, dict[str, str]]:
+    """The report of a restore that changes nothing."""
+    return {
+        s.name: {
+            "result": s.result,
+            "reason": "dry run: would be started" if s.result == "restored" else s.reason,
+        }
+        for s in steps
+    }

@@ -65,6 +65,8 @@ def tmp_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         "STREAMALCHEMY_AUTOSTART",
     ):
         monkeypatch.delenv(var, raising=False)
+    # A MediaMTX installed on the developer's machine stays out of the tests' way.
+    monkeypatch.setenv("STREAMALCHEMY_MEDIAMTX", "off")
     yield home
     end_daemon_of(home)
     shutil.rmtree(home, ignore_errors=True)

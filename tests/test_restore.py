@@ -123,6 +123,24 @@ def test_expired_removed_missing_file_skipped_and_kept(tmp_home: Path, sample_vi
         d.stop()
 
 
+def test_restore_with_the_daemon_down(tmp_home: Path) -> None:
+    write_state(tmp_home, {"cam": entry(pattern_config(), time.time())})
+    before = (tmp_home / "active_streams.json").read_bytes()
+
+    # A dry run plans from the file: it starts no daemon, which would restore for real.
+    code, doc = cli_json("restore", "--dry-run")
+    assert code == 0, doc
+    assert doc["results"]["cam"] == {"result": "restored", "reason": "dry run: would be started"}
+    assert cli("daemon", "status").returncode == 3
+    assert (tmp_home / "active_streams.json").read_bytes() == before
+
+    # A real one starts the daemon and reports what it did itself.
+    code, doc = cli_json("restore")
+    assert code == 0, doc
+    assert doc["results"]["cam"] == {"result": "restored", "reason": "started"}
+    assert running("cam")
+
+
 def test_original_app_state_file_is_restored(tmp_home: Path, sample_video: Path) -> None:
     write_state(
         tmp_home,
