@@ -98,7 +98,9 @@ def _abs_path(path: str) -> str:
 
 @app.command()
 def start(
-    name: Annotated[str, typer.Argument(help="Stream name: letters, digits, _ and -, 1-64.")],
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="Stream name: letters, digits, _ and -, 1-64.")
+    ],
     file: Annotated[str | None, typer.Option(help="Loop a local video file.")] = None,
     url: Annotated[str | None, typer.Option(help="Relay an RTSP or other network URL.")] = None,
     testsrc: Annotated[bool, typer.Option("--testsrc", help="A synthetic test pattern.")] = False,
@@ -170,7 +172,9 @@ def start(
 
 @app.command()
 def stop(
-    names: Annotated[list[str] | None, typer.Argument(help="Streams to stop.")] = None,
+    names: Annotated[
+        list[str] | None, typer.Argument(metavar="NAME", help="Streams to stop.")
+    ] = None,
     all_streams: Annotated[bool, typer.Option("--all", help="Stop every stream.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -251,7 +255,7 @@ def restore(
 
 @app.command()
 def logs(
-    name: Annotated[str, typer.Argument(help="The stream.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The stream.")],
     lines: Annotated[int, typer.Option("-n", "--lines", min=0, help="How many lines.")] = 50,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
@@ -419,11 +423,16 @@ def main() -> None:
         format_message = getattr(exc, "format_message", None)
         if format_message is None or not isinstance(getattr(exc, "exit_code", None), int):
             raise
-        # A click usage error: wrong option, bad value, missing argument.
+        # A usage error (wrong option, bad value, missing argument): one line, as
+        # every other error, pointing at the command's help.
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "streamalchemy"
+        message = format_message().replace("Value error, ", "").rstrip(".")
+        if not message:  # the help was shown instead of running nothing
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        message += f" (see '{where} --help')"
         if "--json" in sys.argv[1:]:
-            print(json.dumps({"success": False, "message": format_message()}))
-        show = getattr(exc, "show", None)
-        if show is not None:
-            show()
+            print(json.dumps({"success": False, "message": message}))
+        print(f"streamalchemy: {message}", file=sys.stderr)
         sys.exit(exc.exit_code)  # type: ignore[attr-defined]
     sys.exit(code if isinstance(code, int) else 0)

@@ -125,7 +125,7 @@ def test_bad_input_exits_2_and_writes_nothing(daemon: Daemon, tmp_home: Path) ->
     for args in cases:
         proc = cli(*args, "--output", "null")
         assert proc.returncode == 2, (args, proc.stderr)
-        assert proc.stderr.strip(), args
+        assert len(proc.stderr.strip().splitlines()) == 1, (args, proc.stderr)
     assert saved_names(tmp_home) == set()
     assert cli_json("list")[1]["streams"] == []
 
