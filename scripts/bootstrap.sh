@@ -5,16 +5,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null; then
-    echo "==> installing FFmpeg with apt-get"
+PYTHON="${PYTHON:-python3}"
+packages=()
+command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || packages+=(ffmpeg)
+# Debian's own python3 makes virtual environments only with python3-venv installed.
+[ -x .venv/bin/python ] || "$PYTHON" -c "import ensurepip, venv" 2>/dev/null \
+    || packages+=(python3-venv)
+if [ ${#packages[@]} -gt 0 ]; then
+    echo "==> installing ${packages[*]} with apt-get"
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     export DEBIAN_FRONTEND=noninteractive
     $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq ffmpeg >/dev/null
+    $SUDO apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
 
-PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     echo "==> creating .venv"
     "$PYTHON" -m venv .venv
