@@ -396,6 +396,9 @@ async def _serve(settings: Settings, restore: bool) -> None:
 
 def run(settings: Settings, restore: bool = True) -> None:
     """Run the daemon in the foreground until SIGTERM, SIGINT or ``POST /shutdown``."""
+    # Logs, the children record (FFmpeg argv with source credentials) and outputs
+    # are the user's alone, as the state file is.
+    os.umask(0o077)
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = _hold_instance_lock(settings.data_dir)
     _setup_logging(settings.log_dir)

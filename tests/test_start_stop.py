@@ -203,11 +203,15 @@ def test_hls_output_and_credentials_masked(daemon: Daemon, tmp_home: Path) -> No
     assert "s3cret" not in daemon_log
 
 
-def test_state_file_modes(daemon: Daemon, tmp_home: Path) -> None:
+def test_file_modes(daemon: Daemon, tmp_home: Path) -> None:
     assert cli("start", "m", "--testsrc", "--output", "null", "--resolution", "480").returncode == 0
     state = tmp_home / "active_streams.json"
     assert stat.S_IMODE(state.stat().st_mode) == 0o600
     assert stat.S_IMODE(os.stat(tmp_home / "streamalchemy.sock").st_mode) == 0o600
+    # Logs and the children record (FFmpeg argv, credentials included) are private too.
+    for path in [tmp_home / "children.json", *(tmp_home / "logs").rglob("*")]:
+        want = 0o700 if path.is_dir() else 0o600
+        assert stat.S_IMODE(path.stat().st_mode) == want, path
 
 
 def test_logs_shows_lifecycle(daemon: Daemon) -> None:
