@@ -47,16 +47,24 @@ def _parse_bool(value: str) -> bool:
 
 
 def _parse_count(value: str) -> int:
-    count = int(value)
+    message = "expected a whole number from 0 to 100"
+    try:
+        count = int(value)
+    except ValueError:
+        raise ValueError(message) from None
     if not 0 <= count <= 100:
-        raise ValueError("expected a whole number from 0 to 100")
+        raise ValueError(message)
     return count
 
 
 def _parse_seconds(value: str) -> float:
-    seconds = float(value)
+    message = "expected a number of seconds from 1 to 3600"
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(message) from None
     if not 1 <= seconds <= 3600:
-        raise ValueError("expected a number of seconds from 1 to 3600")
+        raise ValueError(message)
     return seconds
 
 
