@@ -90,7 +90,14 @@ class Daemon:
         target = output_target(spec, self.settings.rtsp_url, self.settings.hls_dir)
         if spec.output == "hls":
             Path(target).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        argv = build_argv(spec, ffmpeg=self.settings.ffmpeg, encoder=encoder, target=target)
+        argv = build_argv(
+            spec,
+            ffmpeg=self.settings.ffmpeg,
+            encoder=encoder,
+            target=target,
+            # Reports often enough that a healthy stream never looks stalled.
+            stats_period=min(2.0, self.settings.stall_timeout / 2),
+        )
         log.info("starting %s -> %s", spec.name, mask_credentials(target))
         self.not_restored.pop(spec.name, None)
         return self.supervisor.launch(

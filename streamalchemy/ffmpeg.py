@@ -32,9 +32,14 @@ def output_target(spec: StreamSpec, rtsp_url: str, hls_dir: Path) -> str:
 
 
 def build_argv(
-    spec: StreamSpec, *, ffmpeg: str, encoder: str, target: str, stats_period: float = 1.0
+    spec: StreamSpec, *, ffmpeg: str, encoder: str, target: str, stats_period: float = 2.0
 ) -> list[str]:
-    """The full FFmpeg command line for ``spec``, encoding with ``encoder`` to ``target``."""
+    """The full FFmpeg command line for ``spec``, encoding with ``encoder`` to ``target``.
+
+    FFmpeg reports progress once as soon as its output is open, then every
+    ``stats_period`` seconds: that period sets the daemon's idle CPU, not how fast a
+    start is confirmed.
+    """
     return [
         ffmpeg,
         *("-nostdin", "-hide_banner", "-loglevel", "warning", "-nostats"),

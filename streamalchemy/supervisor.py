@@ -207,8 +207,8 @@ class Stream:
 
     async def _read_progress(self, stream: asyncio.StreamReader) -> None:
         parser = ProgressParser()
-        async for raw in stream:
-            block = parser.feed(raw.decode(errors="replace"))
+        while data := await stream.read(1 << 16):
+            block = parser.feed(data)
             if block is None:
                 continue
             previous, self.progress = self.progress, block

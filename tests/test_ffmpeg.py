@@ -259,7 +259,7 @@ def argv_text(body: dict[str, Any], encoder: str = "libx264", target: str = "") 
 def test_argv_for_a_live_testsrc_to_the_default_rtsp_server() -> None:
     argv = argv_text({"testsrc": True, "fps": 25, "audio": "aac"})
     assert argv.startswith(
-        "ffmpeg -nostdin -hide_banner -loglevel warning -nostats -progress pipe:1 -stats_period 1 "
+        "ffmpeg -nostdin -hide_banner -loglevel warning -nostats -progress pipe:1 -stats_period 2 "
     )
     assert "-re -f lavfi -i testsrc2=size=1920x1080:rate=25 -re -f lavfi -i sine=" in argv
     assert "-map 0:v:0 -map 1:a:0 " in argv
