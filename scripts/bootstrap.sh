@@ -26,5 +26,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 extra="${1:-}"
 echo "==> installing streamalchemy${extra:+[$extra]} into .venv"
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e ".${extra:+[$extra]}"
+.venv/bin/python -m pip install -qq --upgrade pip
+.venv/bin/python -m pip install -qq -e ".${extra:+[$extra]}"
