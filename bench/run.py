@@ -261,7 +261,8 @@ for it; every process it starts is stopped by PID.
   throughput is all mutations over the wall time, latency includes waiting for the lock.
   The 8-writer p99 is lock waiting, not writing: `flock` is polled (every 10 ms), so a
   process that saves in a tight loop often takes the lock again before a sleeping waiter
-  wakes. The baseline takes no lock and so cannot lose writes, which ours cannot either.
+  wakes. The baseline takes no lock at all, so its concurrent writers overwrite each
+  other's entries; ours loses none.
   In use the daemon is the only steady writer; a 1 ms poll halved that p99 in a trial
   and cost throughput, so the 10 ms poll stays.
 """
