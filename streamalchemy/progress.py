@@ -53,12 +53,13 @@ class ProgressParser:
                 self._pending[key] = value
         if done is None:
             return None
-        frames = _number(done.get("frame", ""))
+        frames = int(_number(done.get("frame", "")) or 0)
         out_time = _number(done.get("out_time_us", "") or done.get("out_time_ms", ""))
         return Progress(
-            frames=int(frames or 0),
+            frames=frames,
             out_time_us=int(out_time or 0),
-            fps=_number(done.get("fps", "")),
+            # The report FFmpeg makes as its output opens says 0 fps: unknown yet.
+            fps=_number(done.get("fps", "")) if frames > 1 else None,
             bitrate_kbps=_number(done.get("bitrate", "")),
             speed=_number(done.get("speed", "")),
         )

@@ -61,12 +61,12 @@ def test_any_chunking_gives_the_same_blocks(real_output: bytes, data: st.DataObj
 
 def test_values_ffmpeg_prints_when_it_has_none() -> None:
     parser = ProgressParser()
-    block = parser.feed(b"frame=0\nfps=0.00\nbitrate=N/A\nspeed=N/A\nprogress=continue\n")
+    block = parser.feed(b"frame=1\nfps=0.00\nbitrate=N/A\nspeed=N/A\nprogress=continue\n")
     assert block is not None
-    assert (block.frames, block.fps, block.bitrate_kbps, block.speed) == (0, 0.0, None, None)
-    block = parser.feed(b"frame=7\nbitrate=1234.5kbits/s\nspeed=0.98x\nprogress=end\n")
+    assert (block.frames, block.fps, block.bitrate_kbps, block.speed) == (1, None, None, None)
+    block = parser.feed(b"frame=7\nfps=3.5\nbitrate=1234.5kbits/s\nspeed=0.98x\nprogress=end\n")
     assert block is not None
-    assert (block.frames, block.bitrate_kbps, block.speed) == (7, 1234.5, 0.98)
+    assert (block.frames, block.fps, block.bitrate_kbps, block.speed) == (7, 3.5, 1234.5, 0.98)
 
 
 def test_root_cause_and_the_rtsp_hint() -> None:
