@@ -126,13 +126,20 @@ class Daemon:
                 )
             await asyncio.to_thread(check_source, spec, self.settings.ffprobe)
             encoder = self.choose_encoder(spec)
+            previous = current if current is not None and current.active else None
             if current is not None:
                 await self.supervisor.stop(spec.name)
             stream = self._launch(spec, time.time(), encoder)
             failure = await stream.confirmed(CONFIRM_WINDOW)
             if failure is not None:
                 await self.supervisor.stop(spec.name)
-                raise OperationFailed(f"{spec.name}: FFmpeg failed to start: {failure}")
+                message = f"{spec.name}: FFmpeg failed to start: {failure}"
+                if previous is not None:
+                    # As a bad configuration reload leaves the old one serving: what
+                    # runs stays what the state file says.
+                    self._launch(previous.spec, previous.saved_at, previous.encoder)
+                    message += "; the stream it was to replace runs again"
+                raise OperationFailed(message)
             self.store.save(spec.name, new_entry(spec.to_config(), stream.saved_at))
             return 200, {"success": True, "stream": stream.snapshot()}
 

@@ -98,6 +98,21 @@ def test_duplicate_name_exits_5_and_replace_swaps_pid(daemon: Daemon) -> None:
     assert second != first
 
 
+def test_failed_replacement_brings_the_old_stream_back(daemon: Daemon, tmp_home: Path) -> None:
+    from conftest import free_port
+
+    args = ("start", "keep", "--testsrc", "--resolution", "480")
+    assert cli(*args, "--output", "null").returncode == 0
+    refused = f"rtsp://127.0.0.1:{free_port()}/keep"
+    proc = cli(*args, "--output", refused, "--replace")
+    assert proc.returncode == 1
+    assert len(proc.stderr.strip().splitlines()) == 1 and "runs again" in proc.stderr
+    wait_for(lambda: cli_json("list")[1]["streams"][0]["status"] == "running", 20, "the old one")
+    assert cli_json("list")[1]["streams"][0]["output"] == "null"
+    saved = json.loads((tmp_home / "active_streams.json").read_text())
+    assert saved["keep"]["config"]["output"] == "null"
+
+
 def test_unknown_stream_exits_4(daemon: Daemon) -> None:
     proc = cli("stop", "ghost")
     assert proc.returncode == 4
