@@ -71,16 +71,9 @@ def restore(dry_run: bool) -> dict[str, Any]:
 
 
 def _plan_offline(settings: Settings) -> dict[str, dict[str, str]]:
-    from functools import cache
-
     from streamalchemy import encoders, restore
-    from streamalchemy.spec import StreamSpec
 
-    table = cache(lambda: encoders.detect(settings.ffmpeg, settings.data_dir))
-
-    def choose(spec: StreamSpec) -> str:
-        return encoders.choose(spec.codec, spec.hwaccel, table())
-
+    choose = encoders.Chooser(settings.ffmpeg, settings.data_dir)
     steps = restore.plan(_store(settings).load(), running=(), choose_encoder=choose)
     return restore.dry_run_results(steps)
 

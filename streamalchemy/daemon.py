@@ -28,7 +28,7 @@ from streamalchemy.errors import (
     StreamExists,
     StreamNotFound,
 )
-from streamalchemy.ffmpeg import build_argv, output_target
+from streamalchemy.ffmpeg import STATS_PERIOD, build_argv, output_target
 from streamalchemy.httpserver import Reply, connection_handler
 from streamalchemy.persist import StateStore, new_entry
 from streamalchemy.procs import ChildRecord
@@ -62,17 +62,9 @@ class Daemon:
         self.not_restored: dict[str, str] = {}  # saved streams left out, and why
         self.shutdown = asyncio.Event()
         self._busy: set[str] = set()
-        self._encoders: dict[str, list[encoders.Encoder]] | None = None
+        self.choose_encoder = encoders.Chooser(settings.ffmpeg, settings.data_dir)
 
     # -- helpers -----------------------------------------------------------------
-
-    def encoder_table(self) -> dict[str, list[encoders.Encoder]]:
-        if self._encoders is None:
-            self._encoders = encoders.detect(self.settings.ffmpeg, self.settings.data_dir)
-        return self._encoders
-
-    def choose_encoder(self, spec: StreamSpec) -> str:
-        return encoders.choose(spec.codec, spec.hwaccel, self.encoder_table())
 
     @contextlib.contextmanager
     def _reserve(self, names: list[str]) -> Iterator[None]:
@@ -96,7 +88,7 @@ class Daemon:
             encoder=encoder,
             target=target,
             # Reports often enough that a healthy stream never looks stalled.
-            stats_period=min(2.0, self.settings.stall_timeout / 2),
+            stats_period=min(STATS_PERIOD, self.settings.stall_timeout / 2),
         )
         log.info("starting %s -> %s", spec.name, mask_credentials(target))
         self.not_restored.pop(spec.name, None)
@@ -207,7 +199,7 @@ class Daemon:
     async def restore_at_launch(self) -> None:
         # Probing encoders may run test encodes: keep the socket answering meanwhile.
         try:
-            await asyncio.to_thread(self.encoder_table)
+            await asyncio.to_thread(self.choose_encoder.table)
         except StreamAlchemyError as exc:
             log.error("%s", exc)  # each stream's restore then reports it
         await self.restore(dry_run=False)

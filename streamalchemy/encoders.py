@@ -20,10 +20,13 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamalchemy.errors import EncoderUnavailable, OperationFailed
 from streamalchemy.ffmpeg import VAAPI_DEVICE, probe_argv
+
+if TYPE_CHECKING:
+    from streamalchemy.spec import StreamSpec
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +182,22 @@ def choose(codec: str, hwaccel: str, table: Mapping[str, list[Encoder]]) -> str:
         f"{codec} encoder for {hwaccel} is not available on this machine ({why}); "
         "use --hwaccel auto or none"
     )
+
+
+class Chooser:
+    """One FFmpeg's encoder table, detected on first use, and the encoder a spec gets."""
+
+    def __init__(self, ffmpeg: str, cache_dir: Path | None) -> None:
+        self.ffmpeg, self.cache_dir = ffmpeg, cache_dir
+        self._table: Table | None = None
+
+    def table(self) -> Table:
+        if self._table is None:
+            self._table = detect(self.ffmpeg, self.cache_dir)
+        return self._table
+
+    def __call__(self, spec: StreamSpec) -> str:
+        return choose(spec.codec, spec.hwaccel, self.table())
 
 
 def report(table: Mapping[str, list[Encoder]]) -> dict[str, Any]:

@@ -17,6 +17,9 @@ SOURCE_TIMEOUT_US = "10000000"
 # Where VAAPI encodes; the first render node, the one a single-GPU machine has.
 VAAPI_DEVICE = "/dev/dri/renderD128"
 KEYFRAME_SECONDS = 2
+# FFmpeg reports progress once as soon as its output is open, then every this many
+# seconds: the period sets the daemon's idle CPU, not how fast a start is confirmed.
+STATS_PERIOD = 2.0
 # Bits per pixel per frame at the target size: enough for a watchable live picture.
 _BITS_PER_PIXEL = {"h264": 0.08, "h265": 0.05, "mpeg4": 0.15}
 _HLS_SEGMENT = "segment_%05d.ts"
@@ -32,14 +35,14 @@ def output_target(spec: StreamSpec, rtsp_url: str, hls_dir: Path) -> str:
 
 
 def build_argv(
-    spec: StreamSpec, *, ffmpeg: str, encoder: str, target: str, stats_period: float = 2.0
+    spec: StreamSpec,
+    *,
+    ffmpeg: str,
+    encoder: str,
+    target: str,
+    stats_period: float = STATS_PERIOD,
 ) -> list[str]:
-    """The full FFmpeg command line for ``spec``, encoding with ``encoder`` to ``target``.
-
-    FFmpeg reports progress once as soon as its output is open, then every
-    ``stats_period`` seconds: that period sets the daemon's idle CPU, not how fast a
-    start is confirmed.
-    """
+    """The full FFmpeg command line for ``spec``, encoding with ``encoder`` to ``target``."""
     return [
         ffmpeg,
         *("-nostdin", "-hide_banner", "-loglevel", "warning", "-nostats"),

@@ -27,8 +27,6 @@ log = logging.getLogger("streamalchemy.mediamtx")
 
 READY_WAIT = 5.0  # seconds the daemon waits for MediaMTX's port before restoring streams
 STOP_GRACE = 5.0
-# STREAMALCHEMY_MEDIAMTX=off: a mediamtx on PATH is left alone.
-OFF = frozenset({"off", "no", "none", "false", "0"})
 
 
 def local_address(rtsp_url: str) -> tuple[str, int] | None:
@@ -85,13 +83,9 @@ class MediaMTX:
         log.info("MediaMTX listening on %s:%d", self.host, self.port)
 
     async def _spawn(self) -> asyncio.subprocess.Process:
-        # Must run on the loop thread, as procs.spawn: the parent-death signal is per thread.
-        return await asyncio.create_subprocess_exec(
-            *procs.with_parent_death_signal(self.argv),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            process_group=0,
+        return await procs.spawn(
+            self.argv,
+            merge_output=True,
             # Where the release's mediamtx.yml sits, next to the binary, is where it looks.
             cwd=Path(self.argv[0]).parent,
             # Listen where our streams push to, whatever the port.
@@ -136,7 +130,7 @@ class MediaMTX:
 
 async def start_if_needed(settings: Settings) -> MediaMTX | None:
     """Start MediaMTX for the daemon when it is installed and no RTSP server is up already."""
-    if settings.mediamtx is None or settings.mediamtx.lower() in OFF:
+    if settings.mediamtx is None:  # none installed, or STREAMALCHEMY_MEDIAMTX=off
         return None
     address = local_address(settings.rtsp_url)
     if address is None:

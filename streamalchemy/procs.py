@@ -17,7 +17,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,14 @@ def with_parent_death_signal(argv: Sequence[str]) -> list[str]:
     return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
 
 
-async def spawn(argv: Sequence[str]) -> asyncio.subprocess.Process:
-    """Start argv in its own process group with progress on stdout and the log on stderr.
+async def spawn(
+    argv: Sequence[str],
+    *,
+    merge_output: bool = False,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> asyncio.subprocess.Process:
+    """Start argv in its own process group, its stdout and stderr piped (or merged).
 
     Must be called from the event loop thread: the parent-death signal fires when
     the thread that forked the child exits, and the loop thread lives as long as
@@ -46,8 +52,10 @@ async def spawn(argv: Sequence[str]) -> asyncio.subprocess.Process:
         *with_parent_death_signal(argv),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT if merge_output else asyncio.subprocess.PIPE,
         process_group=0,
+        cwd=cwd,
+        env=env,
     )
 
 

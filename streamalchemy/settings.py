@@ -46,26 +46,24 @@ def _parse_bool(value: str) -> bool:
     raise ValueError("expected true/false or 1/0")
 
 
-def _parse_count(value: str) -> int:
-    message = "expected a whole number from 0 to 100"
-    try:
-        count = int(value)
-    except ValueError:
-        raise ValueError(message) from None
-    if not 0 <= count <= 100:
-        raise ValueError(message)
-    return count
+def _in_range(
+    convert: Callable[[str], float], low: float, high: float, expected: str
+) -> Callable[[str], Any]:
+    def parse(value: str) -> Any:
+        try:
+            number = convert(value)
+        except ValueError:
+            raise ValueError(expected) from None
+        if not low <= number <= high:
+            raise ValueError(expected)
+        return number
+
+    return parse
 
 
-def _parse_seconds(value: str) -> float:
-    message = "expected a number of seconds from 1 to 3600"
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise ValueError(message) from None
-    if not 1 <= seconds <= 3600:
-        raise ValueError(message)
-    return seconds
+def _parse_program(value: str) -> str:
+    """A binary to run, or "" for off: then nothing is looked up on PATH either."""
+    return "" if value.strip().lower() in ("off", "no", "none", "false", "0") else value
 
 
 def _parse_rtsp_url(value: str) -> str:
@@ -79,13 +77,19 @@ _KNOWN: dict[str, tuple[str, Callable[[str], Any]]] = {
     "state_file": ("STREAM_PERSISTENCE_FILE", Path),
     "socket": ("STREAMALCHEMY_SOCKET", Path),
     "persistence_enabled": ("ENABLE_STREAM_PERSISTENCE", _parse_bool),
-    "backup_count": ("STREAM_PERSISTENCE_BACKUP_COUNT", _parse_count),
+    "backup_count": (
+        "STREAM_PERSISTENCE_BACKUP_COUNT",
+        _in_range(int, 0, 100, "expected a whole number from 0 to 100"),
+    ),
     "ffmpeg": ("STREAMALCHEMY_FFMPEG", str),
     "ffprobe": ("STREAMALCHEMY_FFPROBE", str),
     "rtsp_url": ("STREAMALCHEMY_RTSP_URL", _parse_rtsp_url),
     "autostart": ("STREAMALCHEMY_AUTOSTART", _parse_bool),
-    "stall_timeout": ("STREAMALCHEMY_STALL_TIMEOUT", _parse_seconds),
-    "mediamtx": ("STREAMALCHEMY_MEDIAMTX", str),
+    "stall_timeout": (
+        "STREAMALCHEMY_STALL_TIMEOUT",
+        _in_range(float, 1, 3600, "expected a number of seconds from 1 to 3600"),
+    ),
+    "mediamtx": ("STREAMALCHEMY_MEDIAMTX", _parse_program),
 }
 
 
@@ -168,5 +172,7 @@ def load_settings(
         rtsp_url=resolved.get("rtsp_url", DEFAULT_RTSP_URL),
         autostart=resolved.get("autostart", True),
         stall_timeout=resolved.get("stall_timeout", 20.0),
-        mediamtx=resolved.get("mediamtx") or shutil.which("mediamtx"),
+        # "" is off: no look on PATH.
+        mediamtx=(resolved["mediamtx"] if "mediamtx" in resolved else shutil.which("mediamtx"))
+        or None,
     )
