@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 packages=()
 command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || packages+=(ffmpeg)
+# The tests scrape the daemon with a real Prometheus and check it with promtool.
+if [ "${1:-}" = test ]; then
+    command -v prometheus >/dev/null && command -v promtool >/dev/null || packages+=(prometheus)
+fi
 # Debian's own python3 makes virtual environments only with python3-venv installed.
 [ -x .venv/bin/python ] || "$PYTHON" -c "import ensurepip, venv" 2>/dev/null \
     || packages+=(python3-venv)

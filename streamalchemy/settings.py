@@ -35,6 +35,10 @@ class Settings:
     autostart: bool
     stall_timeout: float
     mediamtx: str | None
+    log_max_bytes: int
+    log_backups: int
+    metrics_addr: tuple[str, int] | None
+    shards: int | None
 
 
 def _parse_bool(value: str) -> bool:
@@ -72,6 +76,15 @@ def _parse_rtsp_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _parse_addr(value: str) -> tuple[str, int]:
+    """HOST:PORT ([::1]:PORT for IPv6) for the metrics listener."""
+    host, sep, port = value.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:9464")
+    return host, int(port)
+
+
 # setting (also its config.toml key) -> (environment variable, parser)
 _KNOWN: dict[str, tuple[str, Callable[[str], Any]]] = {
     "state_file": ("STREAM_PERSISTENCE_FILE", Path),
@@ -90,6 +103,19 @@ _KNOWN: dict[str, tuple[str, Callable[[str], Any]]] = {
         _in_range(float, 1, 3600, "expected a number of seconds from 1 to 3600"),
     ),
     "mediamtx": ("STREAMALCHEMY_MEDIAMTX", _parse_program),
+    "log_max_bytes": (
+        "STREAMALCHEMY_LOG_MAX_BYTES",
+        _in_range(int, 1024, 1 << 40, "expected a number of bytes from 1024 up"),
+    ),
+    "log_backups": (
+        "STREAMALCHEMY_LOG_BACKUPS",
+        _in_range(int, 0, 100, "expected a whole number from 0 to 100"),
+    ),
+    "metrics_addr": ("STREAMALCHEMY_METRICS_ADDR", _parse_addr),
+    "shards": (
+        "STREAMALCHEMY_SHARDS",
+        _in_range(int, 1, 10000, "expected a whole number of shards from 1 up"),
+    ),
 }
 
 
@@ -175,4 +201,8 @@ def load_settings(
         # "" is off: no look on PATH.
         mediamtx=(resolved["mediamtx"] if "mediamtx" in resolved else shutil.which("mediamtx"))
         or None,
+        log_max_bytes=resolved.get("log_max_bytes", 10 << 20),
+        log_backups=resolved.get("log_backups", 3),
+        metrics_addr=resolved.get("metrics_addr"),
+        shards=resolved.get("shards"),
     )
