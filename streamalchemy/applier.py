@@ -1,0 +1,243 @@
+"""Carry out an apply plan through the daemon's per-name lifecycle, and watch an apply file.
+
+Every step goes through the same ``start``/``stop`` the HTTP API uses, so that an
+apply meeting a start, stop or restore of the same name waits its turn. Which
+streams came from ``daemon run --apply FILE`` is kept in a small record beside the
+state file, so that pruning never touches streams started by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from streamalchemy import declarative
+from streamalchemy.declarative import Step
+from streamalchemy.errors import InvalidInput, StreamAlchemyError, StreamNotFound
+from streamalchemy.spec import StreamSpec, mask_credentials
+
+log = logging.getLogger("streamalchemy.apply")
+
+APPLY_PARALLEL = 8  # streams starting at once during an apply
+POLL_INTERVAL = 1.0  # seconds between two looks at a watched apply file
+
+Reply = tuple[int, dict[str, Any]]
+
+
+class Lifecycle(Protocol):
+    """What an apply needs of the daemon: its per-name start and stop."""
+
+    async def start(self, body: dict[str, Any]) -> Reply: ...
+
+    async def stop(self, names: list[str], all_streams: bool) -> Reply: ...
+
+
+def request_options(body: Mapping[str, Any]) -> tuple[dict[str, StreamSpec], bool, bool, Any]:
+    """Validate the body of ``POST /apply``: the streams, prune, dry_run and shard."""
+    if not isinstance(body, Mapping):
+        raise InvalidInput("the request body must be a JSON object")
+    unknown = sorted(set(body) - {"streams", "prune", "dry_run", "shard"})
+    if unknown:
+        raise InvalidInput(f"unknown field {unknown[0]!r}: use streams, prune, dry_run, shard")
+    flags = []
+    for key in ("prune", "dry_run"):
+        value = body.get(key, False)
+        if not isinstance(value, bool):
+            raise InvalidInput(f"{key} must be true or false, not {value!r}")
+        flags.append(value)
+    shard = body.get("shard")
+    if shard is not None and not isinstance(shard, str):
+        raise InvalidInput(f"shard must be a string I/N, not {shard!r}")
+    desired = declarative.validate(body.get("streams", {}), origin="apply")
+    return desired, flags[0], flags[1], None if shard is None else declarative.parse_shard(shard)
+
+
+def body_of(step: Step, replace: bool) -> dict[str, Any]:
+    assert step.spec is not None
+    return {**declarative.table_of(step.spec), "name": step.name, "replace": replace}
+
+
+async def execute(steps: list[Step], lifecycle: Lifecycle, *, dry_run: bool) -> list[Step]:
+    """Carry out ``steps`` in place: deletes first, then updates and creates, priority first."""
+    for step in steps:
+        if dry_run:
+            step.result = "planned"
+        elif step.action in ("unchanged", "other-shard"):
+            step.result = "done"
+    if dry_run:
+        return steps
+    slots = asyncio.Semaphore(APPLY_PARALLEL)
+
+    async def carry_out(step: Step) -> None:
+        async with slots:
+            try:
+                if step.action == "delete":
+                    with contextlib.suppress(StreamNotFound):  # gone meanwhile: as wanted
+                        await lifecycle.stop([step.name], False)
+                else:
+                    status, reply = await lifecycle.start(body_of(step, step.action == "update"))
+                    if status >= 400:
+                        raise StreamAlchemyError(str(reply.get("message", f"HTTP {status}")))
+            except StreamAlchemyError as exc:
+                step.result, step.reason = "failed", mask_credentials(" ".join(str(exc).split()))
+            else:
+                step.result = "done"
+            log.info("apply %s: %s %s %s", step.name, step.action, step.result, step.reason)
+
+    deletes = [s for s in steps if s.action == "delete"]
+    await asyncio.gather(*(carry_out(s) for s in deletes))
+    starts = [s for s in steps if s.action in ("create", "update")]
+    starts.sort(key=lambda s: -(s.spec.priority if s.spec else 0))
+    await asyncio.gather(*(carry_out(s) for s in starts))
+    return steps
+
+
+async def apply(
+    desired: Mapping[str, StreamSpec],
+    lifecycle: Lifecycle,
+    *,
+    saved: Mapping[str, Mapping[str, Any]],
+    running: Mapping[str, StreamSpec],
+    prune: bool = False,
+    dry_run: bool = False,
+    shard: tuple[int, int] | None = None,
+    prune_only: Collection[str] | None = None,
+) -> dict[str, Any]:
+    """Plan against what is saved and running, carry it out, and return the apply document."""
+    current = declarative.current_specs(saved, running)
+    steps = declarative.plan(
+        desired,
+        current,
+        prune=prune,
+        shard=shard,
+        prune_only=prune_only,
+        not_running=set(saved) - set(running),
+    )
+    await execute(steps, lifecycle, dry_run=dry_run)
+    return declarative.document(steps, dry_run)
+
+
+# -- the record of what came from a watched file ---------------------------------------
+
+
+class AppliedRecord:
+    """The names of the streams a ``daemon run --apply FILE`` applied, kept beside the state."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> set[str]:
+        try:
+            doc = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return set()
+        names = doc.get("names") if isinstance(doc, dict) else None
+        return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
+
+    def save(self, file: Path, names: Collection[str]) -> None:
+        data = json.dumps({"file": str(file), "names": sorted(names)}, indent=1)
+        fd, tmp = tempfile.mkstemp(prefix=".applied-", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(data + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+def owned_after(doc: Mapping[str, Any], before: Collection[str]) -> set[str]:
+    """Names that came from the file after an apply: kept ones, and deletes that failed."""
+    owned = set()
+    for step in doc["plan"]:
+        if step["action"] in ("create", "update", "unchanged"):
+            owned.add(step["name"])
+        elif step["result"] == "failed" and step["name"] in before:
+            owned.add(step["name"])  # a delete that failed: try again next time
+        elif step["action"] == "other-shard" and step["name"] in before:
+            owned.add(step["name"])  # still runs here until pruned
+    return owned
+
+
+# -- watching the file -------------------------------------------------------------------
+
+
+def digest(path: Path) -> bytes | None:
+    """The hash of what ``path`` reads as now (through symlinks), or None when unreadable.
+
+    Hashing the content, not the inode or mtime, sees a ConfigMap update: Kubernetes
+    swaps a ``..data`` symlink and the file's own link never changes.
+    """
+    try:
+        return hashlib.sha256(path.read_bytes()).digest()
+    except OSError:
+        return None
+
+
+ApplyFn = Callable[[dict[str, StreamSpec], set[str]], Awaitable[dict[str, Any]]]
+
+
+class FileApplier:
+    """Apply ``path`` (with prune limited to its own streams) now and whenever it changes."""
+
+    def __init__(
+        self,
+        path: Path,
+        record: AppliedRecord,
+        apply_fn: ApplyFn,
+        *,
+        interval: float = POLL_INTERVAL,
+    ) -> None:
+        self.path = path
+        self.record = record
+        self.apply_fn = apply_fn
+        self.interval = interval
+        self.applied: bytes | None = None  # digest of the last content tried
+        self.last: dict[str, Any] | None = None
+
+    async def apply_now(self) -> dict[str, Any] | None:
+        """Apply the file if its content changed since the last try; the document or None."""
+        seen = digest(self.path)
+        if seen is None or seen == self.applied:
+            return None
+        self.applied = seen
+        try:
+            desired = declarative.load_file(self.path)
+        except InvalidInput as exc:
+            log.error("apply %s: %s; nothing changed", self.path, exc)
+            return None
+        before = self.record.load()
+        try:
+            doc = await self.apply_fn(desired, before)
+        except BaseException:
+            self.applied = None  # try again at the next look
+            raise
+        self.record.save(self.path, owned_after(doc, before))
+        counts: dict[str, int] = {}
+        for step in doc["plan"]:
+            counts[step["action"]] = counts.get(step["action"], 0) + 1
+        summary = ", ".join(f"{n} {a}" for a, n in sorted(counts.items())) or "no streams"
+        failed = sum(1 for s in doc["plan"] if s["result"] == "failed")
+        log.info("applied %s: %s%s", self.path, summary, f" ({failed} failed)" if failed else "")
+        self.last = doc
+        return doc
+
+    async def run(self) -> None:
+        """Apply now, then poll until cancelled."""
+        while True:
+            try:
+                await self.apply_now()
+            except Exception:  # never let a bad apply end the watch
+                log.exception("apply %s failed", self.path)
+            await asyncio.sleep(self.interval)
