@@ -29,7 +29,7 @@ codec = "copy"
 """
 
 
-def testsrcs(*names: str, extra: str = "") -> str:
+def patterns(*names: str, extra: str = "") -> str:
     """An apply file of test patterns; ``extra`` goes into the last table."""
     return "".join(f"[streams.{n}]\ntestsrc = true\n" for n in names) + extra
 
@@ -49,8 +49,8 @@ def test_parse_uses_start_vocabulary() -> None:
     ("text", "needle"),
     [
         ("[streams.cam1\ntestsrc = true\n", "line 1"),
-        (testsrcs("cam1", extra="colour = 'red'\n"), "line 3: stream 'cam1', key 'colour'"),
-        (testsrcs("cam1", extra="resolution = 721\n"), "line 3: stream 'cam1', key 'resolution'"),
+        (patterns("cam1", extra="colour = 'red'\n"), "line 3: stream 'cam1', key 'colour'"),
+        (patterns("cam1", extra="resolution = 721\n"), "line 3: stream 'cam1', key 'resolution'"),
         ("[streams.c]\ntestsrc = true\nfile = '/x.mp4'\n", "stream 'c', key 'file'"),
         ("[streams.c]\ntestsrc = true\nduration = 'soon'\n", "line 3: stream 'c', key 'duration'"),
         ("[streams.c]\nurl = 'rtsp://h/x'\ncodec='copy'\nfps = 5\n", "line 4: stream 'c'"),
@@ -81,8 +81,8 @@ def test_normalised_values_compare_equal() -> None:
 
 
 def test_plan_create_update_unchanged_delete() -> None:
-    old = parse(testsrcs("a", "b", "c"))
-    new = parse(testsrcs("a", "d", "b", extra="fps = 5\n"))
+    old = parse(patterns("a", "b", "c"))
+    new = parse(patterns("a", "d", "b", extra="fps = 5\n"))
     current = declarative.current_specs(saved_of(old), {})
     steps = {s.name: s for s in plan(new, current)}
     assert {n: s.action for n, s in steps.items()} == {
@@ -202,8 +202,8 @@ class FakeLifecycle:
 
 
 def test_execute_goes_through_the_lifecycle() -> None:
-    old = parse(testsrcs("a", "b", "c"))
-    new = parse(testsrcs("a", "d", "b", extra="fps = 5\n"))
+    old = parse(patterns("a", "b", "c"))
+    new = parse(patterns("a", "d", "b", extra="fps = 5\n"))
     fake = FakeLifecycle(fail={"d"})
     doc = asyncio.run(applier.apply(new, fake, saved=saved_of(old), running=old, prune=True))
     assert doc["success"] is False and doc["dry_run"] is False
