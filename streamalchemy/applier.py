@@ -241,3 +241,48 @@ class FileApplier:
             except Exception:  # never let a bad apply end the watch
                 log.exception("apply %s failed", self.path)
             await asyncio.sleep(self.interval)
+
+
+# -- the daemon's side -------------------------------------------------------------------
+
+
+class Daemon(Lifecycle, Protocol):
+    """What an apply reads of the daemon besides its start and stop."""
+
+    def saved_streams(self) -> Mapping[str, Mapping[str, Any]]: ...
+
+    def running_specs(self) -> Mapping[str, StreamSpec]: ...
+
+
+async def handle_request(daemon: Daemon, body: Mapping[str, Any]) -> Reply:
+    """``POST /apply``: 200 with the apply document (its ``success`` false when a step failed)."""
+    desired, prune, dry_run, shard = request_options(body)
+    doc = await apply(
+        desired,
+        daemon,
+        saved=daemon.saved_streams(),
+        running=daemon.running_specs(),
+        prune=prune,
+        dry_run=dry_run,
+        shard=shard,
+    )
+    return 200, doc
+
+
+def file_applier(
+    daemon: Daemon, path: Path, shard: tuple[int, int] | None, data_dir: Path
+) -> FileApplier:
+    """The watch of ``daemon run --apply FILE``: prune limited to the streams FILE brought."""
+
+    async def apply_fn(desired: dict[str, StreamSpec], before: set[str]) -> dict[str, Any]:
+        return await apply(
+            desired,
+            daemon,
+            saved=daemon.saved_streams(),
+            running=daemon.running_specs(),
+            prune=True,
+            shard=shard,
+            prune_only=before,
+        )
+
+    return FileApplier(path, AppliedRecord(data_dir / "applied.json"), apply_fn)
