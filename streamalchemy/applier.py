@@ -17,12 +17,16 @@ import os
 import tempfile
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from streamalchemy import declarative
 from streamalchemy.declarative import Step
 from streamalchemy.errors import InvalidInput, StreamAlchemyError, StreamNotFound
 from streamalchemy.spec import StreamSpec, mask_credentials
+
+if TYPE_CHECKING:
+    from streamalchemy.persist import StateStore
+    from streamalchemy.supervisor import Supervisor
 
 log = logging.getLogger("streamalchemy.apply")
 
@@ -233,8 +237,39 @@ class FileApplier:
         self.last = doc
         return doc
 
-    async def run(self) -> None:
-        """Apply now, then poll until cancelled."""
+    async def prune_first(
+        self, lifecycle: Lifecycle, saved: Mapping[str, Mapping[str, Any]], shard: Any
+    ) -> list[str]:
+        """Before the launch restore: drop the saved streams FILE brought that are no longer ours.
+
+        A stream that moved to another shard (or left the file) while this daemon was
+        down must not run here again, not even for a moment, while its new shard runs it.
+        """
+        try:
+            desired = declarative.load_file(self.path)
+        except InvalidInput:
+            return []  # the first apply reports it
+        before = self.record.load()
+        steps = declarative.plan(
+            desired,
+            declarative.current_specs(saved, {}),
+            prune=True,
+            shard=shard,
+            prune_only=before,
+        )
+        deletes = [s for s in steps if s.action == "delete"]
+        await execute(deletes, lifecycle, dry_run=False)
+        dropped = [s.name for s in deletes if s.result == "done"]
+        if dropped:
+            self.record.save(self.path, before - set(dropped))
+            log.info("apply %s: before the restore, dropped %s", self.path, ", ".join(dropped))
+        return dropped
+
+    async def run(self, after: Awaitable[Any] | None = None) -> None:
+        """Apply once ``after`` is done (the launch restore), then poll until cancelled."""
+        if after is not None:
+            with contextlib.suppress(Exception):
+                await after
         while True:
             try:
                 await self.apply_now()
@@ -249,9 +284,19 @@ class FileApplier:
 class Daemon(Lifecycle, Protocol):
     """What an apply reads of the daemon besides its start and stop."""
 
-    def saved_streams(self) -> Mapping[str, Mapping[str, Any]]: ...
+    @property
+    def store(self) -> StateStore: ...
 
-    def running_specs(self) -> Mapping[str, StreamSpec]: ...
+    @property
+    def supervisor(self) -> Supervisor: ...
+
+
+def _saved(daemon: Daemon) -> dict[str, dict[str, Any]]:
+    return daemon.store.load()
+
+
+def _running(daemon: Daemon) -> dict[str, StreamSpec]:
+    return {n: s.spec for n, s in daemon.supervisor.streams.items() if s.active}
 
 
 async def handle_request(daemon: Daemon, body: Mapping[str, Any]) -> Reply:
@@ -260,8 +305,8 @@ async def handle_request(daemon: Daemon, body: Mapping[str, Any]) -> Reply:
     doc = await apply(
         desired,
         daemon,
-        saved=daemon.saved_streams(),
-        running=daemon.running_specs(),
+        saved=_saved(daemon),
+        running=_running(daemon),
         prune=prune,
         dry_run=dry_run,
         shard=shard,
@@ -278,8 +323,8 @@ def file_applier(
         return await apply(
             desired,
             daemon,
-            saved=daemon.saved_streams(),
-            running=daemon.running_specs(),
+            saved=_saved(daemon),
+            running=_running(daemon),
             prune=True,
             shard=shard,
             prune_only=before,

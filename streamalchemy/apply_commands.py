@@ -8,6 +8,7 @@ and writes exports from the state file (which works while the daemon is down).
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,23 @@ def apply_file(
         "shard": shard,
     }
     return client.request("POST", "/apply", body, timeout=APPLY_TIMEOUT)
+
+
+def daemon_apply(
+    path: str | None, shard: str | None, settings: Settings
+) -> tuple[Path, tuple[int, int] | None] | None:
+    """Check ``daemon run --apply FILE --shard`` before the daemon binds anything."""
+    if path is None:
+        if shard is not None:
+            raise InvalidInput("--shard needs --apply FILE")
+        return None
+    file = Path(os.path.expanduser(path)).absolute()
+    declarative.load_file(file)  # an invalid file is refused now, with its line
+    if shard is None:
+        return file, None
+    if shard.strip().lower() == "auto":
+        return file, declarative.auto_shard(socket.gethostname(), settings.shards)
+    return file, declarative.parse_shard(shard)
 
 
 def _plan_offline(

@@ -301,12 +301,31 @@ def daemon_run(
     no_restore: Annotated[
         bool, typer.Option("--no-restore", help="Do not replay the state file.")
     ] = False,
+    apply_file: Annotated[
+        str | None,
+        typer.Option(
+            "--apply",
+            metavar="FILE",
+            help="Apply FILE after the restore and within 5 s of each change (prune limited "
+            "to FILE's streams).",
+        ),
+    ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            metavar="I/N|auto",
+            help="With --apply: run only shard I of N; auto = I from the host name's trailing "
+            "number, N from STREAMALCHEMY_SHARDS. [default: every stream]",
+        ),
+    ] = None,
 ) -> None:
     """Run the daemon in the foreground (for systemd's ExecStart=)."""
-    from streamalchemy import daemon
+    from streamalchemy import apply_commands, daemon
 
     try:
-        daemon.run(load_settings(), restore=not no_restore)
+        settings = load_settings()
+        apply = apply_commands.daemon_apply(apply_file, shard, settings)
+        daemon.run(settings, restore=not no_restore, apply=apply)
     except StreamAlchemyError as exc:
         _fail(exc, False)
 
@@ -392,6 +411,75 @@ def service_uninstall(
         return service.uninstall(flavour, os.environ, use_systemctl=use)
 
     _emit(as_json, action, lambda r: print(service.summary(r)))
+
+
+@app.command("apply")
+def apply_cmd(
+    file: Annotated[
+        str, typer.Option("-f", "--file", metavar="FILE", help="The apply file (TOML).")
+    ],
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Also stop saved streams that are not in FILE.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan only; change nothing.")
+    ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(metavar="I/N", help="Keep only the streams of shard I of N. [default: all]"),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make the running streams match a declarative file; print the plan and what it did."""
+    from streamalchemy import apply_commands
+
+    result = _emit(
+        as_json,
+        lambda: apply_commands.apply_file(file, prune=prune, dry_run=dry_run, shard=shard),
+        apply_commands.render_plan,
+    )
+    if not result["success"]:
+        raise typer.Exit(1)
+
+
+class ExportFormat(StrEnum):
+    toml = "toml"
+    kubernetes = "kubernetes"
+
+
+@app.command("export")
+def export_cmd(
+    fmt: Annotated[
+        ExportFormat, typer.Option("--format", help="An apply file, or Kubernetes manifests.")
+    ] = ExportFormat.toml,
+    shards: Annotated[
+        int, typer.Option(min=1, help="With --format kubernetes: the number of replicas.")
+    ] = 1,
+    output: Annotated[
+        str | None, typer.Option("-o", "--output", metavar="FILE", help="Write to FILE.")
+    ] = None,
+    include_secrets: Annotated[
+        bool,
+        typer.Option("--include-secrets", help="Write literal URL credentials unmasked."),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the saved streams as a file `apply` takes back, or as Kubernetes manifests."""
+    from streamalchemy import apply_commands
+
+    def show(result: dict[str, Any]) -> None:
+        if result["output"] is None:
+            sys.stdout.write(result["text"])
+        else:
+            print(f"exported {len(result['streams'])} stream(s) to {result['output']}")
+
+    _emit(
+        as_json,
+        lambda: apply_commands.export(
+            fmt=fmt.value, shards=shards, output=output, include_secrets=include_secrets
+        ),
+        show,
+    )
 
 
 def _version(value: bool) -> None:

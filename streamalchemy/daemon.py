@@ -20,7 +20,7 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import IO, Any
 
-from streamalchemy import __version__, encoders, mediamtx, systemd
+from streamalchemy import __version__, applier, encoders, mediamtx, systemd
 from streamalchemy.errors import (
     InvalidInput,
     OperationFailed,
@@ -298,6 +298,8 @@ class Daemon:
             case "POST", ["clear_persistent_streams"]:
                 self.store.clear()
                 return 200, {"success": True, "message": "All persistent streams cleared"}
+            case "POST", ["apply"]:
+                return await applier.handle_request(self, body)
             case "POST", ["restore_streams"]:
                 results = await self.restore(body.get("dry_run") is True)
                 return 200, {
@@ -363,7 +365,9 @@ def _setup_logging(log_dir: Path) -> None:
     root.addHandler(console)
 
 
-async def _serve(settings: Settings, restore: bool) -> None:
+async def _serve(
+    settings: Settings, restore: bool, apply: tuple[Path, tuple[int, int] | None] | None
+) -> None:
     if sys.version_info < (3, 12):
         # The default watcher starts a thread per child; pidfds cost one fd each.
         watcher = asyncio.PidfdChildWatcher()
@@ -384,9 +388,20 @@ async def _serve(settings: Settings, restore: bool) -> None:
     log.info("daemon %s listening on %s (pid %d)", __version__, settings.socket, os.getpid())
     systemd.notify("READY=1")
     restoring = None
+    watch = None
+    if apply is not None:
+        # The streams this shard lost while it was down must not come back, even briefly.
+        apply_file, shard = apply
+        watch = applier.file_applier(daemon, apply_file, shard, settings.data_dir)
+        await watch.prune_first(daemon, daemon.store.load(), shard)
     if restore and daemon.store.enabled:
         restoring = asyncio.create_task(daemon.restore_at_launch())
+    applying = None
+    if watch is not None:
+        applying = asyncio.create_task(watch.run(after=restoring))
     await daemon.shutdown.wait()
+    if applying is not None:
+        applying.cancel()
     log.info("shutting down: stopping %d stream(s)", len(daemon.supervisor.streams))
     systemd.notify("STOPPING=1")
     server.close()
@@ -400,7 +415,11 @@ async def _serve(settings: Settings, restore: bool) -> None:
     log.info("daemon stopped")
 
 
-def run(settings: Settings, restore: bool = True) -> None:
+def run(
+    settings: Settings,
+    restore: bool = True,
+    apply: tuple[Path, tuple[int, int] | None] | None = None,
+) -> None:
     """Run the daemon in the foreground until SIGTERM, SIGINT or ``POST /shutdown``."""
     # Logs, the children record (FFmpeg argv with source credentials) and outputs
     # are the user's alone, as the state file is.
@@ -409,6 +428,6 @@ def run(settings: Settings, restore: bool = True) -> None:
     lock = _hold_instance_lock(settings.data_dir)
     _setup_logging(settings.log_dir)
     try:
-        asyncio.run(_serve(settings, restore))
+        asyncio.run(_serve(settings, restore, apply))
     finally:
         lock.close()
