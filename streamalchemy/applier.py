@@ -291,27 +291,18 @@ class Daemon(Lifecycle, Protocol):
     def supervisor(self) -> Supervisor: ...
 
 
-def _saved(daemon: Daemon) -> dict[str, dict[str, Any]]:
-    return daemon.store.load()
-
-
-def _running(daemon: Daemon) -> dict[str, StreamSpec]:
-    return {n: s.spec for n, s in daemon.supervisor.streams.items() if s.active}
+def apply_on(
+    daemon: Daemon, desired: Mapping[str, StreamSpec], **options: Any
+) -> Awaitable[dict[str, Any]]:
+    """``apply`` against what ``daemon`` saves and runs now."""
+    specs = {n: s.spec for n, s in daemon.supervisor.streams.items() if s.active}
+    return apply(desired, daemon, saved=daemon.store.load(), running=specs, **options)
 
 
 async def handle_request(daemon: Daemon, body: Mapping[str, Any]) -> Reply:
     """``POST /apply``: 200 with the apply document (its ``success`` false when a step failed)."""
     desired, prune, dry_run, shard = request_options(body)
-    doc = await apply(
-        desired,
-        daemon,
-        saved=_saved(daemon),
-        running=_running(daemon),
-        prune=prune,
-        dry_run=dry_run,
-        shard=shard,
-    )
-    return 200, doc
+    return 200, await apply_on(daemon, desired, prune=prune, dry_run=dry_run, shard=shard)
 
 
 def file_applier(
@@ -320,14 +311,6 @@ def file_applier(
     """The watch of ``daemon run --apply FILE``: prune limited to the streams FILE brought."""
 
     async def apply_fn(desired: dict[str, StreamSpec], before: set[str]) -> dict[str, Any]:
-        return await apply(
-            desired,
-            daemon,
-            saved=_saved(daemon),
-            running=_running(daemon),
-            prune=True,
-            shard=shard,
-            prune_only=before,
-        )
+        return await apply_on(daemon, desired, prune=True, shard=shard, prune_only=before)
 
     return FileApplier(path, AppliedRecord(data_dir / "applied.json"), apply_fn)

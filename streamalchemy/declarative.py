@@ -23,20 +23,16 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from streamalchemy.errors import InvalidInput
-from streamalchemy.spec import StreamSpec, mask_credentials, spec_from_entry, spec_from_request
+from streamalchemy.spec import (
+    _FIELDS,
+    StreamSpec,
+    mask_credentials,
+    spec_from_entry,
+    spec_from_request,
+)
 
 SOURCE_KEYS = ("file", "url", "testsrc")
-OPTION_KEYS = (
-    "codec",
-    "resolution",
-    "fps",
-    "audio",
-    "hwaccel",
-    "duration",
-    "output",
-    "restart",
-    "priority",
-)
+OPTION_KEYS = _FIELDS  # the start options after the source: one vocabulary
 KEYS = SOURCE_KEYS + OPTION_KEYS
 ACTIONS = ("create", "update", "delete", "unchanged", "other-shard")
 

@@ -257,3 +257,22 @@ def test_file_applier_sees_a_configmap_symlink_swap(tmp_path: Path) -> None:
     asyncio.run(scenario())
     assert seen == [({"a", "b"}, set()), ({"a"}, {"a", "b"})]
     assert record.load() == {"a"}
+
+
+def test_prune_first_drops_only_lost_streams_from_the_file(tmp_path: Path) -> None:
+    """Before the launch restore: a stream FILE brought that moved shard is stopped;
+    one started by hand, or still ours, stays."""
+    names = [f"cam{i}" for i in range(12)]
+    path = tmp_path / "s.toml"
+    path.write_text(patterns(*names))
+    desired = parse(path.read_text())
+    mine = {n: s for n, s in desired.items() if owner(n, 3) == 0}
+    record = applier.AppliedRecord(tmp_path / "applied.json")
+    record.save(path, set(mine))
+    hand = parse(patterns("hand"))
+    watch = applier.FileApplier(path, record, None)  # type: ignore[arg-type]
+    fake = FakeLifecycle()
+    dropped = asyncio.run(watch.prune_first(fake, saved_of({**mine, **hand}), (0, 4)))
+    lost = {n for n in mine if owner(n, 4) != 0}
+    assert set(dropped) == lost and {c for _, c in fake.calls} == lost
+    assert record.load() == set(mine) - lost
