@@ -51,6 +51,7 @@ class Fleet:
         self.lock = threading.Lock()
         self.max_instances = 0
         self.samples = 0
+        self.pids: dict[str, set[int]] = collections.defaultdict(set)  # every pid seen per name
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample_loop, daemon=True)
 
@@ -61,8 +62,10 @@ class Fleet:
         with self.lock:
             self.daemons[index] = Daemon(home, *args)
 
-    def placement(self) -> dict[str, list[int]]:
-        """Stream name -> the shards where it runs now (a live FFmpeg child of that daemon)."""
+    def placement(self, confirmed: bool = False) -> dict[str, list[int]]:
+        """Stream name -> the shards where its FFmpeg is a live child of the daemon now
+        (``confirmed``: and FFmpeg has reported progress, status running)."""
+        wanted = ("running",) if confirmed else ("starting", "running", "retrying", "stopping")
         where: dict[str, list[int]] = collections.defaultdict(list)
         with self.lock:
             daemons = dict(self.daemons)
@@ -75,8 +78,9 @@ class Fleet:
             except (OSError, ValueError, psutil.Error):
                 continue
             for s in streams:
-                if s.get("pid") in children and s.get("status") in ("starting", "running"):
+                if s.get("pid") in children and s.get("status") in wanted:
                     where[s["name"]].append(index)
+                    self.pids[s["name"]].add(s["pid"])
         return where
 
     def _sample_loop(self) -> None:
@@ -90,7 +94,7 @@ class Fleet:
         self._thread.start()
 
     def converged(self, names: list[str], shards: int) -> bool:
-        where = self.placement()
+        where = self.placement(confirmed=True)
         return all(where.get(n) == [owner(n, shards)] for n in names)
 
     def wait_converged(self, names: list[str], shards: int, since: float) -> float:
@@ -99,7 +103,7 @@ class Fleet:
             if self.converged(names, shards):
                 return time.monotonic() - since
             time.sleep(0.1)
-        where = self.placement()
+        where = self.placement(confirmed=True)
         wrong = [n for n in names if where.get(n) != [owner(n, shards)]]
         raise BenchError(f"not converged after {CONVERGE_TIMEOUT:g}s: {wrong[:5]} ...")
 
@@ -113,7 +117,7 @@ class Fleet:
 
 def run(shards: int, streams: int) -> list[dict[str, Any]]:
     names = [f"cam{i:03d}" for i in range(streams)]
-    rows = []
+    rows: list[dict[str, Any]] = []
     with temp_home("fleet") as root:
         clip = make_clip(root, seconds=4)
         apply_file = root / "streams.toml"
@@ -124,60 +128,62 @@ def run(shards: int, streams: int) -> list[dict[str, Any]]:
             )
         )
         fleet = Fleet(root, apply_file)
-        try:
-            fleet.start_sampling()
+
+        def phase(title: str, shards_after: int, change: Any) -> None:
+            before = fleet.placement(confirmed=True)
+            pids = {n: len(fleet.pids[n]) for n in names}
             t0 = time.monotonic()
+            change()
+            took = fleet.wait_converged(names, shards_after, t0)
+            after = fleet.placement(confirmed=True)
+            moved = sum(1 for n in names if before.get(n) and before.get(n) != after.get(n))
+            restarted = sum(1 for n in names if pids[n] and len(fleet.pids[n]) > pids[n])
+            grown = shards_after > shards
+            rows.append(
+                {
+                    "phase": title,
+                    "moved": moved,
+                    "expected": sum(1 for n in names if grown and owner(n, shards_after) == shards),
+                    "restarted": restarted,
+                    "seconds": took,
+                }
+            )
+            log(f"{title}: {moved} moved, {restarted} restarted, converged in {took:.2f}s")
+
+        def launch_all() -> None:
             for i in range(shards):
                 fleet.launch(i, shards)
-            took = fleet.wait_converged(names, shards, t0)
-            rows.append(_row(f"{shards} daemons launched", streams, 0, 0, took))
-            log(f"launch: converged in {took:.2f}s")
 
-            victim = 1 % shards
-            before = fleet.placement()
-            lost = sum(1 for n in names if before.get(n) == [victim])
-            t0 = time.monotonic()
-            kill_pids([fleet.daemons[victim].pid])
+        victim = 1 % shards
+
+        def kill_one() -> None:
+            kill_pids([fleet.daemons[victim].pid])  # SIGKILL: its FFmpeg die with it
             fleet.daemons[victim].stop()
             fleet.launch(victim, shards)
-            took = fleet.wait_converged(names, shards, t0)
-            rows.append(_row(f"shard {victim} killed, relaunched on its home", lost, 0, 0, took))
-            log(f"kill/relaunch: converged in {took:.2f}s")
 
-            grown = shards + 1
-            expected = {n for n in names if owner(n, grown) != owner(n, shards)}
-            wins = {n for n in names if owner(n, grown) == shards}
-            before = fleet.placement()
-            t0 = time.monotonic()
+        def grow() -> None:
+            # A StatefulSet rolls every pod when STREAMALCHEMY_SHARDS changes; the old
+            # shards let go of what they lose before the new one starts it.
             for i in range(shards):
                 fleet.daemons[i].stop()  # SIGTERM: its streams stop and stay saved
-                fleet.launch(i, grown)
-            fleet.launch(shards, grown)
-            took = fleet.wait_converged(names, grown, t0)
-            after = fleet.placement()
-            moved = {n for n in names if before.get(n) != after.get(n)}
-            if moved != expected or expected != wins:
-                raise BenchError(f"moved {sorted(moved)}, expected {sorted(expected)}")
-            rows.append(_row(f"{shards} -> {grown} shards", streams, len(moved), len(wins), took))
-            log(f"reshard: {len(moved)} moved, converged in {took:.2f}s")
+                fleet.launch(i, shards + 1)
+            fleet.launch(shards, shards + 1)
+
+        try:
+            fleet.start_sampling()
+            phase(f"{shards} daemons launched", shards, launch_all)
+            phase(f"shard {victim} killed (SIGKILL), relaunched on its home", shards, kill_one)
+            phase(f"{shards} -> {shards + 1} shards", shards + 1, grow)
         finally:
             fleet.close()
-        for row in rows:
-            row["max_instances"] = fleet.max_instances
         log(f"{fleet.samples} samples, at most {fleet.max_instances} instance(s) of a stream")
         if fleet.max_instances > 1:
             raise BenchError(f"a stream ran {fleet.max_instances} times at once")
+        if rows[-1]["moved"] != rows[-1]["expected"]:
+            raise BenchError(f"{rows[-1]['moved']} streams moved, not {rows[-1]['expected']}")
+        for row in rows:
+            row["max_instances"] = fleet.max_instances
     return rows
-
-
-def _row(phase: str, affected: int, moved: int, expected: int, took: float) -> dict[str, Any]:
-    return {
-        "phase": phase,
-        "affected": affected,
-        "moved": moved,
-        "expected": expected,
-        "seconds": took,
-    }
 
 
 def table(rows: list[dict[str, Any]], shards: int, streams: int) -> str:
@@ -186,13 +192,15 @@ def table(rows: list[dict[str, Any]], shards: int, streams: int) -> str:
         f"{shards} daemons on this machine, each `daemon run --apply FILE --shard i/N` with its "
         "own home. A sampler read every daemon's streams and the process table every 0.25 s.",
         "",
-        "| Phase | Streams affected | Moved (expected: what the new shard wins) "
+        "| Phase | Streams moved (expected: what the new shard wins) | Streams restarted "
         "| Time until each stream runs once, on its shard |",
         "|---|---|---|---|",
     ]
     for r in rows:
-        moved = f"{r['moved']} ({r['expected']})" if "->" in r["phase"] else "0"
-        out.append(f"| {r['phase']} | {r['affected']} | {moved} | {r['seconds']:.1f} s |")
+        out.append(
+            f"| {r['phase']} | {r['moved']} ({r['expected']}) | {r['restarted']} "
+            f"| {r['seconds']:.1f} s |"
+        )
     most = rows[0]["max_instances"] if rows else 0
     out += [
         "",
