@@ -52,7 +52,10 @@ def daemon_apply(
             raise InvalidInput("--shard needs --apply FILE")
         return None
     file = Path(os.path.expanduser(path)).absolute()
-    declarative.load_file(file)  # an invalid file is refused now, with its line
+    if not os.access(file, os.R_OK) or not file.is_file():
+        raise InvalidInput(f"apply file not found or unreadable: {str(file)!r}")
+    # Invalid content does not stop the daemon: it restores, logs the line at fault and
+    # applies the file once it is fixed (a typo must not take every stream down).
     if shard is None:
         return file, None
     if shard.strip().lower() == "auto":

@@ -246,3 +246,19 @@ def test_daemon_run_shard_auto_without_shards_is_one_clear_line(tmp_home: Path) 
     )  # fmt: skip
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
     assert "STREAMALCHEMY_SHARDS" in proc.stderr or "host name" in proc.stderr
+
+
+def test_daemon_run_apply_with_an_invalid_file_restores_and_waits(
+    tmp_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = tmp_home / "s.toml"
+    f.write_text("[streams.a]\ntestsrc = true\nresolution = 481\n")
+    assert cli_in(tmp_home, "daemon", "run", "--apply", str(tmp_home / "nope.toml")).returncode == 2
+    log = tmp_home / "logs" / "daemon.log"
+    d = launch(tmp_home, monkeypatch, "--apply", str(f))
+    try:
+        wait_for(lambda: "stream 'a', key 'resolution'" in log.read_text(), 10, "the error")
+        f.write_text(f"[streams.a]\n{CHEAP}")
+        wait_for(lambda: set(running(tmp_home)) == {"a"}, 15, "the fixed file's apply")
+    finally:
+        d.stop()
