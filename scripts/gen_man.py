@@ -66,6 +66,25 @@ ENVIRONMENT = [
         "A MediaMTX binary for the daemon to run when no RTSP server listens "
         "(default: found on PATH; off: never).",
     ),
+    (
+        "STREAMALCHEMY_LOG_MAX_BYTES",
+        "Size cap of each log file, stream logs and the daemon log (default: 10485760; "
+        "config.toml: log_max_bytes).",
+    ),
+    (
+        "STREAMALCHEMY_LOG_BACKUPS",
+        "Rotated copies kept of each log file (default: 3; config.toml: log_backups).",
+    ),
+    (
+        "STREAMALCHEMY_METRICS_ADDR",
+        "HOST:PORT on which the daemon also serves GET /metrics, and nothing else "
+        "(default: unset; config.toml: metrics_addr).",
+    ),
+    (
+        "STREAMALCHEMY_SHARDS",
+        "Number of shards for daemon run --apply FILE --shard auto "
+        "(default: unset; config.toml: shards).",
+    ),
 ]
 FILES = [
     (
