@@ -66,6 +66,15 @@ ENVIRONMENT = [
         "A MediaMTX binary for the daemon to run when no RTSP server listens "
         "(default: found on PATH; off: never).",
     ),
+    (
+        "STREAMALCHEMY_LOG_MAX_BYTES, STREAMALCHEMY_LOG_BACKUPS",
+        "Size cap of each log file (default: 10485760) and the rotated copies kept (default: 3).",
+    ),
+    (
+        "STREAMALCHEMY_METRICS_ADDR",
+        "HOST:PORT where GET /metrics is served over TCP too (default: unset).",
+    ),
+    ("STREAMALCHEMY_SHARDS", "The number of shards for the apply shard auto (default: unset)."),
 ]
 FILES = [
     (
@@ -75,7 +84,8 @@ FILES = [
     (
         "$STREAMALCHEMY_HOME/config.toml",
         "Settings, overridden by the environment: state_file, socket, persistence_enabled, "
-        "backup_count, ffmpeg, ffprobe, rtsp_url, autostart, stall_timeout, mediamtx.",
+        "backup_count, ffmpeg, ffprobe, rtsp_url, autostart, stall_timeout, mediamtx, "
+        "log_max_bytes, log_backups, metrics_addr, shards.",
     ),
     ("$STREAMALCHEMY_HOME/streamalchemy.sock", "The control socket (HTTP/JSON), mode 0600."),
     ("$STREAMALCHEMY_HOME/logs/", "daemon.log, mediamtx.log and streams/NAME.log."),
@@ -113,8 +123,8 @@ def describe(param: Any) -> tuple[str, str]:
     """The term (``--codec CODEC``) and the paragraph of one option or argument."""
     metavar = param.name.upper()
     # A "[default: X]" written into the help (where the real default is None) goes last.
-    stated = re.findall(r"\[default: ([^\]]+)\]", param.help or "")
-    body = [re.sub(r"\s*\[default: [^\]]+\]", "", param.help or "")]
+    stated = re.findall(r"\\?\[default: ([^\]]+)\]", param.help or "")
+    body = [re.sub(r"\s*\\?\[default: [^\]]+\]", "", param.help or "")]
     choices = choices_of(param)
     if choices:
         body.append(f"One of: {', '.join(choices)}.")

@@ -158,21 +158,15 @@ def _read_config(path: Path) -> dict[str, Any]:
     return doc
 
 
-def load_settings(
-    flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
-) -> Settings:
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Resolve every setting; raise ConfigError naming the variable or file at fault."""
     env = os.environ if env is None else env
-    flags = {k: v for k, v in (flags or {}).items() if v is not None}
     data, logs, runtime, config_dir = _base_dirs(env)
     config_file = config_dir / "config.toml"
     config = _read_config(config_file)
 
     resolved: dict[str, Any] = {}
     for key, (var, parse) in _KNOWN.items():
-        if key in flags:
-            resolved[key] = flags[key]
-            continue
         if env.get(var, "").strip():
             source, raw = var, env[var]
         elif key in config:
