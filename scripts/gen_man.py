@@ -67,14 +67,24 @@ ENVIRONMENT = [
         "(default: found on PATH; off: never).",
     ),
     (
-        "STREAMALCHEMY_LOG_MAX_BYTES, STREAMALCHEMY_LOG_BACKUPS",
-        "Size cap of each log file (default: 10485760) and the rotated copies kept (default: 3).",
+        "STREAMALCHEMY_LOG_MAX_BYTES",
+        "Size cap of each log file, stream logs and the daemon log (default: 10485760; "
+        "config.toml: log_max_bytes).",
+    ),
+    (
+        "STREAMALCHEMY_LOG_BACKUPS",
+        "Rotated copies kept of each log file (default: 3; config.toml: log_backups).",
     ),
     (
         "STREAMALCHEMY_METRICS_ADDR",
-        "HOST:PORT where GET /metrics is served over TCP too (default: unset).",
+        "HOST:PORT on which the daemon also serves GET /metrics, and nothing else "
+        "(default: unset; config.toml: metrics_addr).",
     ),
-    ("STREAMALCHEMY_SHARDS", "The number of shards for the apply shard auto (default: unset)."),
+    (
+        "STREAMALCHEMY_SHARDS",
+        "Number of shards for daemon run --apply FILE --shard auto "
+        "(default: unset; config.toml: shards).",
+    ),
 ]
 FILES = [
     (
@@ -114,9 +124,12 @@ def text(value: str) -> str:
 def choices_of(param: Any) -> list[str]:
     # Typer 0.2x keeps them on its type descriptor; click-based Typer on the click type.
     holder = getattr(param, "type_descriptor", None) or getattr(param, "type", None)
-    return [
+    choices = [
         c.value if isinstance(c, Enum) else str(c) for c in getattr(holder, "choices", None) or ()
     ]
+    # Options built from spec.START_OPTIONS show their choices as the metavar "[a|b|c]".
+    listed = re.fullmatch(r"\[(.+\|.+)\]", getattr(param, "metavar", None) or "")
+    return choices or (listed[1].split("|") if listed else [])
 
 
 def describe(param: Any) -> tuple[str, str]:
