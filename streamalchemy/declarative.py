@@ -24,7 +24,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from streamalchemy.errors import InvalidInput
 from streamalchemy.spec import (
-    _FIELDS,
+    SOURCE,
+    START_OPTIONS,
     StreamSpec,
     mask_credentials,
     spec_from_entry,
@@ -32,7 +33,7 @@ from streamalchemy.spec import (
 )
 
 SOURCE_KEYS = ("file", "url", "testsrc")
-OPTION_KEYS = _FIELDS  # the start options after the source: one vocabulary
+OPTION_KEYS = tuple(START_OPTIONS)  # the start options after the source: one vocabulary
 KEYS = SOURCE_KEYS + OPTION_KEYS
 ACTIONS = ("create", "update", "delete", "unchanged", "other-shard")
 
@@ -203,8 +204,8 @@ def table_of(spec: StreamSpec) -> Table:
         table["testsrc"] = True
     table["codec"] = spec.codec
     if spec.codec != "copy":
-        table["resolution"] = spec.resolution
-        table["fps"] = spec.fps
+        table["resolution"] = SOURCE if spec.resolution is None else spec.resolution
+        table["fps"] = SOURCE if spec.fps is None else spec.fps
         table["hwaccel"] = spec.hwaccel
     table["audio"] = spec.audio
     table["duration"] = duration_text(spec.duration)

@@ -90,7 +90,7 @@ def test_plan_create_update_unchanged_delete() -> None:
         "b": "update",
         "d": "create",
     }
-    assert steps["b"].changes == {"fps": [15, 5]}
+    assert steps["b"].changes == {"fps": ["source", 5]}
     pruned = {s.name: s.action for s in plan(new, current, prune=True)}
     assert pruned["c"] == "delete"
     limited = {s.name: s.action for s in plan(new, current, prune=True, prune_only={"x"})}
