@@ -16,17 +16,14 @@ import logging
 import os
 import tempfile
 from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 from streamalchemy import declarative
 from streamalchemy.declarative import Step
 from streamalchemy.errors import InvalidInput, StreamAlchemyError, StreamNotFound
 from streamalchemy.spec import StreamSpec, mask_credentials
-
-if TYPE_CHECKING:
-    from streamalchemy.persist import StateStore
-    from streamalchemy.supervisor import Supervisor
 
 log = logging.getLogger("streamalchemy.apply")
 
@@ -36,12 +33,18 @@ POLL_INTERVAL = 1.0  # seconds between two looks at a watched apply file
 Reply = tuple[int, dict[str, Any]]
 
 
-class Lifecycle(Protocol):
-    """What an apply needs of the daemon: its per-name start and stop."""
+@dataclass(frozen=True)
+class Ops:
+    """What an apply needs of the daemon, bound by its controller to the per-name lifecycle.
 
-    async def start(self, body: dict[str, Any]) -> Reply: ...
+    ``start`` and ``stop`` wait their turn on a name busy with another command; they
+    raise the StreamAlchemyError that says why a step failed.
+    """
 
-    async def stop(self, names: list[str], all_streams: bool) -> Reply: ...
+    start: Callable[[StreamSpec, bool], Awaitable[object]]  # (spec, replace)
+    stop: Callable[[str], Awaitable[object]]
+    saved: Callable[[], Awaitable[Mapping[str, Mapping[str, Any]]]]
+    running: Callable[[], Mapping[str, StreamSpec]]  # the active streams' specs
 
 
 def request_options(body: Mapping[str, Any]) -> tuple[dict[str, StreamSpec], bool, bool, Any]:
@@ -64,12 +67,7 @@ def request_options(body: Mapping[str, Any]) -> tuple[dict[str, StreamSpec], boo
     return desired, flags[0], flags[1], None if shard is None else declarative.parse_shard(shard)
 
 
-def body_of(step: Step, replace: bool) -> dict[str, Any]:
-    assert step.spec is not None
-    return {**declarative.table_of(step.spec), "name": step.name, "replace": replace}
-
-
-async def execute(steps: list[Step], lifecycle: Lifecycle, *, dry_run: bool) -> list[Step]:
+async def execute(steps: list[Step], ops: Ops, *, dry_run: bool) -> list[Step]:
     """Carry out ``steps`` in place: deletes first, then updates and creates, priority first."""
     for step in steps:
         if dry_run:
@@ -85,11 +83,10 @@ async def execute(steps: list[Step], lifecycle: Lifecycle, *, dry_run: bool) -> 
             try:
                 if step.action == "delete":
                     with contextlib.suppress(StreamNotFound):  # gone meanwhile: as wanted
-                        await lifecycle.stop([step.name], False)
+                        await ops.stop(step.name)
                 else:
-                    status, reply = await lifecycle.start(body_of(step, step.action == "update"))
-                    if status >= 400:
-                        raise StreamAlchemyError(str(reply.get("message", f"HTTP {status}")))
+                    assert step.spec is not None
+                    await ops.start(step.spec, step.action == "update")
             except StreamAlchemyError as exc:
                 step.result, step.reason = "failed", mask_credentials(" ".join(str(exc).split()))
             else:
@@ -106,16 +103,15 @@ async def execute(steps: list[Step], lifecycle: Lifecycle, *, dry_run: bool) -> 
 
 async def apply(
     desired: Mapping[str, StreamSpec],
-    lifecycle: Lifecycle,
+    ops: Ops,
     *,
-    saved: Mapping[str, Mapping[str, Any]],
-    running: Mapping[str, StreamSpec],
     prune: bool = False,
     dry_run: bool = False,
     shard: tuple[int, int] | None = None,
     prune_only: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Plan against what is saved and running, carry it out, and return the apply document."""
+    saved, running = await ops.saved(), ops.running()
     current = declarative.current_specs(saved, running)
     steps = declarative.plan(
         desired,
@@ -125,7 +121,7 @@ async def apply(
         prune_only=prune_only,
         not_running=set(saved) - set(running),
     )
-    await execute(steps, lifecycle, dry_run=dry_run)
+    await execute(steps, ops, dry_run=dry_run)
     return declarative.document(steps, dry_run)
 
 
@@ -237,9 +233,7 @@ class FileApplier:
         self.last = doc
         return doc
 
-    async def prune_first(
-        self, lifecycle: Lifecycle, saved: Mapping[str, Mapping[str, Any]], shard: Any
-    ) -> list[str]:
+    async def prune_first(self, ops: Ops, shard: tuple[int, int] | None) -> list[str]:
         """Before the launch restore: drop the saved streams FILE brought that are no longer ours.
 
         A stream that moved to another shard (or left the file) while this daemon was
@@ -252,13 +246,13 @@ class FileApplier:
         before = self.record.load()
         steps = declarative.plan(
             desired,
-            declarative.current_specs(saved, {}),
+            declarative.current_specs(await ops.saved(), {}),
             prune=True,
             shard=shard,
             prune_only=before,
         )
         deletes = [s for s in steps if s.action == "delete"]
-        await execute(deletes, lifecycle, dry_run=False)
+        await execute(deletes, ops, dry_run=False)
         dropped = [s.name for s in deletes if s.result == "done"]
         if dropped:
             self.record.save(self.path, before - set(dropped))
@@ -281,36 +275,18 @@ class FileApplier:
 # -- the daemon's side -------------------------------------------------------------------
 
 
-class Daemon(Lifecycle, Protocol):
-    """What an apply reads of the daemon besides its start and stop."""
-
-    @property
-    def store(self) -> StateStore: ...
-
-    @property
-    def supervisor(self) -> Supervisor: ...
-
-
-def apply_on(
-    daemon: Daemon, desired: Mapping[str, StreamSpec], **options: Any
-) -> Awaitable[dict[str, Any]]:
-    """``apply`` against what ``daemon`` saves and runs now."""
-    specs = {n: s.spec for n, s in daemon.supervisor.streams.items() if s.active}
-    return apply(desired, daemon, saved=daemon.store.load(), running=specs, **options)
-
-
-async def handle_request(daemon: Daemon, body: Mapping[str, Any]) -> Reply:
+async def handle_request(ops: Ops, body: Mapping[str, Any]) -> Reply:
     """``POST /apply``: 200 with the apply document (its ``success`` false when a step failed)."""
     desired, prune, dry_run, shard = request_options(body)
-    return 200, await apply_on(daemon, desired, prune=prune, dry_run=dry_run, shard=shard)
+    return 200, await apply(desired, ops, prune=prune, dry_run=dry_run, shard=shard)
 
 
 def file_applier(
-    daemon: Daemon, path: Path, shard: tuple[int, int] | None, data_dir: Path
+    ops: Ops, path: Path, shard: tuple[int, int] | None, data_dir: Path
 ) -> FileApplier:
     """The watch of ``daemon run --apply FILE``: prune limited to the streams FILE brought."""
 
     async def apply_fn(desired: dict[str, StreamSpec], before: set[str]) -> dict[str, Any]:
-        return await apply_on(daemon, desired, prune=True, shard=shard, prune_only=before)
+        return await apply(desired, ops, prune=True, shard=shard, prune_only=before)
 
     return FileApplier(path, AppliedRecord(data_dir / "applied.json"), apply_fn)

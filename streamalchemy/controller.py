@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from streamalchemy import __version__, applier, encoders
+from streamalchemy.declarative import table_of
 from streamalchemy.errors import (
     InvalidInput,
     OperationFailed,
@@ -313,7 +314,24 @@ class Controller:
         }
 
     async def route_apply(self, req: Request) -> Reply:
-        return await applier.handle_request(self, req.body)
+        return await applier.handle_request(self.apply_ops(), req.body)
+
+    def apply_ops(self) -> applier.Ops:
+        """An apply's steps go through the same start and stop as the requests'."""
+
+        async def start(spec: StreamSpec, replace: bool) -> object:
+            return await self.start({**table_of(spec), "name": spec.name, "replace": replace})
+
+        async def stop(name: str) -> object:
+            return await self.stop([name], False)
+
+        async def saved() -> dict[str, dict[str, Any]]:
+            return self.store.load()
+
+        def running() -> dict[str, StreamSpec]:
+            return {n: s.spec for n, s in self.supervisor.streams.items() if s.active}
+
+        return applier.Ops(start, stop, saved, running)
 
     # -- dispatch ----------------------------------------------------------------
 

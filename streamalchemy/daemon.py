@@ -110,8 +110,9 @@ async def _serve(settings: Settings, restore: bool, apply: ApplyOption) -> None:
     if apply is not None:
         # The streams this shard lost while it was down must not come back, even briefly.
         apply_file, shard = apply
-        watch = applier.file_applier(controller, apply_file, shard, settings.data_dir)
-        await watch.prune_first(controller, controller.store.load(), shard)
+        ops = controller.apply_ops()
+        watch = applier.file_applier(ops, apply_file, shard, settings.data_dir)
+        await watch.prune_first(ops, shard)
     if restore and controller.store.enabled:
         restoring = asyncio.create_task(controller.restore_at_launch())
     if watch is not None:

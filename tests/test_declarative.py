@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -185,27 +186,37 @@ def test_duration_text_round_trips() -> None:
         assert parse(f"[streams.a]\ntestsrc=true\nduration='{text}'\n")["a"].duration == seconds
 
 
-class FakeLifecycle:
-    def __init__(self, fail: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+class FakeDaemon:
+    """Records what an apply asks of the daemon; fails to start the names in ``fail``."""
+
+    def __init__(
+        self,
+        fail: Collection[str] = (),
+        saved: dict[str, dict[str, Any]] | None = None,
+        running: dict[str, StreamSpec] | None = None,
+    ) -> None:
         self.calls: list[tuple[str, str]] = []
-        self.fail = fail
+        self.fail = set(fail)
+        self._saved = saved or {}
+        self.ops = applier.Ops(self.start, self.stop, self.saved, lambda: running or {})
 
-    async def start(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        self.calls.append(("replace" if body["replace"] else "start", body["name"]))
-        if body["name"] in self.fail:
-            raise StreamExists(f"stream {body['name']!r} already exists")
-        return 200, {"success": True}
+    async def start(self, spec: StreamSpec, replace: bool) -> None:
+        self.calls.append(("replace" if replace else "start", spec.name))
+        if spec.name in self.fail:
+            raise StreamExists(f"stream {spec.name!r} already exists")
 
-    async def stop(self, names: list[str], all_streams: bool) -> tuple[int, dict[str, Any]]:
-        self.calls.append(("stop", names[0]))
-        return 200, {"success": True, "stopped": names}
+    async def stop(self, name: str) -> None:
+        self.calls.append(("stop", name))
+
+    async def saved(self) -> dict[str, dict[str, Any]]:
+        return self._saved
 
 
 def test_execute_goes_through_the_lifecycle() -> None:
     old = parse(patterns("a", "b", "c"))
     new = parse(patterns("a", "d", "b", extra="fps = 5\n"))
-    fake = FakeLifecycle(fail={"d"})
-    doc = asyncio.run(applier.apply(new, fake, saved=saved_of(old), running=old, prune=True))
+    fake = FakeDaemon(fail={"d"}, saved=saved_of(old), running=old)
+    doc = asyncio.run(applier.apply(new, fake.ops, prune=True))
     assert doc["success"] is False and doc["dry_run"] is False
     results = {s["name"]: (s["action"], s["result"]) for s in doc["plan"]}
     assert results == {
@@ -217,8 +228,8 @@ def test_execute_goes_through_the_lifecycle() -> None:
     assert fake.calls[0] == ("stop", "c")
     assert sorted(fake.calls[1:]) == [("replace", "b"), ("start", "d")]
 
-    dry = FakeLifecycle()
-    doc = asyncio.run(applier.apply(new, dry, saved={}, running={}, dry_run=True))
+    dry = FakeDaemon()
+    doc = asyncio.run(applier.apply(new, dry.ops, dry_run=True))
     assert dry.calls == [] and {s["result"] for s in doc["plan"]} == {"planned"}
 
 
@@ -271,8 +282,8 @@ def test_prune_first_drops_only_lost_streams_from_the_file(tmp_path: Path) -> No
     record.save(path, set(mine))
     hand = parse(patterns("hand"))
     watch = applier.FileApplier(path, record, None)  # type: ignore[arg-type]
-    fake = FakeLifecycle()
-    dropped = asyncio.run(watch.prune_first(fake, saved_of({**mine, **hand}), (0, 4)))
+    fake = FakeDaemon(saved=saved_of({**mine, **hand}))
+    dropped = asyncio.run(watch.prune_first(fake.ops, (0, 4)))
     lost = {n for n in mine if owner(n, 4) != 0}
     assert set(dropped) == lost and {c for _, c in fake.calls} == lost
     assert record.load() == set(mine) - lost
