@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import os
 import sys
 import threading
 import time
@@ -183,6 +184,7 @@ def run(shards: int, streams: int) -> list[dict[str, Any]]:
             raise BenchError(f"{rows[-1]['moved']} streams moved, not {rows[-1]['expected']}")
         for row in rows:
             row["max_instances"] = fleet.max_instances
+            row["samples"] = fleet.samples
     return rows
 
 
@@ -190,7 +192,12 @@ def table(rows: list[dict[str, Any]], shards: int, streams: int) -> str:
     out = [
         f"{streams} streams (`--codec copy` of a 4 s clip, `--output null`) in one apply file, "
         f"{shards} daemons on this machine, each `daemon run --apply FILE --shard i/N` with its "
-        "own home. A sampler read every daemon's streams and the process table every 0.25 s.",
+        "own home. A sampler read every daemon's streams and the process table every 0.25 s "
+        "(each stream's pid must be a live FFmpeg child of that daemon). Measured "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average "
+        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} at the end, on a shared 2-core "
+        "machine; re-run with "
+        "`bash bench/run.sh fleet --write`.",
         "",
         "| Phase | Streams moved (expected: what the new shard wins) | Streams restarted "
         "| Time until each stream runs once, on its shard |",
@@ -202,11 +209,19 @@ def table(rows: list[dict[str, Any]], shards: int, streams: int) -> str:
             f"| {r['seconds']:.1f} s |"
         )
     most = rows[0]["max_instances"] if rows else 0
+    samples = rows[0]["samples"] if rows else 0
     out += [
         "",
-        f"Most instances of one stream seen at once, throughout: {most} "
+        f"Most instances of one stream seen at once, throughout ({samples} samples): {most} "
         "(never twice: a relaunched shard drops the streams it lost before its restore, and "
         "the new shard starts after the old ones have let go).",
+        "",
+        "A launch includes each daemon's encoder probe and an `ffprobe` check of every file "
+        "source before it starts it, all daemons at once on a shared machine (load above). A "
+        "killed shard comes back on its own volume with nothing moved. Going to N+1 shards "
+        "rolls every daemon (as a StatefulSet does when `STREAMALCHEMY_SHARDS` changes), so "
+        "every stream restarts once, each on the shard it had except the ones the new "
+        "shard wins.",
     ]
     return "\n".join(out)
 
