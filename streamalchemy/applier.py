@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ log = logging.getLogger("streamalchemy.apply")
 
 APPLY_PARALLEL = 8  # streams starting at once during an apply
 POLL_INTERVAL = 1.0  # seconds between two looks at a watched apply file
+RETRY_FAILED = 30.0  # seconds until a watched file whose apply had failures is applied again
 
 Reply = tuple[int, dict[str, Any]]
 
@@ -198,20 +200,27 @@ class FileApplier:
         apply_fn: ApplyFn,
         *,
         interval: float = POLL_INTERVAL,
+        retry: float = RETRY_FAILED,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = path
         self.record = record
         self.apply_fn = apply_fn
         self.interval = interval
+        self.retry = retry
+        self.clock = clock
         self.applied: bytes | None = None  # digest of the last content tried
+        self.retry_at: float | None = None  # when to apply again after a step failed
         self.last: dict[str, Any] | None = None
 
     async def apply_now(self) -> dict[str, Any] | None:
-        """Apply the file if its content changed since the last try; the document or None."""
+        """Apply the file if its content changed since the last try, or to retry failed
+        steps (a camera that was down at launch); the document, or None when not applied."""
         seen = digest(self.path)
-        if seen is None or seen == self.applied:
+        due = self.retry_at is not None and self.clock() >= self.retry_at
+        if seen is None or (seen == self.applied and not due):
             return None
-        self.applied = seen
+        self.applied, self.retry_at = seen, None
         try:
             desired = declarative.load_file(self.path)
         except InvalidInput as exc:
@@ -230,6 +239,8 @@ class FileApplier:
         summary = ", ".join(f"{n} {a}" for a, n in sorted(counts.items())) or "no streams"
         failed = sum(1 for s in doc["plan"] if s["result"] == "failed")
         log.info("applied %s: %s%s", self.path, summary, f" ({failed} failed)" if failed else "")
+        if failed:
+            self.retry_at = self.clock() + self.retry
         self.last = doc
         return doc
 

@@ -287,3 +287,29 @@ def test_prune_first_drops_only_lost_streams_from_the_file(tmp_path: Path) -> No
     lost = {n for n in mine if owner(n, 4) != 0}
     assert set(dropped) == lost and {c for _, c in fake.calls} == lost
     assert record.load() == set(mine) - lost
+
+
+def test_file_applier_retries_failed_steps_later(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(patterns("a"))
+    now = [0.0]
+    fake = FakeDaemon(fail={"a"})
+
+    async def apply_fn(desired: dict[str, StreamSpec], before: set[str]) -> dict[str, Any]:
+        return await applier.apply(desired, fake.ops)
+
+    watch = applier.FileApplier(
+        path, applier.AppliedRecord(tmp_path / "r.json"), apply_fn, clock=lambda: now[0]
+    )
+
+    async def scenario() -> None:
+        assert (await watch.apply_now() or {}).get("success") is False
+        assert await watch.apply_now() is None  # not yet
+        now[0] += applier.RETRY_FAILED
+        fake.fail.clear()
+        assert (await watch.apply_now() or {}).get("success") is True
+        now[0] += applier.RETRY_FAILED
+        assert await watch.apply_now() is None  # nothing failed, nothing changed
+
+    asyncio.run(scenario())
+    assert fake.calls == [("start", "a"), ("start", "a")]
