@@ -35,6 +35,7 @@ from streamalchemy.spec import (
 SOURCE_KEYS = ("file", "url", "testsrc")
 OPTION_KEYS = tuple(START_OPTIONS)  # the start options after the source: one vocabulary
 KEYS = SOURCE_KEYS + OPTION_KEYS
+MAX_SHARDS = 10000  # as STREAMALCHEMY_SHARDS
 ACTIONS = ("create", "update", "delete", "unchanged", "other-shard")
 
 Table = dict[str, Any]
@@ -266,9 +267,11 @@ def owner(name: str, shards: int) -> int:
 
 def parse_shard(text: str) -> tuple[int, int]:
     """``"I/N"`` with 0 <= I < N."""
-    m = re.fullmatch(r"\s*(\d{1,6})\s*/\s*(\d{1,6})\s*", text)
-    if m is None or not int(m[1]) < int(m[2]):
-        raise InvalidInput(f"invalid shard {text!r}: use I/N with 0 <= I < N, e.g. 0/3")
+    m = re.fullmatch(r"\s*(\d{1,5})\s*/\s*(\d{1,5})\s*", text)
+    if m is None or not int(m[1]) < int(m[2]) <= MAX_SHARDS:
+        raise InvalidInput(
+            f"invalid shard {text!r}: use I/N with 0 <= I < N <= {MAX_SHARDS}, e.g. 0/3"
+        )
     return int(m[1]), int(m[2])
 
 

@@ -60,3 +60,21 @@ def test_statefulset_runs_each_shard_as_the_contract_says() -> None:
     assert sorted(kustomization["resources"]) == sorted(
         p.name for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml"
     )
+
+
+def test_exported_manifests_validate_strictly(tmp_path: Path) -> None:
+    from streamalchemy import declarative
+    from streamalchemy.persist import new_entry
+    from streamalchemy.spec import spec_from_request
+
+    spec = spec_from_request({"name": "cam1", "url": "rtsp://u:secret@h/x", "codec": "copy"})
+    tables = declarative.export_tables({"cam1": new_entry(spec.to_config(), 1.0)})
+    text = kube.dump(kube.manifests(declarative.export_toml(tables), shards=5))
+    assert "secret" not in text
+    path = tmp_path / "fleet.yaml"
+    path.write_text(text)
+    validate_strict(path)
+    docs = list(yaml.safe_load_all(text))
+    assert [d["kind"] for d in docs] == ["ConfigMap", "Service", "Service", "StatefulSet"]
+    assert declarative.parse(docs[0]["data"]["streams.toml"]).keys() == {"cam1"}
+    assert docs[-1]["spec"]["replicas"] == 5
