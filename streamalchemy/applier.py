@@ -49,7 +49,9 @@ class Ops:
     running: Callable[[], Mapping[str, StreamSpec]]  # the active streams' specs
 
 
-def request_options(body: Mapping[str, Any]) -> tuple[dict[str, StreamSpec], bool, bool, Any]:
+def request_options(
+    body: Mapping[str, Any],
+) -> tuple[dict[str, StreamSpec], bool, bool, tuple[int, int] | None]:
     """Validate the body of ``POST /apply``: the streams, prune, dry_run and shard."""
     if not isinstance(body, Mapping):
         raise InvalidInput("the request body must be a JSON object")
