@@ -320,6 +320,8 @@ class Controller:
         """An apply's steps go through the same start and stop as the requests'."""
 
         async def start(spec: StreamSpec, replace: bool) -> object:
+            while spec.name in self._busy:
+                await asyncio.sleep(0.05)  # another command on the name: wait its end
             return await self.start({**table_of(spec), "name": spec.name, "replace": replace})
 
         async def stop(name: str) -> object:
