@@ -130,6 +130,14 @@ def start(
     replace: Annotated[
         bool, typer.Option("--replace", help="Replace a stream of this name.")
     ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="A file output may replace an existing file at this start. [default: off]",
+            show_default=False,
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Start a stream, wait until FFmpeg runs, save it, and print its output URL."""
@@ -147,6 +155,7 @@ def start(
         "restart": restart.value,
         "priority": priority,
         "replace": replace,
+        "overwrite": overwrite,
     }
     if file is not None:
         body["file"] = _abs_path(file)

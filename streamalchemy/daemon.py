@@ -16,7 +16,6 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,13 +29,15 @@ from streamalchemy.errors import (
 )
 from streamalchemy.ffmpeg import STATS_PERIOD, build_argv, output_target
 from streamalchemy.httpserver import Reply, connection_handler
+from streamalchemy.outputs import refuse_existing_file
 from streamalchemy.persist import StateStore, new_entry
 from streamalchemy.procs import ChildRecord
 from streamalchemy.restore import Step, dry_run_results, plan
 from streamalchemy.settings import Settings
 from streamalchemy.sources import check_source
 from streamalchemy.spec import StreamSpec, mask_credentials, spec_from_request, validate_name
-from streamalchemy.supervisor import Stream, Supervisor
+from streamalchemy.streamlog import CappedHandler
+from streamalchemy.supervisor import REPLACED, Stream, Supervisor
 
 log = logging.getLogger("streamalchemy.daemon")
 
@@ -57,6 +58,8 @@ class Daemon:
             log_dir=settings.log_dir,
             stall_timeout=settings.stall_timeout,
             on_end=self._on_end,
+            log_max_bytes=settings.log_max_bytes,
+            log_backups=settings.log_backups,
         )
         self.started = time.time()
         self.not_restored: dict[str, str] = {}  # saved streams left out, and why
@@ -80,20 +83,22 @@ class Daemon:
 
     def _launch(self, spec: StreamSpec, saved_at: float, encoder: str) -> Stream:
         target = output_target(spec, self.settings.rtsp_url, self.settings.hls_dir)
-        if spec.output == "hls":
-            Path(target).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        argv = build_argv(
-            spec,
-            ffmpeg=self.settings.ffmpeg,
-            encoder=encoder,
-            target=target,
-            # Reports often enough that a healthy stream never looks stalled.
-            stats_period=min(STATS_PERIOD, self.settings.stall_timeout / 2),
-        )
+
+        def argv_for(current: str) -> list[str]:
+            # Built per spawn: a restarted recording writes the next numbered file.
+            return build_argv(
+                spec,
+                ffmpeg=self.settings.ffmpeg,
+                encoder=encoder,
+                target=current,
+                # Reports often enough that a healthy stream never looks stalled.
+                stats_period=min(STATS_PERIOD, self.settings.stall_timeout / 2),
+            )
+
         log.info("starting %s -> %s", spec.name, mask_credentials(target))
         self.not_restored.pop(spec.name, None)
         return self.supervisor.launch(
-            spec, saved_at=saved_at, encoder=encoder, argv=argv, target=target
+            spec, saved_at=saved_at, encoder=encoder, target=target, argv_for=argv_for
         )
 
     def _on_end(self, stream: Stream) -> None:
@@ -109,6 +114,9 @@ class Daemon:
         replace = body.get("replace", False)
         if not isinstance(replace, bool):
             raise InvalidInput(f"replace must be true or false, not {replace!r}")
+        overwrite = body.get("overwrite", False)
+        if not isinstance(overwrite, bool):
+            raise InvalidInput(f"overwrite must be true or false, not {overwrite!r}")
         with self._reserve([spec.name]):
             current = self.supervisor.streams.get(spec.name)
             if current is not None and current.active and not replace:
@@ -117,14 +125,15 @@ class Daemon:
                     "use --replace or stop it first"
                 )
             await asyncio.to_thread(check_source, spec, self.settings.ffprobe)
+            refuse_existing_file(spec.output, overwrite)
             encoder = self.choose_encoder(spec)
             previous = current if current is not None and current.active else None
             if current is not None:
-                await self.supervisor.stop(spec.name)
+                await self.supervisor.stop(spec.name, REPLACED)
             stream = self._launch(spec, time.time(), encoder)
             failure = await stream.confirmed(CONFIRM_WINDOW)
             if failure is not None:
-                await self.supervisor.stop(spec.name)
+                await self.supervisor.stop(spec.name, f"FFmpeg failed to start: {failure}")
                 message = f"{spec.name}: FFmpeg failed to start: {failure}"
                 if previous is not None:
                     # As a bad configuration reload leaves the old one serving: what
@@ -174,6 +183,7 @@ class Daemon:
             if step.result != "restored":
                 self.not_restored[step.name] = step.reason
                 log.info("restore %s: %s (%s)", step.name, step.result, step.reason)
+                self.supervisor.note(step.name, f"restore {step.result}: {step.reason}")
         for name in expired:
             self.not_restored.pop(name, None)
         results = {s.name: {"result": s.result, "reason": s.reason} for s in steps}
@@ -350,9 +360,10 @@ def _bind(path: Path) -> socket.socket:
     return sock
 
 
-def _setup_logging(log_dir: Path) -> None:
+def _setup_logging(settings: Settings) -> None:
+    log_dir = settings.log_dir
     log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    handler = RotatingFileHandler(log_dir / "daemon.log", maxBytes=1 << 20, backupCount=3)
+    handler = CappedHandler(log_dir / "daemon.log", settings.log_max_bytes, settings.log_backups)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler.setFormatter(fmt)
     root = logging.getLogger("streamalchemy")
@@ -407,7 +418,7 @@ def run(settings: Settings, restore: bool = True) -> None:
     os.umask(0o077)
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = _hold_instance_lock(settings.data_dir)
-    _setup_logging(settings.log_dir)
+    _setup_logging(settings)
     try:
         asyncio.run(_serve(settings, restore))
     finally:

@@ -36,7 +36,7 @@ DEFAULT_FPS = 15
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _REQUEST_KEYS = frozenset(
     {"name", "file", "url", "testsrc", "codec", "resolution", "fps", "audio", "hwaccel"}
-    | {"duration", "output", "restart", "priority", "replace"}
+    | {"duration", "output", "restart", "priority", "replace", "overwrite"}
 )
 # userinfo in scheme://user:pass@host; the password may itself hold an unescaped '@'.
 _CREDENTIALS = re.compile(
