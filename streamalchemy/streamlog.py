@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import time
 from collections import deque
 from pathlib import Path
@@ -21,8 +22,11 @@ from streamalchemy.spec import mask_credentials
 
 LOG_MAX_BYTES = 10 << 20
 LOG_BACKUPS = 3
-# Longer FFmpeg lines are cut in the log: one line never fills a capped file alone.
-LINE_MAX_CHARS = 4000
+# Longer FFmpeg lines are cut in the log: one line never fills a capped file alone,
+# and masking (whose cost grows with the square of a line's length) stays cheap.
+LINE_MAX_CHARS = 2000
+# A URL the cut ends inside: dropped, lest half a password escape its mask.
+_CUT_URL = re.compile(r"\S*://\S*$")
 
 
 def _stamp(at: float) -> str:
@@ -88,9 +92,11 @@ class StreamLog:
         self._file.write(f"{_stamp(time.time())} {text}")
 
     def ffmpeg(self, line: str) -> None:
-        line = mask_credentials(clean_line(line))
+        line = clean_line(line)
         if len(line) > LINE_MAX_CHARS:
-            line = f"{line[:LINE_MAX_CHARS]}... ({len(line) - LINE_MAX_CHARS} more characters)"
+            more = len(line) - LINE_MAX_CHARS
+            line = f"{_CUT_URL.sub('', line[:LINE_MAX_CHARS])}... ({more} more characters)"
+        line = mask_credentials(line)
         self.tail.append(line)
         self._write(line)
 

@@ -40,7 +40,7 @@ PAUSE_GAP = 3.0
 EXITS_KEPT = 10
 READ_CHUNK = 1 << 16
 # An FFmpeg line longer than this is cut; the rest up to its newline is dropped.
-LINE_MAX_BYTES = 1 << 16
+LINE_MAX_BYTES = 8192
 
 # Why a stream is stopped, in the words its log and its exits show.
 USER_STOP = "stopped by the user"
@@ -75,6 +75,7 @@ class StreamSettings:
     log_max_bytes: int = LOG_MAX_BYTES
     log_backups: int = LOG_BACKUPS
     backoff_base: float = 1.0
+    backoff_cap: float = 60.0
 
 
 def should_restart(policy: str, exit_code: int | None, stalled: bool) -> bool:
@@ -152,7 +153,9 @@ class Stream:
         self._stalled = False
         self._wake = asyncio.Event()
         self._confirmed: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._backoff = Backoff(base=settings.backoff_base, rand=rand or random.Random())
+        self._backoff = Backoff(
+            base=settings.backoff_base, cap=settings.backoff_cap, rand=rand or random.Random()
+        )
         self.task = asyncio.create_task(self._run(), name=f"stream-{spec.name}")
 
     @property
@@ -458,10 +461,13 @@ class Supervisor:
         log_max_bytes: int = LOG_MAX_BYTES,
         log_backups: int = LOG_BACKUPS,
         backoff_base: float = 1.0,
+        backoff_cap: float = 60.0,
         clock: Clock | None = None,
         spawn: Spawner = procs.spawn,
         rand: random.Random | None = None,
+        tick_every: float | None = TICK,
     ) -> None:
+        """``tick_every`` None: no ticker runs; the caller (a test) calls ``tick``."""
         self.record = record
         self.log_dir = log_dir
         self.settings = StreamSettings(
@@ -470,6 +476,7 @@ class Supervisor:
             log_max_bytes=log_max_bytes,
             log_backups=log_backups,
             backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
         )
         self.clock = clock or SystemClock()
         self.rand = rand or random.Random()
@@ -477,6 +484,7 @@ class Supervisor:
         self._spawn = spawn
         self._on_end = on_end
         self._ticker: asyncio.Task[None] | None = None
+        self._tick_every = tick_every
         self._last_tick: float | None = None
 
     @property
@@ -517,8 +525,8 @@ class Supervisor:
         current = self.streams.get(spec.name)
         if current is not None and current.active:
             raise StreamExists(f"stream {spec.name!r} is already running (pid {current.pid})")
-        if self._ticker is None or self._ticker.done():
-            self._ticker = asyncio.create_task(self._tick(), name="supervisor-tick")
+        if self._tick_every is not None and (self._ticker is None or self._ticker.done()):
+            self._ticker = asyncio.create_task(self._tick(self._tick_every), name="tick")
         stream = Stream(
             spec,
             saved_at=saved_at,
@@ -561,7 +569,7 @@ class Supervisor:
         if paused:
             log.warning("the daemon was paused; stall clocks restarted")
 
-    async def _tick(self) -> None:
+    async def _tick(self, every: float) -> None:
         while True:
-            await asyncio.sleep(TICK)
+            await asyncio.sleep(every)
             self.tick()
