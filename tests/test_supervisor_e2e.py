@@ -1,4 +1,4 @@
-"""Restarts and stall detection with the real daemon, real FFmpeg and a receiver that comes and goes."""
+"""Restarts and stalls with the real daemon, real FFmpeg and a receiver that comes and goes."""
 
 from __future__ import annotations
 
