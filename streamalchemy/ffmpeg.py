@@ -190,9 +190,11 @@ def _container_args(muxer: str, target: str) -> list[str]:
     if target.startswith("/"):
         # Fragmented MP4/MOV stays playable when FFmpeg is killed before it finishes.
         fragments = ["-movflags", "+frag_keyframe+empty_moov"] if muxer in ("mp4", "mov") else []
+        # -flush_packets 1: what was muxed is on disk, not in a 32 KiB buffer, when
+        # FFmpeg is killed (a low-bitrate recording lost its first seconds otherwise).
         # -n: never overwrite (the supervisor picks a free file for each spawn);
         # file: so that a ':' in the name is never read as a protocol.
-        return ["-f", muxer, *fragments, "-n", f"file:{target}"]
+        return ["-f", muxer, *fragments, "-flush_packets", "1", "-n", f"file:{target}"]
     return ["-f", muxer, target]  # flv for rtmp, mpegts for srt/udp/tcp
 
 
