@@ -434,6 +434,7 @@ class Stream:
             "memory_mb": None if mem is None else round(mem, 1),
             "last_error": self.last_error,
             "log_file": str(self.log.path),
+            "exits": self.history(),
         }
 
 
