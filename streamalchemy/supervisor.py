@@ -444,8 +444,8 @@ def _exit_words(returncode: int) -> str:
             name = signal.Signals(-returncode).name
         except ValueError:
             name = f"signal {-returncode}"
-        return f"FFmpeg was killed by {name}"
-    return f"FFmpeg exited with code {returncode}"
+        return f"was killed by {name}"
+    return f"exited with code {returncode}"
 
 
 class Supervisor:
@@ -527,6 +527,7 @@ class Supervisor:
         if current is not None and current.active:
             raise StreamExists(f"stream {spec.name!r} is already running (pid {current.pid})")
         if self._tick_every is not None and (self._ticker is None or self._ticker.done()):
+            self._last_tick = self.clock.monotonic()
             self._ticker = asyncio.create_task(self._tick(self._tick_every), name="tick")
         stream = Stream(
             spec,

@@ -182,3 +182,30 @@ def test_logs_stay_capped_under_a_stream_failing_in_a_loop(
     files = list(logs.iterdir()) + list((tmp_home / "logs").glob("daemon.log*"))
     assert sorted(p.name for p in logs.iterdir()) == ["loop.log", "loop.log.1", "loop.log.2"]
     assert all(p.stat().st_size <= 1024 for p in files), [(p, p.stat().st_size) for p in files]
+
+
+def test_lifecycle_lines_say_what_happened(
+    tmp_home: Path, sample_video: Path, tmp_path: Path
+) -> None:
+    clip = tmp_path / "clip.mp4"
+    shutil.copy(sample_video, clip)
+    daemon = Daemon(tmp_home)
+    try:
+        proc = cli("start", "cam", "--file", str(clip), "--codec", "copy", "--output", "null")
+        assert proc.returncode == 0, proc.stderr
+        assert cli("start", "gone", "--testsrc", *SMALL, "--output", "null").returncode == 0
+        assert cli("stop", "gone").returncode == 0
+    finally:
+        daemon.stop()
+    clip.unlink()
+    daemon = Daemon(tmp_home)
+    try:
+        wait_for(lambda: "restore" in cli("logs", "cam").stdout, 20, "the restore skip")
+        cam = cli("logs", "cam", "-n", "100").stdout
+        gone = cli("logs", "gone", "-n", "100").stdout
+    finally:
+        daemon.stop()
+    assert "daemon shutting down; the stream comes back at its next launch" in cam
+    assert "restore skipped" in cam and str(clip) in cam
+    assert "stopped by the user" in gone
+    assert "code 255" not in cam + gone

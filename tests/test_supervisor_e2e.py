@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,22 @@ def test_duration_ends_stream_and_leaves_file(daemon: Daemon, tmp_home: Path) ->
     assert proc.returncode == 0, proc.stderr
     wait_for(lambda: stream("short")["status"] == "finished", 15, "the stream to finish")
     assert cli_json("saved")[1]["streams"] == {}
+
+
+def test_a_paused_daemon_kills_nothing(tmp_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMALCHEMY_STALL_TIMEOUT", "2")
+    d = Daemon(tmp_home)
+    try:
+        proc = cli("start", "p", "--testsrc", "--resolution", "480", "--output", "null")
+        assert proc.returncode == 0, proc.stderr
+        pid = stream("p")["pid"]
+        os.kill(d.pid, signal.SIGSTOP)  # longer than the stall timeout
+        time.sleep(5)
+        os.kill(d.pid, signal.SIGCONT)
+        time.sleep(3)
+        assert stream("p")["pid"] == pid and stream("p")["restarts"] == 0
+        assert "stalled" not in cli("logs", "p").stdout
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(d.pid, signal.SIGCONT)
+        d.stop()
