@@ -185,7 +185,7 @@ def _container_args(muxer: str, target: str) -> list[str]:
         return [
             *("-f", "hls", "-hls_time", str(KEYFRAME_SECONDS), "-hls_list_size", "6"),
             *("-hls_delete_threshold", "3"),
-            *("-hls_flags", "delete_segments+omit_endlist+append_list+discont_start"),
+            *("-hls_flags", "delete_segments+omit_endlist+append_list"),
             *("-hls_segment_filename", segments, target),
         ]
     if muxer == "rtsp":

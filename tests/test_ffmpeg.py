@@ -306,7 +306,7 @@ def test_no_audio_and_a_file_output() -> None:
         (
             "hls",
             "-f hls -hls_time 2 -hls_list_size 6 -hls_delete_threshold 3 "
-            "-hls_flags delete_segments+omit_endlist+append_list+discont_start "
+            "-hls_flags delete_segments+omit_endlist+append_list "
             "-hls_segment_filename /srv/hls/cam/segment_%05d.ts /srv/hls/cam/index.m3u8",
         ),
         ("/tmp/x.ts", "-f mpegts -flush_packets 1 -n file:/tmp/x.ts"),
