@@ -10,7 +10,7 @@ stream's pid must be a live FFmpeg child of that daemon) and records the most
 instances of one stream seen at once, which must never pass 1. Reported per phase:
 how many streams moved, and how long until every stream ran exactly once, on its shard.
 
-Usage: bash bench/run.sh fleet [--shards N] [--streams M] [--write]
+Usage: bash bench/run.sh --fleet [--shards N] [--streams M] [--write]
 (--write puts the table in docs/benchmarks.md, section "Fleet").
 """
 
@@ -197,7 +197,7 @@ def table(rows: list[dict[str, Any]], shards: int, streams: int) -> str:
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average "
         f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} at the end, on a shared 2-core "
         "machine; re-run with "
-        "`bash bench/run.sh fleet --write`.",
+        "`bash bench/run.sh --fleet --write`.",
         "",
         "| Phase | Streams moved (expected: what the new shard wins) | Streams restarted "
         "| Time until each stream runs once, on its shard |",

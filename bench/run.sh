@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the benchmarks and write docs/benchmarks.md (see bench/run.py for options).
 # Usage: bash bench/run.sh [--quick] [--only store|cli|footprint|restore ...] [--no-profile]
-#        bash bench/run.sh fleet [--shards N] [--streams M] [--write]
+#        bash bench/run.sh --fleet [--shards N] [--streams M] [--write]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +28,8 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # Byte-code caches as an installed package has them (this environment may turn them off).
 unset PYTHONDONTWRITEBYTECODE
-# The fleet simulation (N daemons as N shards of one apply file): bash bench/run.sh fleet [--write]
-if [ "${1:-}" = fleet ]; then shift; exec "$py" -m bench.fleet "$@"; fi
+# Streams that run for days (bench/soak.py): bash bench/run.sh --soak [--minutes N | --hours N]
+if [ "${1:-}" = "--soak" ]; then shift; exec "$py" -m bench.soak "$@"; fi
+# The fleet simulation (N daemons as N shards of one apply file): bash bench/run.sh --fleet [--write]
+if [ "${1:-}" = "--fleet" ]; then shift; exec "$py" -m bench.fleet "$@"; fi
 exec "$py" -m bench.run "$@"
