@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from streamalchemy.client import Client
-from streamalchemy.errors import StreamAlchemyError
+from streamalchemy.errors import OperationFailed, StreamAlchemyError
 from streamalchemy.settings import Settings, load_settings
 
 
@@ -83,14 +83,22 @@ def clear() -> dict[str, Any]:
     return {"success": True, "message": "All persistent streams cleared"}
 
 
+STOP_WAIT = 30.0  # seconds `daemon stop` waits for the daemon to exit
+
+
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs; a zombie (exited, not yet reaped by its parent) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): kill(0) is all there is
 
 
 def daemon_stop() -> dict[str, Any]:
@@ -99,9 +107,14 @@ def daemon_stop() -> dict[str, Any]:
     if not c.reachable():
         return {"success": True, "message": "the daemon is not running"}
     pid = int(c.request("POST", "/shutdown", autostart=False)["pid"])
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + STOP_WAIT
     while time.monotonic() < deadline and _alive(pid):
         time.sleep(0.05)
+    if _alive(pid):
+        raise OperationFailed(
+            f"the daemon (pid {pid}) is still running {STOP_WAIT:g}s after it was asked to stop;"
+            f" see its log, or end it with kill {pid}"
+        )
     return {"success": True, "message": f"daemon (pid {pid}) stopped", "pid": pid}
 
 

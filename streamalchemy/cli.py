@@ -276,7 +276,7 @@ def logs(
     if follow:
         from streamalchemy.render import follow_file
 
-        follow_file(result["path"])
+        follow_file(result["path"], offset=result.get("offset"))
 
 
 @app.command()

@@ -7,12 +7,20 @@ the new one, never half of either. Backups are hard links to earlier state files
 shifted with renames, so keeping them costs no copy and never touches the state
 file itself. Entries are kept as the file has them (the original StreamAlchemy's
 extra keys included); interpreting them is the restore's job, not this module's.
+
+A removal that cannot be written (a full disk) is not forgotten: it is kept as a
+marker beside the state file (an empty file costs no data block) and in memory,
+every reader hides the name, and the next write that succeeds applies it. The
+daemon runs every operation through ``StateWriter``: one thread, in order, off
+its event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
+import functools
 import glob
 import itertools
 import json
@@ -23,8 +31,9 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import filelock
 
@@ -33,6 +42,7 @@ from streamalchemy.errors import StateFileError
 log = logging.getLogger("streamalchemy.persist")
 
 Document = dict[str, Any]
+T = TypeVar("T")
 
 _CAUSES = {
     errno.ENOSPC: "disk full",
@@ -105,11 +115,18 @@ class StateStore:
         enabled: bool = True,
         lock_timeout: float = 5.0,
     ) -> None:
-        self.path = Path(path)
+        # A state file the user made a symlink (to another disk, say) is resolved once:
+        # writes then go atomically beside its target, and the symlink survives.
+        self.path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
         self.backup_count = backup_count
         self.enabled = enabled
         self.lock_timeout = lock_timeout
         self._lock = filelock.FileLock(f"{self.path}.lock", timeout=lock_timeout, mode=0o600)
+        # Removals not written yet, for when even their marker could not be made.
+        self._unwritten: set[str] = set()
+        self.write_error: str | None = None  # why the last write failed; None once one succeeds
+        self.writes = 0
+        self.write_errors = 0
 
     # -- the public operations -------------------------------------------------------
 
@@ -119,8 +136,11 @@ class StateStore:
             return {}  # nothing saved yet: create nothing, not even the lock
         with self._locked(reading=True):
             doc = self._read()
+        hidden = self.pending_removals()
         entries = {}
         for name, entry in doc.items():
+            if name in hidden:
+                continue  # stopped by the user; the write of its removal is still pending
             problem = _problem(entry)
             if problem is None:
                 entries[name] = entry
@@ -137,7 +157,7 @@ class StateStore:
             doc[name] = entry
             return True
 
-        self._update(put, create=True)
+        self._update(put, create=True, keep=name)
 
     def remove(self, *names: str) -> list[str]:
         """Drop ``names`` from the file and return those that were in it."""
@@ -149,8 +169,16 @@ class StateStore:
                 del doc[n]
             return bool(present)
 
-        self._update(drop)
+        try:
+            self._update(drop)
+        except StateFileError:
+            self._mark_removed(names)
+            raise
         return present
+
+    def flush(self) -> None:
+        """Write the pending removals, if any; StateFileError while it still cannot."""
+        self._update(lambda doc: False)
 
     def clear(self) -> None:
         """Empty the file; the write rotates the previous contents into ``.backup.1``."""
@@ -164,15 +192,72 @@ class StateStore:
 
     # -- locking, reading, writing ---------------------------------------------------
 
-    def _update(self, change: Callable[[Document], bool], *, create: bool = False) -> None:
-        """Apply ``change`` to the document under the lock; write when it returns True."""
-        if not self.enabled or not (create or self.path.exists()):
-            return  # removing from or clearing a file that does not exist: touch nothing
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with self._locked():
-            doc = self._read()
-            if change(doc):
-                self._write(doc, rotate=True)
+    # -- removals whose write is pending ---------------------------------------------
+
+    @property
+    def _markers(self) -> Path:
+        return self.path.with_name(f".{self.path.name}.removed")
+
+    def pending_removals(self) -> set[str]:
+        """Names stopped by the user whose removal from the file is not written yet."""
+        try:
+            marked = set(os.listdir(self._markers))
+        except OSError:
+            marked = set()
+        return marked | self._unwritten
+
+    def _mark_removed(self, names: tuple[str, ...]) -> None:
+        self._unwritten.update(names)
+        try:
+            self._markers.mkdir(mode=0o700, exist_ok=True)
+            for name in names:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                os.close(os.open(self._markers / name, flags, 0o600))
+        except OSError as exc:
+            log.warning("cannot record the pending removal of %s: %s", ", ".join(names), exc)
+
+    def _forget_removed(self, names: set[str]) -> None:
+        self._unwritten.difference_update(names)
+        for name in names:
+            with contextlib.suppress(OSError):
+                (self._markers / name).unlink()
+        with contextlib.suppress(OSError):
+            self._markers.rmdir()  # only once empty
+
+    def _update(
+        self, change: Callable[[Document], bool], *, create: bool = False, keep: str = ""
+    ) -> None:
+        """Apply ``change`` to the document under the lock; write when it returns True.
+
+        Pending removals are applied first (all but ``keep``, the name being saved).
+        """
+        if not self.enabled:
+            return
+        pending = self.pending_removals()
+        if not (create or self.path.exists()):
+            # Removing from or clearing a file that does not exist: touch nothing.
+            self._forget_removed(pending)
+            return
+        wrote = False
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with self._locked():
+                doc = self._read()
+                dropped = [n for n in pending if n in doc and n != keep]
+                for name in dropped:
+                    del doc[name]
+                if change(doc) or dropped:
+                    self._write(doc, rotate=True)
+                    self.writes, wrote = self.writes + 1, True
+        except (OSError, StateFileError) as exc:
+            self.write_errors += 1
+            if isinstance(exc, OSError):
+                exc = StateFileError(f"{self.path.parent}: cannot write there ({_cause(exc)})")
+            self.write_error = str(exc)
+            raise exc from None
+        if wrote:
+            self.write_error = None
+        self._forget_removed(pending | {keep} if keep else pending)
 
     @contextlib.contextmanager
     def _locked(self, *, reading: bool = False) -> Iterator[None]:
@@ -287,3 +372,46 @@ class StateStore:
                 os.replace(older, newer)
         backups[0].unlink(missing_ok=True)  # still there only when backup_count is 1
         _link(self.path, backups[0])
+
+
+class StateWriter:
+    """The daemon's one writer: every state-file operation runs in one thread, in order.
+
+    Lock waits and fsyncs never block the event loop, and a read queued after a write
+    sees it.
+    """
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="state-writer")
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, functools.partial(fn, *args))
+
+    async def load(self) -> dict[str, dict[str, Any]]:
+        return await self._run(self.store.load)
+
+    async def save(self, name: str, entry: dict[str, Any]) -> None:
+        await self._run(self.store.save, name, entry)
+
+    async def remove(self, *names: str) -> list[str]:
+        return await self._run(self.store.remove, *names)
+
+    async def clear(self) -> None:
+        await self._run(self.store.clear)
+
+    async def flush(self) -> None:
+        await self._run(self.store.flush)
+
+    @property
+    def ok(self) -> bool:
+        return self.store.write_error is None
+
+    @property
+    def pending(self) -> bool:
+        """A write failed or a removal still waits to be written."""
+        return self.store.write_error is not None or bool(self.store.pending_removals())
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)

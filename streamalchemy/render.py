@@ -176,8 +176,12 @@ def status(result: dict[str, Any]) -> None:
     console.print(table)
 
 
-def follow_file(path: str, interval: float = 0.5) -> None:
-    """Print lines appended to ``path`` until Ctrl-C, following rotation like ``tail -F``."""
+def follow_file(path: str, interval: float = 0.5, offset: int | None = None) -> None:
+    """Print lines appended to ``path`` until Ctrl-C, following rotation like ``tail -F``.
+
+    ``offset`` is where the lines already shown end: what was written since is printed
+    first (all of the file if it is shorter, as after a rotation).
+    """
     handle = None
     inode = None
     try:
@@ -194,8 +198,10 @@ def follow_file(path: str, interval: float = 0.5) -> None:
                 new = handle is None
                 handle = open(path, errors="replace")  # noqa: SIM115 - kept open while following
                 inode = st.st_ino
-                if new:
+                if new and offset is None:
                     handle.seek(0, os.SEEK_END)
+                elif new and offset is not None and offset <= st.st_size:
+                    handle.seek(offset)  # a byte offset at a line end: a valid text position
             chunk = handle.read()
             if chunk:
                 sys.stdout.write(chunk)

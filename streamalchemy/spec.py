@@ -30,6 +30,8 @@ OUTPUT_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "srt", "udp", "tcp")
 # File extension -> the FFmpeg muxer that writes it; only containers that take a live stream.
 FILE_MUXERS = {".ts": "mpegts", ".mp4": "mp4", ".mkv": "matroska", ".flv": "flv", ".mov": "mov"}
 
+INTEGER_MAX = 999_999_999  # nine digits, the most a saved string field may hold
+PRIORITY_ACCEPTED = f"a whole number from -{INTEGER_MAX} to {INTEGER_MAX}"
 DEFAULT_RESOLUTION = 1080
 DEFAULT_FPS = 15
 
@@ -266,7 +268,7 @@ def _validated(
         duration=_duration(label("duration"), fields["duration"]),
         output=output,
         restart=_choice(label("restart"), fields["restart"], RESTARTS, "on-failure"),
-        priority=_integer(label("priority"), fields["priority"], 0),
+        priority=_integer(label("priority"), fields["priority"], 0, PRIORITY_ACCEPTED),
     )
 
 
@@ -283,7 +285,9 @@ def _integer(field: str, value: object, default: int, accepted: str = "a whole n
     if value is None:
         return default
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
+        if abs(value) <= INTEGER_MAX:  # what a saved string can hold: start and restore agree
+            return value
+        raise InvalidInput(f"invalid {field} {value!r}: use {accepted}")
     if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,9}\s*", value):
         return int(value)
     raise InvalidInput(f"invalid {field} {value!r}: use {accepted}")
