@@ -225,6 +225,8 @@ class Chooser:
     def __call__(self, spec: StreamSpec) -> str:
         if spec.codec == "copy":
             return "copy"
+        if self._table is None and self._error is not None:
+            raise self._error[1]  # probing again is ``ready``'s job, off the loop
         return choose(spec.codec, spec.hwaccel, self.table())
 
     async def choose_async(self, spec: StreamSpec) -> str:
