@@ -286,6 +286,7 @@ def test_malformed_entries_are_skipped_and_kept_until_removed(
 # -- crash safety and concurrency ---------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_writer_killed_at_200_random_moments_loses_no_confirmed_save(
     state: Path,
     spawn: Callable[..., subprocess.Popen[bytes]],
@@ -314,6 +315,7 @@ def test_writer_killed_at_200_random_moments_loses_no_confirmed_save(
     record_property("kill_confirmed_saves", len(confirmed))
 
 
+@pytest.mark.e2e
 def test_eight_processes_saving_fifty_entries_each_lose_none(
     state: Path, spawn: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
@@ -374,6 +376,7 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     subprocess.run(["umount", str(mnt)], check=True, timeout=10)
 
 
+@pytest.mark.e2e
 def test_full_and_read_only_file_systems_fail_cleanly(tiny_fs: Path) -> None:
     state = tiny_fs / "active_streams.json"
     store = StateStore(state)
@@ -455,6 +458,7 @@ def test_disabled_persistence_reads_and_writes_nothing(state: Path) -> None:
     assert not (state.parent / "other").exists()
 
 
+@pytest.mark.e2e
 def test_time_per_save_with_fsync(
     state: Path, record_property: Callable[[str, object], None]
 ) -> None:

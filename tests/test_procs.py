@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
 from conftest import kill_tree, wait_for
 from streamalchemy.procs import ChildRecord, with_parent_death_signal
@@ -37,6 +38,7 @@ def test_reap_leftovers_spares_a_reused_pid(tmp_path: Path) -> None:
         kill_tree(proc)
 
 
+@pytest.mark.e2e
 def test_parent_death_signal_kills_child_with_its_parent() -> None:
     # A parent that spawns a child with the prefix, prints its pid, and is SIGKILLed.
     script = (

@@ -36,6 +36,7 @@ def test_restart_policies() -> None:
     assert not should_restart("never", 1, stalled=True)
 
 
+@pytest.mark.e2e
 def test_receiver_goes_away_and_comes_back(daemon: Daemon) -> None:
     receiver = RtspReceiver()
     try:
@@ -66,6 +67,7 @@ def test_receiver_goes_away_and_comes_back(daemon: Daemon) -> None:
         receiver.stop()
 
 
+@pytest.mark.e2e
 def test_stalled_ffmpeg_is_restarted(tmp_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STREAMALCHEMY_STALL_TIMEOUT", "2")
     d = Daemon(tmp_home)
@@ -85,6 +87,7 @@ def test_stalled_ffmpeg_is_restarted(tmp_home: Path, monkeypatch: pytest.MonkeyP
         d.stop()
 
 
+@pytest.mark.e2e
 def test_duration_ends_stream_and_leaves_file(daemon: Daemon, tmp_home: Path) -> None:
     proc = cli(
         "start", "short", "--testsrc", "--resolution", "480", "--output", "null", "--duration", "3s"
