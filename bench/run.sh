@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the benchmarks and write docs/benchmarks.md (see bench/run.py for options).
 # Usage: bash bench/run.sh [--quick] [--only store|cli|footprint|restore ...] [--no-profile]
+#    or: bash bench/run.sh load [--batch 100] [--batches 2] [--hold 20]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,4 +28,5 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # Byte-code caches as an installed package has them (this environment may turn them off).
 unset PYTHONDONTWRITEBYTECODE
+if [ "${1:-}" = load ]; then shift; exec "$py" -m bench.load "$@"; fi  # bench/load.py
 exec "$py" -m bench.run "$@"

@@ -472,3 +472,60 @@ def test_time_per_save_with_fsync(
     per_save_ms = (time.perf_counter() - started) / count * 1000
     print(f"\ntime per save (20 entries, fsync, 3 backups): {per_save_ms:.2f} ms")
     record_property("ms_per_save", round(per_save_ms, 3))
+
+
+def test_a_symlinked_state_file_is_written_beside_its_target_and_stays_a_symlink(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "disk2" / "streams.json"
+    target.parent.mkdir()
+    target.write_text("{}")
+    link = tmp_path / "data" / "active_streams.json"
+    link.parent.mkdir()
+    link.symlink_to(target)
+    store = StateStore(link)
+    store.save("a", new_entry({}, 1.0))
+    store.save("b", new_entry({}, 2.0))
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert set(json.loads(target.read_text())) == {"a", "b"}
+    assert (tmp_path / "disk2" / "streams.json.backup.1").exists()
+    assert set(StateStore(link).load()) == {"a", "b"}
+
+
+def test_a_removal_that_cannot_be_written_stays_pending_and_hidden(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = StateStore(state)
+    store.save("a", new_entry({}, 1.0))
+    store.save("b", new_entry({}, 2.0))
+    real_write = store._write
+
+    def full(doc: dict[str, Any], *, rotate: bool) -> None:
+        raise StateFileError(f"{state}: cannot write the state file (disk full)")
+
+    monkeypatch.setattr(store, "_write", full)
+    with pytest.raises(StateFileError, match="disk full"):
+        store.remove("a")
+    assert store.write_error is not None and "disk full" in store.write_error
+    assert set(json.loads(state.read_text())) == {"a", "b"}  # the file is intact
+    assert set(store.load()) == {"b"}
+    assert set(StateStore(state).load()) == {"b"}  # another reader (``saved``) agrees
+    monkeypatch.setattr(store, "_write", real_write)
+    store.flush()
+    assert set(json.loads(state.read_text())) == {"b"} and store.write_error is None
+    assert store.pending_removals() == set()
+
+
+def test_saving_a_name_again_cancels_its_pending_removal(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = StateStore(state)
+    store.save("a", new_entry({}, 1.0))
+    monkeypatch.setattr(
+        store, "_write", lambda doc, rotate: (_ for _ in ()).throw(OSError(28, "x"))
+    )
+    with pytest.raises(StateFileError):
+        store.remove("a")
+    monkeypatch.undo()
+    store.save("a", new_entry({}, 5.0))
+    assert store.load()["a"]["saved_at"] == 5.0 and store.pending_removals() == set()
