@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import time
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -17,11 +18,13 @@ from typing import Any, TypeVar
 
 import pytest
 
+from streamalchemy import commands, daemon
 from streamalchemy.controller import Controller
-from streamalchemy.errors import OperationFailed, StateFileError, StreamExists
+from streamalchemy.errors import InvalidInput, OperationFailed, StateFileError, StreamExists
+from streamalchemy.logfollow import Follower
 from streamalchemy.persist import new_entry
 from streamalchemy.settings import load_settings
-from streamalchemy.spec import StreamSpec, spec_from_request
+from streamalchemy.spec import StreamSpec, spec_from_entry, spec_from_request
 
 T = TypeVar("T")
 _pids = itertools.count(1000)
@@ -310,3 +313,50 @@ def test_restart_keeps_the_deadline(
     again = run(c.restart_name("a"))
     assert again.saved_at == first.saved_at and fake.launched == ["a", "a"]
     assert fake.running() == {"a"}
+
+
+# -- the edges around the controller: the CLI's daemon stop, logs --follow, priority, pid file
+
+
+def test_daemon_stop_fails_naming_the_pid_when_the_daemon_outlives_the_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class StubbornDaemon:
+        def reachable(self) -> bool:
+            return True
+
+        def request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+            return {"success": True, "pid": os.getpid()}  # "shutting down", yet alive
+
+    monkeypatch.setattr(commands, "client", lambda settings=None: StubbornDaemon())
+    monkeypatch.setattr(commands, "STOP_WAIT", 0.2)
+    with pytest.raises(OperationFailed, match=rf"pid {os.getpid()}\) is still running"):
+        commands.daemon_stop()
+
+
+def test_follow_starts_where_the_tail_ended(tmp_path: Path) -> None:
+    log = tmp_path / "a.log"
+    log.write_text("one\ntwo\n")
+    offset = log.stat().st_size  # what ``logs`` answered with its tail
+    with log.open("a") as f:
+        f.write("three\n")  # written between the tail and the follower's start
+    follower = Follower(str(log), offset)
+    assert follower.read_lines() == ["three"]
+    follower.close()
+
+
+def test_priority_is_bounded_alike_for_start_and_restore() -> None:
+    with pytest.raises(InvalidInput, match="priority"):
+        spec_from_request({"name": "p", "testsrc": True, "priority": 1_000_000_000})
+    ok = spec_from_request({"name": "p", "testsrc": True, "priority": -999_999_999})
+    again = spec_from_entry("p", new_entry(ok.to_config(), time.time()))
+    assert again.priority == ok.priority == -999_999_999
+
+
+def test_a_planted_pid_file_symlink_is_refused(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    (tmp_path / "daemon.pid").symlink_to(victim)
+    with pytest.raises(OperationFailed, match="symlink"):
+        daemon._hold_instance_lock(tmp_path)
+    assert victim.read_text() == "keep"
