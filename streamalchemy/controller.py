@@ -18,7 +18,6 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from streamalchemy import __version__, encoders
@@ -32,6 +31,7 @@ from streamalchemy.errors import (
 )
 from streamalchemy.ffmpeg import STATS_PERIOD, build_argv, output_target
 from streamalchemy.httpserver import Reply
+from streamalchemy.outputs import refuse_existing_file
 from streamalchemy.persist import StateStore, StateWriter, new_entry
 from streamalchemy.procs import ChildRecord
 from streamalchemy.restore import Step, dry_run_results, plan
@@ -44,7 +44,7 @@ from streamalchemy.spec import (
     spec_from_request,
     validate_name,
 )
-from streamalchemy.supervisor import Stream, Supervisor
+from streamalchemy.supervisor import REPLACED, USER_STOP, Stream, Supervisor
 
 log = logging.getLogger("streamalchemy.daemon")
 
@@ -125,6 +125,8 @@ class Controller:
             log_dir=settings.log_dir,
             stall_timeout=settings.stall_timeout,
             on_end=self._on_end,
+            log_max_bytes=settings.log_max_bytes,
+            log_backups=settings.log_backups,
         )
         self.started = time.time()
         self.not_restored: dict[str, str] = {}  # saved streams left out, and why
@@ -161,25 +163,27 @@ class Controller:
         if self._active(spec.name) is not None:  # never a second FFmpeg for a name
             raise StreamExists(f"stream {spec.name!r} is already running")
         target = output_target(spec, self.settings.rtsp_url, self.settings.hls_dir)
-        if spec.output == "hls":
-            Path(target).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        argv = build_argv(
-            spec,
-            ffmpeg=self.settings.ffmpeg,
-            encoder=encoder,
-            target=target,
-            # Reports often enough that a healthy stream never looks stalled.
-            stats_period=min(STATS_PERIOD, self.settings.stall_timeout / 2),
-        )
+
+        def argv_for(current: str) -> list[str]:
+            # Built per spawn: a restarted recording writes the next numbered file.
+            return build_argv(
+                spec,
+                ffmpeg=self.settings.ffmpeg,
+                encoder=encoder,
+                target=current,
+                # Reports often enough that a healthy stream never looks stalled.
+                stats_period=min(STATS_PERIOD, self.settings.stall_timeout / 2),
+            )
+
         log.info("starting %s -> %s", spec.name, mask_credentials(target))
         self.not_restored.pop(spec.name, None)
         return self.supervisor.launch(
-            spec, saved_at=saved_at, encoder=encoder, argv=argv, target=target
+            spec, saved_at=saved_at, encoder=encoder, target=target, argv_for=argv_for
         )
 
-    async def _stop_stream(self, name: str) -> None:
+    async def _stop_stream(self, name: str, reason: str) -> None:
         if name in self.supervisor.streams:
-            await self.supervisor.stop(name)
+            await self.supervisor.stop(name, reason)
 
     def _on_end(self, stream: Stream) -> None:
         log.info("%s %s: %s", stream.spec.name, stream.status, stream.last_error or "done")
@@ -220,7 +224,12 @@ class Controller:
     # -- the lifecycle API: everything that starts or stops a stream goes through here
 
     async def start_spec(
-        self, spec: StreamSpec, *, replace: bool = False, saved_at: float | None = None
+        self,
+        spec: StreamSpec,
+        *,
+        replace: bool = False,
+        overwrite: bool = False,
+        saved_at: float | None = None,
     ) -> Stream:
         """Start ``spec`` and save it: all or nothing.
 
@@ -229,9 +238,11 @@ class Controller:
         FFmpeg is stopped, a replaced stream runs again, and the error says why.
         """
         async with self.owning(spec.name):
-            return await self._start(spec, replace=replace, saved_at=saved_at)
+            return await self._start(spec, replace=replace, overwrite=overwrite, saved_at=saved_at)
 
-    async def _start(self, spec: StreamSpec, *, replace: bool, saved_at: float | None) -> Stream:
+    async def _start(
+        self, spec: StreamSpec, *, replace: bool, saved_at: float | None, overwrite: bool = False
+    ) -> Stream:
         name = spec.name
         previous = self._active(name)
         if previous is not None and not replace:
@@ -240,8 +251,10 @@ class Controller:
                 "use --replace or stop it first"
             )
         await asyncio.to_thread(self.check_source, spec, self.settings.ffprobe)
+        if saved_at is None:  # a restart continues into the next numbered file instead
+            refuse_existing_file(spec.output, overwrite)
         encoder = await self.choose_encoder.choose_async(spec)
-        await self._stop_stream(name)
+        await self._stop_stream(name, REPLACED)
         stream = self._launch(spec, time.time() if saved_at is None else saved_at, encoder)
         failure = await stream.confirmed(CONFIRM_WINDOW)
         if failure is None:
@@ -253,7 +266,7 @@ class Controller:
                 return stream
         else:
             failure = f"FFmpeg failed to start: {failure}"
-        await self._stop_stream(name)
+        await self._stop_stream(name, failure)
         message = f"{name}: {failure}"
         if previous is not None:
             # As a bad configuration reload leaves the old one serving: what runs
@@ -279,7 +292,7 @@ class Controller:
                 # Known now, or saved before we waited: a start we waited for counts too.
                 if name not in self.supervisor.streams and name not in saved:
                     return
-                await self._stop_stream(name)
+                await self._stop_stream(name, USER_STOP)
                 self.not_restored.pop(name, None)
                 stopped.append(name)
                 log.info("stopped %s", name)
@@ -354,6 +367,7 @@ class Controller:
             else:
                 self.not_restored[step.name] = step.reason
             log.info("restore %s: %s (%s)", step.name, step.result, step.reason)
+            self.supervisor.note(step.name, f"restore {step.result}: {step.reason}")
 
         outcomes = await asyncio.gather(*(settle(s) for s in steps), return_exceptions=True)
         for step, outcome in zip(steps, outcomes, strict=True):
@@ -474,7 +488,10 @@ class Controller:
         replace = req.body.get("replace", False)
         if not isinstance(replace, bool):
             raise InvalidInput(f"replace must be true or false, not {replace!r}")
-        stream = await self.start_spec(spec, replace=replace)
+        overwrite = req.body.get("overwrite", False)
+        if not isinstance(overwrite, bool):
+            raise InvalidInput(f"overwrite must be true or false, not {overwrite!r}")
+        stream = await self.start_spec(spec, replace=replace, overwrite=overwrite)
         return 200, {"success": True, "stream": stream.snapshot()}
 
     async def route_stream(self, req: Request) -> Reply:

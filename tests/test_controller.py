@@ -67,6 +67,7 @@ class FakeSupervisor:
         self.live: list[FakeStream] = []
         self.delay = delay
         self.fail: dict[str, str] = {}
+        self.notes: list[tuple[str, str]] = []
         self.log_dir = log_dir
 
     def log_path(self, name: str) -> Path:
@@ -82,7 +83,7 @@ class FakeSupervisor:
         self.live.append(stream)
         return stream
 
-    async def stop(self, name: str) -> None:
+    async def stop(self, name: str, reason: str = "stopped by the user") -> None:
         stream = self.streams.pop(name)
         await asyncio.sleep(0.001)
         stream.status, stream.pid = "stopped", None
@@ -92,6 +93,9 @@ class FakeSupervisor:
     async def stop_all(self) -> None:
         for name in list(self.streams):
             await self.stop(name)
+
+    def note(self, name: str, text: str) -> None:
+        self.notes.append((name, text))
 
     def running(self) -> set[str]:
         return {s.spec.name for s in self.live}
