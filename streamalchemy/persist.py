@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import functools
 import glob
 import itertools
@@ -29,13 +30,12 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
-
-import filelock
 
 from streamalchemy.errors import StateFileError
 
@@ -93,6 +93,51 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _lock(path: Path, timeout: float) -> int:
+    """Take an exclusive flock on ``path`` (created 0600, never through a symlink).
+
+    A waiter sleeps in the kernel and is woken when the lock is released, instead of
+    polling: a writer in a loop cannot starve it. flock(2) has no timeout, so the
+    wait runs in a helper thread; a caller that gives up leaves it to take the lock
+    and drop it at once. Returns the descriptor; closing it releases the lock.
+    TimeoutError after ``timeout`` seconds.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except BlockingIOError:
+        pass
+    except BaseException:
+        os.close(fd)
+        raise
+    errors: list[OSError] = []
+    guard = threading.Lock()
+    taken, abandoned = threading.Event(), threading.Event()
+
+    def wait() -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            errors.append(exc)
+        with guard:
+            if abandoned.is_set():
+                os.close(fd)  # the caller gave up: drop the lock at once
+                return
+            taken.set()
+
+    threading.Thread(target=wait, name="state-lock-wait", daemon=True).start()
+    if not taken.wait(timeout):
+        with guard:
+            if not taken.is_set():
+                abandoned.set()
+                raise TimeoutError(path)
+    if errors:
+        os.close(fd)
+        raise errors[0]
+    return fd
+
+
 def _link(src: Path, dst: Path) -> None:
     """Make ``dst`` another name of ``src``; a copy where the filesystem has no hard links."""
     try:
@@ -121,7 +166,7 @@ class StateStore:
         self.backup_count = backup_count
         self.enabled = enabled
         self.lock_timeout = lock_timeout
-        self._lock = filelock.FileLock(f"{self.path}.lock", timeout=lock_timeout, mode=0o600)
+        self._lock_path = Path(f"{self.path}.lock")
         # Removals not written yet, for when even their marker could not be made.
         self._unwritten: set[str] = set()
         self.write_error: str | None = None  # why the last write failed; None once one succeeds
@@ -261,12 +306,10 @@ class StateStore:
 
     @contextlib.contextmanager
     def _locked(self, *, reading: bool = False) -> Iterator[None]:
-        lock = self._lock.lock_file
+        lock = self._lock_path
         try:
-            # flock is polled, not queued: a short interval keeps a waiter from starving
-            # behind a process that saves in a loop.
-            self._lock.acquire(poll_interval=0.01)
-        except filelock.Timeout:
+            fd = _lock(lock, self.lock_timeout)
+        except TimeoutError:
             raise StateFileError(
                 f"{lock} is still locked after {self.lock_timeout:g}s: another streamalchemy"
                 f" process (the daemon, `saved` or `clear`) holds it; retry, or see `fuser {lock}`"
@@ -280,7 +323,10 @@ class StateStore:
         try:
             yield
         finally:
-            self._lock.release()
+            os.close(fd)  # releases the flock
+            # Let a woken waiter take it before this thread, back with its next write,
+            # takes it again: the kernel wakes waiters but does not queue them.
+            os.sched_yield()
 
     def _backups(self) -> list[Path]:
         return [
