@@ -40,11 +40,11 @@ from streamalchemy.sources import check_source
 from streamalchemy.spec import (
     StreamSpec,
     mask_credentials,
-    spec_from_entry,
+    read_saved,
     spec_from_request,
     validate_name,
 )
-from streamalchemy.supervisor import REPLACED, USER_STOP, Stream, Supervisor
+from streamalchemy.supervisor import REPLACED, USER_RESTART, USER_STOP, Stream, Supervisor
 
 log = logging.getLogger("streamalchemy.daemon")
 
@@ -313,17 +313,40 @@ class Controller:
         return await self.stop_names(sorted(set(self.supervisor.streams) | set(saved)))
 
     async def restart_name(self, name: str) -> Stream:
-        """Stop ``name`` and start it again with its saved spec; its deadline is kept."""
+        """Stop ``name`` and start it again with its saved spec; its deadline is kept.
+
+        Waits for any other command on the name. A restart whose FFmpeg fails leaves
+        the stream saved and retrying under its restart policy, as after a restore.
+        """
+        name = validate_name(name)
         async with self.owning(name):
             entry = (await self.writer.load()).get(name)
             current = self.supervisor.streams.get(name)
             if entry is not None:
-                spec, saved_at = spec_from_entry(name, entry), float(entry["saved_at"])
-            elif current is not None:  # persistence off: the running spec is all there is
+                view = read_saved(name, entry)
+                if view.spec is None:
+                    raise OperationFailed(f"{name}: cannot restart it: {view.error}")
+                spec, saved_at = view.spec, view.saved_at
+            elif current is not None and current.active:  # persistence off: what runs
                 spec, saved_at = current.spec, current.saved_at
             else:
                 raise StreamNotFound(f"no such stream: {name}")
-            return await self._start(spec, replace=True, saved_at=saved_at)
+            if spec.duration and time.time() >= saved_at + spec.duration:
+                raise OperationFailed(
+                    f"{name}: its duration has ended; start it again to run it anew"
+                )
+            await asyncio.to_thread(self.check_source, spec, self.settings.ffprobe)
+            encoder = await self.choose_encoder.choose_async(spec)
+            previous = self.supervisor.streams.get(name)
+            await self._stop_stream(name, USER_RESTART)
+            stream = self._launch(spec, saved_at, encoder)
+            if previous is not None:  # show keeps the history across the user's restart
+                stream.exits.extendleft(reversed(previous.exits))
+            failure = await stream.confirmed(CONFIRM_WINDOW)
+        if failure is not None:
+            raise OperationFailed(f"{name}: FFmpeg failed to start again: {failure}")
+        log.info("restarted %s", name)
+        return stream
 
     async def restore(self, dry_run: bool = False) -> Results:
         """Restore every saved stream not running; overlapping restores share one run."""
@@ -484,14 +507,16 @@ class Controller:
         return 200, await self.list_streams()
 
     async def route_start(self, req: Request) -> Reply:
-        spec = spec_from_request(req.body)
-        replace = req.body.get("replace", False)
-        if not isinstance(replace, bool):
-            raise InvalidInput(f"replace must be true or false, not {replace!r}")
-        overwrite = req.body.get("overwrite", False)
-        if not isinstance(overwrite, bool):
-            raise InvalidInput(f"overwrite must be true or false, not {overwrite!r}")
-        stream = await self.start_spec(spec, replace=replace, overwrite=overwrite)
+        return await self.start(req.body)
+
+    async def start(self, body: dict[str, Any]) -> Reply:
+        """``POST /streams``: the request-shaped form of ``start_spec``."""
+        spec = spec_from_request(body)
+        flags = {key: body.get(key, False) for key in ("replace", "overwrite")}
+        for key, value in flags.items():
+            if not isinstance(value, bool):
+                raise InvalidInput(f"{key} must be true or false, not {value!r}")
+        stream = await self.start_spec(spec, replace=flags["replace"], overwrite=flags["overwrite"])
         return 200, {"success": True, "stream": stream.snapshot()}
 
     async def route_stream(self, req: Request) -> Reply:
@@ -501,15 +526,26 @@ class Controller:
         return 200, {"success": True, "stream": stream.snapshot()}
 
     async def route_delete(self, req: Request) -> Reply:
-        return (await self.stop_names([req.params["name"]])).reply()
+        return await self.stop([req.params["name"]], False)
 
     async def route_stop(self, req: Request) -> Reply:
         names = req.body.get("names", [])
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise InvalidInput("names must be a list of stream names")
-        if req.body.get("all") is True:
-            return (await self.stop_all()).reply()
-        return (await self.stop_names(names)).reply()
+        return await self.stop(names, req.body.get("all") is True)
+
+    async def stop(self, names: list[str], all_streams: bool) -> Reply:
+        """``POST /stop``: the request-shaped form of ``stop_names`` and ``stop_all``."""
+        result = await (self.stop_all() if all_streams else self.stop_names(names))
+        return result.reply()
+
+    async def restart(self, name: str) -> Reply:
+        """``POST /streams/NAME/restart``: the request-shaped form of ``restart_name``."""
+        stream = await self.restart_name(name)
+        return 200, {"success": True, "restarted": [name], "stream": stream.snapshot()}
+
+    async def route_restart(self, req: Request) -> Reply:
+        return await self.restart(req.params["name"])
 
     async def route_logs(self, req: Request) -> Reply:
         return self.logs(req.params["name"], req.query.get("lines", "50"))
@@ -564,6 +600,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/persistent_streams", Controller.route_saved),
     ("POST", "/clear_persistent_streams", Controller.route_clear),
     ("POST", "/restore_streams", Controller.route_restore),
+    ("POST", "/streams/{name}/restart", Controller.route_restart),
 ]
 
 

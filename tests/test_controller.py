@@ -8,6 +8,7 @@ running that is not saved, nothing saved that the user stopped.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import json
 import os
@@ -40,6 +41,7 @@ class FakeStream:
         self.last_error: str | None = None
         self.delay = delay
         self.fail: str | None = None
+        self.exits: collections.deque[dict[str, Any]] = collections.deque()
 
     @property
     def active(self) -> bool:
