@@ -429,8 +429,9 @@ class Controller:
 
     async def close(self) -> None:
         """Stop every FFmpeg (the streams stay saved) and try once more any pending write."""
-        if self._restoring is not None:
-            self._restoring.cancel()
+        for task in (self._restoring, self._retrying, *self._background):
+            if task is not None:
+                task.cancel()
         await self.supervisor.stop_all()
         if self.writer.pending:
             with contextlib.suppress(StateFileError):

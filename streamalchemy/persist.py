@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -42,6 +43,7 @@ from streamalchemy.errors import StateFileError
 log = logging.getLogger("streamalchemy.persist")
 
 Document = dict[str, Any]
+_MARKABLE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a stream name: safe as a file name
 T = TypeVar("T")
 
 _CAUSES = {
@@ -255,7 +257,8 @@ class StateStore:
         self._unwritten.update(names)
         try:
             self._markers.mkdir(mode=0o700, exist_ok=True)
-            for name in names:
+            # A name read from a hand-edited file may hold "/" or "..": memory only.
+            for name in filter(_MARKABLE.fullmatch, names):
                 flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
                 os.close(os.open(self._markers / name, flags, 0o600))
         except OSError as exc:
@@ -263,7 +266,7 @@ class StateStore:
 
     def _forget_removed(self, names: set[str]) -> None:
         self._unwritten.difference_update(names)
-        for name in names:
+        for name in filter(_MARKABLE.fullmatch, names):
             with contextlib.suppress(OSError):
                 (self._markers / name).unlink()
         with contextlib.suppress(OSError):

@@ -529,3 +529,17 @@ def test_saving_a_name_again_cancels_its_pending_removal(
     monkeypatch.undo()
     store.save("a", new_entry({}, 5.0))
     assert store.load()["a"]["saved_at"] == 5.0 and store.pending_removals() == set()
+
+
+def test_a_pending_removal_of_an_odd_name_writes_no_file_outside(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = StateStore(state)
+    store.save("../../escape", new_entry({}, 1.0))  # a hand-edited file may hold anything
+    monkeypatch.setattr(
+        store, "_write", lambda doc, rotate: (_ for _ in ()).throw(OSError(28, "x"))
+    )
+    with pytest.raises(StateFileError):
+        store.remove("../../escape")
+    assert not (state.parent.parent / "escape").exists()
+    assert "../../escape" not in store.load()  # still hidden, from memory
