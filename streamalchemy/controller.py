@@ -549,7 +549,8 @@ class Controller:
         return await self.restart(req.params["name"])
 
     async def route_logs(self, req: Request) -> Reply:
-        return self.logs(req.params["name"], req.query.get("lines", "50"))
+        # A log of up to its size cap is read in a thread, off the event loop.
+        return await asyncio.to_thread(self.logs, req.params["name"], req.query.get("lines", "50"))
 
     async def route_saved(self, req: Request) -> Reply:
         saved = await self.writer.load()
