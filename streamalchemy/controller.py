@@ -90,6 +90,14 @@ async def _all_done(jobs: list[Coroutine[Any, Any, None]]) -> None:
             raise outcome
 
 
+@dataclass
+class _Snapshot:
+    """The state file as a restore last read it, and its version just before that read."""
+
+    version: object
+    saved: dict[str, dict[str, Any]]
+
+
 @dataclass(frozen=True)
 class Request:
     """One HTTP request as a handler sees it: ``params`` are the path pattern's fields."""
@@ -366,7 +374,10 @@ class Controller:
             await self.choose_encoder.ready()
 
     async def _restore(self) -> Results:
-        saved = await self.writer.load()
+        # The file as this restore read it, and how it looked before: a launch re-reads
+        # it only when it changed since (a stat, not a read, per stream).
+        snapshot = _Snapshot(self.store.version(), {})
+        snapshot.saved = saved = await self.writer.load()
         await self._encoders_for(saved)
         running = {n for n in self.supervisor.streams if self._active(n)}
         steps = plan(saved, running=running, choose_encoder=self.choose_encoder)
@@ -376,7 +387,7 @@ class Controller:
         async def settle(step: Step) -> None:
             if step.result == "restored":
                 async with slots, self.owning(step.name):
-                    step = await self._replan(step.name)
+                    step = await self._replan(step.name, snapshot)
                     if step.result == "restored":
                         results[step.name] = await self._restore_one(step)
                         return
@@ -400,9 +411,13 @@ class Controller:
         self._keep_retrying()
         return results
 
-    async def _replan(self, name: str) -> Step:
+    async def _replan(self, name: str, snapshot: _Snapshot) -> Step:
         """Plan ``name`` again now that it is ours: it may have been stopped or started."""
-        entry = (await self.writer.load()).get(name)
+        version = self.store.version()
+        if version != snapshot.version:
+            snapshot.saved = await self.writer.load()
+            snapshot.version = version
+        entry = snapshot.saved.get(name)
         if entry is None:
             return Step(name, "skipped", "no longer saved (stopped meanwhile)")
         running = {name} if self._active(name) else set()

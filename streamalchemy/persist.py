@@ -171,6 +171,7 @@ class StateStore:
         self._lock_path = Path(f"{self.path}.lock")
         # Removals not written yet, for when even their marker could not be made.
         self._unwritten: set[str] = set()
+        self._unwritten_lock = threading.Lock()  # the writer thread changes it, the loop reads
         self.write_error: str | None = None  # why the last write failed; None once one succeeds
         self.writes = 0
         self.write_errors = 0
@@ -251,10 +252,21 @@ class StateStore:
             marked = set(os.listdir(self._markers))
         except OSError:
             marked = set()
-        return marked | self._unwritten
+        with self._unwritten_lock:
+            return marked | self._unwritten
+
+    def version(self) -> tuple[object, ...]:
+        """What changes whenever the file or the pending removals do: a stat and a listdir."""
+        try:
+            st = os.stat(self.path)
+            key: tuple[int, ...] | None = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+        except OSError:
+            key = None
+        return key, frozenset(self.pending_removals())
 
     def _mark_removed(self, names: tuple[str, ...]) -> None:
-        self._unwritten.update(names)
+        with self._unwritten_lock:
+            self._unwritten.update(names)
         try:
             self._markers.mkdir(mode=0o700, exist_ok=True)
             # A name read from a hand-edited file may hold "/" or "..": memory only.
@@ -265,7 +277,8 @@ class StateStore:
             log.warning("cannot record the pending removal of %s: %s", ", ".join(names), exc)
 
     def _forget_removed(self, names: set[str]) -> None:
-        self._unwritten.difference_update(names)
+        with self._unwritten_lock:
+            self._unwritten.difference_update(names)
         for name in filter(_MARKABLE.fullmatch, names):
             with contextlib.suppress(OSError):
                 (self._markers / name).unlink()
