@@ -173,7 +173,7 @@ class StateStore:
         self._unwritten: set[str] = set()
         self._unwritten_lock = threading.Lock()  # the writer thread changes it, the loop reads
         self.write_error: str | None = None  # why the last write failed; None once one succeeds
-        self.writes = 0
+        self.writes = 0  # writes attempted (for metrics), failed ones included
         self.write_errors = 0
 
     # -- the public operations -------------------------------------------------------
@@ -311,6 +311,7 @@ class StateStore:
                     self._write(doc, rotate=True)
                     self.writes, wrote = self.writes + 1, True
         except (OSError, StateFileError) as exc:
+            self.writes += 1
             self.write_errors += 1
             if isinstance(exc, OSError):
                 exc = StateFileError(f"{self.path.parent}: cannot write there ({_cause(exc)})")
