@@ -43,7 +43,7 @@ class Ops:
     raise the StreamAlchemyError that says why a step failed.
     """
 
-    start: Callable[[StreamSpec, bool], Awaitable[object]]  # (spec, replace)
+    start: Callable[[StreamSpec, bool], Awaitable[object]]  # (spec, update)
     stop: Callable[[str], Awaitable[object]]
     saved: Callable[[], Awaitable[Mapping[str, Mapping[str, Any]]]]
     running: Callable[[], Mapping[str, StreamSpec]]  # the active streams' specs

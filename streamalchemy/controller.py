@@ -589,8 +589,19 @@ class Controller:
     def apply_ops(self) -> applier.Ops:
         """An apply's steps go through the lifecycle API: each waits its turn on its name."""
 
-        async def start(spec: StreamSpec, replace: bool) -> object:
-            return await self.start_spec(spec, replace=replace)
+        async def start(spec: StreamSpec, update: bool) -> object:
+            async with self.owning(spec.name):
+                current = self._active(spec.name)
+                if current is not None and current.spec == spec:
+                    return current  # started meanwhile as the file says: nothing to do
+                # An update keeps the stream's deadline, as a restart does, and a file
+                # output goes on into its next numbered file instead of being refused.
+                saved_at = None
+                if update and current is not None:
+                    saved_at = current.saved_at
+                elif update and (entry := (await self.writer.load()).get(spec.name)):
+                    saved_at = float(entry["saved_at"])
+                return await self._start(spec, replace=True, saved_at=saved_at)
 
         async def stop(name: str) -> object:
             result = await self.stop_names([name])

@@ -326,14 +326,14 @@ class Step:
 def current_specs(
     saved: Mapping[str, Mapping[str, Any]], running: Mapping[str, StreamSpec]
 ) -> dict[str, StreamSpec | None]:
-    """What each known stream is now: its running spec, else its saved one (None: unreadable)."""
-    current: dict[str, StreamSpec | None] = {}
+    """What each known stream is now: its saved spec (what apply compares), else its
+    running one (persistence off); None when the saved entry does not validate."""
+    current: dict[str, StreamSpec | None] = dict(running)
     for name, entry in saved.items():
         try:
             current[name] = spec_from_entry(name, entry)
         except InvalidInput:
-            current[name] = None
-    current.update(running)
+            current.setdefault(name, None)
     return current
 
 
