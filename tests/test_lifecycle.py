@@ -75,6 +75,16 @@ def quiet_daemons(tmp_home: Path) -> Iterator[list[QuietDaemon]]:
         d.stop()
 
 
+def ffmpeg_by_name(home: Path) -> dict[str, list[int]]:
+    """Every FFmpeg in the process table reading this home's clips, orphans included."""
+    found: dict[str, list[int]] = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if cmd and "ffmpeg" in os.path.basename(cmd[0]) and f"{home}/clips/" in " ".join(cmd):
+            found.setdefault(stream_of(cmd), []).append(proc.pid)
+    return found
+
+
 def children_by_name(daemon_pid: int) -> dict[str, list[int]]:
     """The daemon's FFmpeg descendants, by the stream name their log path names."""
     found: dict[str, list[int]] = {}
@@ -181,6 +191,7 @@ def test_commands_during_the_launch_restore_leave_one_ffmpeg_per_saved_name(
     assert code == 0 and running(doc) == want
     by_name = children_by_name(d.proc.pid)
     assert {n: len(p) for n, p in by_name.items()} == dict.fromkeys(want, 1)
+    assert ffmpeg_by_name(tmp_home) == by_name  # no FFmpeg outside the daemon's tree
     pids = {s["name"]: s["pid"] for s in doc["streams"]}
     assert all(by_name[n] == [pids[n]] for n in want)
 
@@ -234,6 +245,7 @@ def test_full_state_disk_fails_starts_cleanly_stops_anyway_and_converges(
         assert json.loads(state.read_bytes()) == json.loads(good)  # intact, parses
         by_name = children_by_name(d.proc.pid)
         assert set(by_name) == {"b", "c"}  # no FFmpeg for d, none left for a
+        assert ffmpeg_by_name(tmp_home) == by_name
         time.sleep(1.5)
         after = {s["name"]: s for s in cli_json("list")[1]["streams"]}
         for name in ("b", "c"):
