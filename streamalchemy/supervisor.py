@@ -212,7 +212,7 @@ class Stream:
                         self._end("finished", DURATION_REACHED)
                         return
                     reason, restart = self._judge(code)
-                    self._note_exit(code, reason or "FFmpeg exited")
+                    self._note_exit(code, reason or self._clean_end)
                 except Exception as exc:  # a bug or an OS error must not end supervision
                     log.exception("%s: supervising FFmpeg failed", self.spec.name)
                     await self._kill_quietly()
@@ -225,11 +225,11 @@ class Stream:
                     self.last_error = reason
                     self._confirm(reason)
                 if not restart:
-                    self._end("failed" if reason else "finished", reason or "FFmpeg exited")
+                    self._end("failed" if reason else "finished", reason or self._clean_end)
                     return
                 delay = self._backoff.next_delay(ran_for)
                 self.status = "retrying"
-                self.log.event(f"restarting in {delay:.1f}s: {reason or 'FFmpeg exited'}")
+                self.log.event(f"restarting in {delay:.1f}s: {reason or self._clean_end}")
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
@@ -243,6 +243,10 @@ class Stream:
         finally:
             self._confirm(self.last_error or "stream ended")
 
+    @property
+    def _clean_end(self) -> str:
+        return "the source ended" if self.spec.source_type == "rtsp" else "FFmpeg exited"
+
     def _judge(self, code: int | None) -> tuple[str | None, bool]:
         """Why FFmpeg ended (None: a clean end) and whether it runs again."""
         if self._stalled:
@@ -250,8 +254,10 @@ class Stream:
         elif code == 0 and self.spec.source_type == "rtsp":
             # A network source that ends before the deadline is an interruption: a
             # relay that stops relaying is the one thing this tool must not do.
-            reason = "the source ended before the stream's end"
-            return reason, self.spec.restart != "never"
+            # Only --restart never takes the source's end for the stream's.
+            if self.spec.restart == "never":
+                return None, False
+            return "the source ended before the stream's end", True
         elif code == 0:
             reason = None
         else:
@@ -290,8 +296,8 @@ class Stream:
         self._forget_child()
         code = None if returncode < 0 else returncode
         if self._stopping is not None:
-            # Our own SIGTERM: FFmpeg's 255 (or the signal) is the stop, not an error.
-            self.log.event(f"FFmpeg (pid {proc.pid}) ended: {self._stopping}")
+            # Our own SIGTERM: FFmpeg's 255 (or the signal) is the stop, not an error;
+            # ``stop`` logs the reason once.
             self._note_exit(code, self._stopping)
         elif not self._past_deadline(margin=1.0):
             self.log.event(f"FFmpeg (pid {proc.pid}) {_exit_words(returncode)}")

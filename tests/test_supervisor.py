@@ -177,7 +177,8 @@ def test_url_source_under_restart_never_ends_for_good(tmp_path: Path) -> None:
     async def test(h: Harness) -> None:
         s = h.launch(spec(source_type="rtsp", restart="never"), stub("--blocks", "2"))
         await until(lambda: h.ended, "the end")
-        assert s.restarts == 0 and not s.active
+        assert s.restarts == 0 and s.status == "finished"
+        assert "finished: the source ended; not restarting (--restart never)" in log_text(s)
 
     run(tmp_path, test)
 
