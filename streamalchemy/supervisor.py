@@ -28,7 +28,7 @@ from streamalchemy.errors import StreamExists
 from streamalchemy.outputs import OutputFiles
 from streamalchemy.progress import Progress, ProgressParser, explain_failure, root_cause
 from streamalchemy.spec import StreamSpec, mask_credentials
-from streamalchemy.streamlog import LOG_BACKUPS, LOG_MAX_BYTES, StreamLog
+from streamalchemy.streamlog import LOG_BACKUPS, LOG_MAX_BYTES, StreamLog, read_lines
 
 log = logging.getLogger("streamalchemy.supervisor")
 
@@ -39,8 +39,6 @@ TICK = 1.0  # seconds between deadline and stall checks
 PAUSE_GAP = 3.0
 EXITS_KEPT = 10
 READ_CHUNK = 1 << 16
-# An FFmpeg line longer than this is cut; the rest up to its newline is dropped.
-LINE_MAX_BYTES = 8192
 
 # Why a stream is stopped, in the words its log and its exits show.
 USER_STOP = "stopped by the user"
@@ -85,26 +83,6 @@ def should_restart(policy: str, exit_code: int | None, stalled: bool) -> bool:
     if policy == "never":
         return False
     return stalled or exit_code != 0
-
-
-async def _read_lines(stream: asyncio.StreamReader, emit: Callable[[str], None]) -> None:
-    """Split FFmpeg's stderr into lines ('\\n' or '\\r'), however long a line runs."""
-    partial = b""
-    overflow = False
-    while data := await stream.read(READ_CHUNK):
-        *lines, partial = (partial + data).replace(b"\r", b"\n").split(b"\n")
-        for raw in lines:
-            if overflow:
-                overflow = False  # the end of a line already emitted, cut
-                continue
-            if line := raw.decode(errors="replace").strip():
-                emit(line)
-        if len(partial) > LINE_MAX_BYTES:
-            if not overflow:
-                emit(partial[:LINE_MAX_BYTES].decode(errors="replace").strip() + " [cut]")
-            partial, overflow = b"", True
-    if partial and not overflow and (line := partial.decode(errors="replace").strip()):
-        emit(line)
 
 
 class Stream:
@@ -290,7 +268,7 @@ class Stream:
         started = self.clock.monotonic()
         assert proc.stdout is not None and proc.stderr is not None
         await asyncio.gather(
-            self._read_progress(proc.stdout), _read_lines(proc.stderr, self.log.ffmpeg)
+            self._read_progress(proc.stdout), read_lines(proc.stderr, self.log.ffmpeg)
         )
         returncode = await proc.wait()
         self._forget_child()
