@@ -1,4 +1,5 @@
-"""Size-capped, rotated log files: one per stream, MediaMTX's, and the daemon's own.
+"""Size-capped, rotated log files (one per stream, MediaMTX's, the daemon's own), and
+the splitter that turns a child's output into lines of bounded length for them.
 
 Every write opens, appends and closes, so that the stream's supervisor, the
 controller (a restore skip for a stream that is not running) and a rotation by
