@@ -90,7 +90,7 @@ class Harness:
         for _ in range(seconds):
             self.clock.advance(1)
             self.sup.tick()
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.08)
 
 
 async def until(predicate: Callable[[], object], what: str, timeout: float = 10) -> None:
