@@ -14,10 +14,11 @@ that no recording lost a byte and every one plays.
 
     python -m bench.soak                 # 4 minutes
     python -m bench.soak --hours 24      # a day
-    python -m bench.soak --markdown out.md
+    python -m bench.soak --no-doc        # print only
 
 Every process it starts is stopped by PID; nothing is written outside its
-temporary directories (except ``--markdown``).
+temporary directories except its section of docs/benchmarks.md (between
+``<!-- soak:begin -->`` and ``<!-- soak:end -->``, unless ``--no-doc``).
 """
 
 from __future__ import annotations
@@ -41,11 +42,38 @@ from typing import Any
 
 import psutil
 
-from bench.common import FFMPEG, PYTHON, BenchError, Daemon, env_for, log, make_clip, temp_home
+from bench.common import (
+    FFMPEG,
+    PYTHON,
+    REPO,
+    BenchError,
+    Daemon,
+    env_for,
+    ffmpeg_version,
+    log,
+    make_clip,
+    temp_home,
+)
 
 FFPROBE = FFMPEG.replace("ffmpeg", "ffprobe") if "ffmpeg" in FFMPEG else "ffprobe"
 SMALL = ["--resolution", "480", "--fps", "10"]
 LOG_MAX_BYTES = 256 << 10  # small enough that the soak sees rotation in minutes
+DOC = REPO / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
+METHOD = f"""How it runs: one private `STREAMALCHEMY_HOME` with `STREAMALCHEMY_LOG_MAX_BYTES` at
+{LOG_MAX_BYTES // 1024} KiB; four streams started with the CLI: `--testsrc --resolution 480
+--fps 10 --output hls`, the same to an MP4 file in a directory outside the home, `--url`
+of an 8 s clip served by Python's `http.server` with `--codec copy --output null` (it ends
+every 8 s, so it is restarted all the time), and the test pattern pushed to
+`ffmpeg -rtsp_flags listen` (restarted by the bench each time it exits with its client).
+Every 10-30 s one event at random: a SIGKILL of one stream's FFmpeg process group (3 in 4)
+or a daemon restart (SIGTERM, then `daemon run`, which restores the four streams). At each
+sample: disk blocks under the home, files in `hls/hls/`, the daemon's RSS, names missing
+from `active_streams.json`, and the FFmpeg processes per stream. A recording file no
+longer written must never shrink (bytes lost = the sum of any shrinking) and must play in
+`ffprobe` at the end. The home's disk dips after each daemon restart because a restore is
+a new start of the HLS stream and clears its directory.
+"""
 
 
 def cli(home: Path, *args: str, timeout: float = 60) -> tuple[int, dict[str, Any]]:
@@ -346,6 +374,27 @@ def report(
     return "\n".join(lines) + "\n"
 
 
+def doc_section(tables: str) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return (
+        f"{BEGIN}\n## Soak: streams that run for days (bench/soak.py)\n\n"
+        f"`bash bench/run.sh --soak` (`python -m bench.soak`; 4 minutes by default, "
+        f"`--hours N` for a long run), {when}, {os.cpu_count()} CPUs, "
+        f"FFmpeg {ffmpeg_version()}.\n\n{tables}\n{METHOD}{END}\n"
+    )
+
+
+def write_doc(section: str) -> None:
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    if BEGIN in text and END in text:
+        before, rest = text.split(BEGIN, 1)
+        _, after = rest.split(END, 1)
+        text = before + section.rstrip("\n") + after
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    DOC.write_text(text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=4.0, help="how long (default 4)")
@@ -353,7 +402,7 @@ def main() -> None:
     p.add_argument("--sample-every", type=float, default=None, help="seconds between samples")
     p.add_argument("--event-every", type=float, default=20.0, help="mean seconds between faults")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--markdown", type=Path, default=None, help="also write the tables here")
+    p.add_argument("--no-doc", action="store_true", help="print only; leave docs/ alone")
     args = p.parse_args()
     seconds = args.hours * 3600 if args.hours is not None else args.minutes * 60
     sample_every = args.sample_every or max(10.0, seconds / 60)
@@ -363,8 +412,8 @@ def main() -> None:
         print(f"soak: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     print(text)
-    if args.markdown:
-        args.markdown.write_text(text)
+    if not args.no_doc:
+        write_doc(doc_section(text))
 
 
 if __name__ == "__main__":
