@@ -129,6 +129,7 @@ class Stream:
         self._progress_at = 0.0
         self._stopping: str | None = None  # why, once a stop is asked for
         self._stalled = False
+        self._returncode = 0  # of the last FFmpeg, negative for a signal
         self._wake = asyncio.Event()
         self._confirmed: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._backoff = Backoff(
@@ -240,7 +241,11 @@ class Stream:
             reason = None
         else:
             cause = root_cause(list(self.log.tail))
-            reason = explain_failure(cause, self.target) if cause else "FFmpeg failed"
+            reason = (
+                explain_failure(cause, self.target)
+                if cause
+                else f"FFmpeg {_exit_words(self._returncode)}"
+            )
         return reason, should_restart(self.spec.restart, code, self._stalled)
 
     async def _run_once(self) -> tuple[float, int | None]:
@@ -270,7 +275,7 @@ class Stream:
         await asyncio.gather(
             self._read_progress(proc.stdout), read_lines(proc.stderr, self.log.ffmpeg)
         )
-        returncode = await proc.wait()
+        returncode = self._returncode = await proc.wait()
         self._forget_child()
         code = None if returncode < 0 else returncode
         if self._stopping is not None:
