@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+# The one masking function lives in credentials; imported from here too.
+from streamalchemy.credentials import mask_credentials as mask_credentials
 from streamalchemy.durations import hours_text, parse_duration, parse_duration_hours
 from streamalchemy.errors import InvalidInput
 
@@ -37,10 +39,6 @@ _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _REQUEST_KEYS = frozenset(
     {"name", "file", "url", "testsrc", "codec", "resolution", "fps", "audio", "hwaccel"}
     | {"duration", "output", "restart", "priority", "replace"}
-)
-# userinfo in scheme://user:pass@host; the password may itself hold an unescaped '@'.
-_CREDENTIALS = re.compile(
-    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/\s?#@'\"]*)(?::(?P<pw>[^/\s?#'\"]*))?@"
 )
 
 
@@ -88,15 +86,6 @@ def validate_name(name: object) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidInput(f"invalid stream name {name!r}: use 1-64 letters, digits, '_' or '-'")
     return name
-
-
-def mask_credentials(text: str) -> str:
-    """Hide the user and password of every URL in ``text`` (FFmpeg log lines included)."""
-
-    def hide(m: re.Match[str]) -> str:
-        return m["scheme"] + ("***:***@" if m["pw"] is not None else "***@")
-
-    return _CREDENTIALS.sub(hide, text)
 
 
 def spec_from_request(body: Mapping[str, Any]) -> StreamSpec:
