@@ -1,4 +1,10 @@
-"""Human output: rich tables for people at a terminal. Never imported on ``--json`` paths."""
+"""Human output: rich tables for people at a terminal. Never imported on ``--json`` paths.
+
+Text is data: ``console`` interprets no markup and no emoji codes, and escapes
+control characters in every string it prints (``plain``), so a name, path or
+reason prints literally whatever it holds. Style with ``Text(..., style=...)``
+or ``console.print(..., style=...)``, never with ``[markup]`` in strings.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +15,33 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from streamalchemy.durations import parse_duration_hours
 from streamalchemy.errors import InvalidInput
-from streamalchemy.spec import mask_credentials
+from streamalchemy.spec import mask_credentials, validate_name
+
+
+def plain(text: object) -> str:
+    """``text`` as a string with control characters escaped (``\\x1b``, ``\\n``), else as it is."""
+    s = str(text)
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+
+
+class PlainConsole(Console):
+    """A rich console that prints every string literally: no markup, no emoji, escaped controls."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(markup=False, emoji=False, highlight=False, **kwargs)
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        return super().render_str(plain(text), **kwargs)
+
 
 # Piped output keeps whole lines: scripts grep it, and 80 columns would cut every cell.
-console = Console(width=None if sys.stdout.isatty() else 240)
+console = PlainConsole(width=None if sys.stdout.isatty() else 240)
 STATUS_STYLE = {
     "running": "green",
     "starting": "cyan",
@@ -68,7 +94,7 @@ def streams(result: dict[str, Any]) -> None:
         status = s["status"]
         table.add_row(
             s["name"],
-            f"[{STATUS_STYLE.get(status, '')}]{status}[/]",
+            Text(plain(status), style=STATUS_STYLE.get(status, "")),
             str(s["pid"] or "-"),
             span(s["uptime_seconds"]),
             "unlimited" if s["remaining_seconds"] is None else span(s["remaining_seconds"]),
@@ -88,14 +114,14 @@ def streams(result: dict[str, Any]) -> None:
         console.print("no streams")
     for s in result["streams"]:
         if s["last_error"] and s["status"] in ("retrying", "failed"):
-            console.print(f"[yellow]{s['name']}: {s['last_error']}[/]")
+            console.print(f"{s['name']}: {s['last_error']}", style="yellow")
     for name, why in result.get("not_running", {}).items():
-        console.print(f"[yellow]warning: {name} is saved but not running: {why}[/]")
+        console.print(f"warning: {name} is saved but not running: {why}", style="yellow")
 
 
 def saved(result: dict[str, Any]) -> None:
     if not result["enabled"]:
-        console.print("[yellow]persistence is disabled (ENABLE_STREAM_PERSISTENCE=false)[/]")
+        console.print("persistence is disabled (ENABLE_STREAM_PERSISTENCE=false)", style="yellow")
     table = Table(box=None, header_style="bold")
     for column in (
         "NAME",
@@ -110,30 +136,47 @@ def saved(result: dict[str, Any]) -> None:
     ):
         table.add_column(column)
     now = time.time()
+    invalid = []
     for name, entry in sorted(result["streams"].items()):
-        config = entry.get("config", {})
+        # A hand-edited file may hold anything: show what is there, never crash on it.
+        entry = entry if isinstance(entry, dict) else {}
+        raw = entry.get("config")
+        config: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        try:
+            validate_name(name)
+        except InvalidInput:
+            invalid.append(name)
         source = config.get("video_file_path") or config.get("source_url") or "testsrc"
         try:
             duration = parse_duration_hours(config.get("duration_hours"))
         except InvalidInput:
             duration = 0.0
-        saved_at = float(entry.get("saved_at", now))
+        try:
+            saved_at = float(entry.get("saved_at", now))
+        except (TypeError, ValueError):
+            saved_at = now
         left = span(max(0.0, saved_at + duration - now)) if duration else "unlimited"
         table.add_row(
             name,
-            config.get("stream_type", "?"),
+            str(config.get("stream_type", "?")),
             mask_credentials(str(source)),
-            config.get("video_codec", "?"),
+            str(config.get("video_codec", "?")),
             span(duration) if duration else "unlimited",
             time.strftime("%Y-%m-%d %H:%M", time.localtime(saved_at)),
             left,
             str(config.get("priority") or 0),
-            mask_credentials(config.get("output") or "default RTSP"),
+            mask_credentials(str(config.get("output") or "default RTSP")),
         )
     if result["streams"]:
         console.print(table)
     else:
         console.print("no saved streams")
+    for name in invalid:
+        console.print(
+            f"warning: saved entry {name!r} has an invalid name (use 1-64 letters, digits, "
+            "'_' or '-'); it is kept in the file but cannot be restored",
+            style="yellow",
+        )
 
 
 def restore(result: dict[str, Any]) -> None:
@@ -142,7 +185,7 @@ def restore(result: dict[str, Any]) -> None:
         table.add_column(column)
     style = {"restored": "green", "skipped": "yellow", "failed": "red"}
     for name, r in result["results"].items():
-        table.add_row(name, f"[{style[r['result']]}]{r['result']}[/]", r["reason"])
+        table.add_row(name, Text(plain(r["result"]), style=style.get(r["result"], "")), r["reason"])
     if result["results"]:
         console.print(table)
     else:
