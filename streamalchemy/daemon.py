@@ -20,7 +20,7 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import IO, Any
 
-from streamalchemy import __version__, encoders, mediamtx, systemd
+from streamalchemy import __version__, encoders, home, mediamtx, systemd
 from streamalchemy.errors import (
     InvalidInput,
     OperationFailed,
@@ -405,6 +405,7 @@ def run(settings: Settings, restore: bool = True) -> None:
     # Logs, the children record (FFmpeg argv with source credentials) and outputs
     # are the user's alone, as the state file is.
     os.umask(0o077)
+    home.prepare(settings)  # refuses a home another user could plant in (exit 2)
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = _hold_instance_lock(settings.data_dir)
     _setup_logging(settings.log_dir)
