@@ -37,7 +37,13 @@ class RtspAuthSource:
     """``rtsp://127.0.0.1:PORT/cam`` that wants ``user``/``password`` by ``scheme``."""
 
     def __init__(
-        self, video: Path, *, user: str, password: str, scheme: str = "basic", ffmpeg: str = "ffmpeg"
+        self,
+        video: Path,
+        *,
+        user: str,
+        password: str,
+        scheme: str = "basic",
+        ffmpeg: str = "ffmpeg",
     ) -> None:
         self.user, self.password, self.scheme = user, password, scheme
         self.port = _free_port()
