@@ -56,9 +56,11 @@ class RtspAuthSource:
         rtp_port = _free_port(socket.SOCK_DGRAM)
         sdp = self._dir / "cam.sdp"
         self._ffmpeg = subprocess.Popen(
-            [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-re"]
-            + ["-stream_loop", "-1", "-i", str(video), "-map", "0:v:0", "-c:v", "copy"]
-            + ["-f", "rtp", "-sdp_file", str(sdp), f"rtp://127.0.0.1:{rtp_port}"],
+            [
+                *(ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-re"),
+                *("-stream_loop", "-1", "-i", str(video), "-map", "0:v:0", "-c:v", "copy"),
+                *("-f", "rtp", "-sdp_file", str(sdp), f"rtp://127.0.0.1:{rtp_port}"),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

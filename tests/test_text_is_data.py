@@ -107,7 +107,7 @@ def test_saved_and_restore_report_a_bad_name_from_the_state_file_and_keep_it(
     assert "udp://127.0.0.1:5000/[/]x" in saved.stdout
     assert "/nowhere/[live] cam.mp4" in saved.stdout
     assert "evil\\x1b[2J" in saved.stdout and "\x1b" not in saved.stdout
-    assert "invalid name" in saved.stdout
+    assert "invalid stream name" in saved.stdout
 
     restore = _cli(tmp_home, "restore", "--dry-run")
     assert restore.returncode in (0, 1), restore.stderr  # reported, not crashed on
