@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from streamalchemy import __version__, encoders
+from streamalchemy.credentials import has_secret, resolve_spec, unresolved
 from streamalchemy.errors import (
     InvalidInput,
     OperationFailed,
@@ -29,8 +30,9 @@ from streamalchemy.errors import (
     StreamExists,
     StreamNotFound,
 )
-from streamalchemy.ffmpeg import STATS_PERIOD, build_argv, output_target
+from streamalchemy.ffmpeg import STATS_PERIOD, build_argv, input_script, output_target
 from streamalchemy.httpserver import Reply
+from streamalchemy.inputsockets import InputSockets
 from streamalchemy.persist import StateStore, new_entry
 from streamalchemy.procs import ChildRecord
 from streamalchemy.restore import Step, dry_run_results, plan
@@ -77,6 +79,7 @@ class Controller:
         self.shutdown = asyncio.Event()
         self._busy: set[str] = set()
         self.choose_encoder = encoders.Chooser(settings.ffmpeg, settings.data_dir)
+        self.inputs = InputSockets(settings.socket.parent / "inputs")
 
     # -- helpers -----------------------------------------------------------------
 
@@ -92,17 +95,28 @@ class Controller:
         finally:
             self._busy.difference_update(names)
 
+    def _secrets(self, spec: StreamSpec) -> StreamSpec:
+        """``spec`` with its ${NAME} references resolved (CredentialError, exit 2, if not)."""
+        return resolve_spec(spec, self.settings.config_file.parent)
+
+    def _missing_credentials(self, spec: StreamSpec) -> str | None:
+        return unresolved([spec.source, spec.output], self.settings.config_file.parent)
+
     def _launch(self, spec: StreamSpec, saved_at: float, encoder: str) -> Stream:
         target = output_target(spec, self.settings.rtsp_url, self.settings.hls_dir)
         if spec.output == "hls":
             Path(target).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        real = self._secrets(spec)
+        # A source with a secret reaches FFmpeg through a private socket, not argv.
+        secret_source = spec.source_type == "rtsp" and has_secret(spec.source)
         argv = build_argv(
-            spec,
+            real,
             ffmpeg=self.settings.ffmpeg,
             encoder=encoder,
-            target=target,
+            target=output_target(real, self.settings.rtsp_url, self.settings.hls_dir),
             # Reports often enough that a healthy stream never looks stalled.
             stats_period=min(STATS_PERIOD, self.settings.stall_timeout / 2),
+            input_socket=self.inputs.open(spec.name, input_script(real)) if secret_source else None,
         )
         log.info("starting %s -> %s", spec.name, mask_credentials(target))
         self.not_restored.pop(spec.name, None)
@@ -115,11 +129,14 @@ class Controller:
         if stream.status == "finished":
             # Ended by itself (duration reached or a clean exit): nothing to bring back.
             self.store.remove(stream.spec.name)
+        if not stream.active:
+            self.inputs.close(stream.spec.name)
 
     # -- requests ----------------------------------------------------------------
 
     async def start(self, body: dict[str, Any]) -> Reply:
         spec = spec_from_request(body)
+        self._secrets(spec)  # an unresolvable ${NAME} is refused before anything changes
         replace = body.get("replace", False)
         if not isinstance(replace, bool):
             raise InvalidInput(f"replace must be true or false, not {replace!r}")
@@ -164,6 +181,7 @@ class Controller:
             )
         for name in known:
             self.not_restored.pop(name, None)
+            self.inputs.close(name)
             log.info("stopped %s", name)
         if unknown:
             done = f" (stopped: {', '.join(known)})" if known else ""
@@ -179,6 +197,7 @@ class Controller:
             self.store.load(),
             running={n for n, s in self.supervisor.streams.items() if s.active} | self._busy,
             choose_encoder=self.choose_encoder,
+            credentials_missing=self._missing_credentials,
         )
         if dry_run:
             return dry_run_results(steps)

@@ -8,14 +8,20 @@ Nothing here starts processes or writes files.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import stat
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamalchemy.errors import InvalidInput
+
+if TYPE_CHECKING:
+    import logging
+
+    from streamalchemy.spec import StreamSpec
 
 MASK = "***"
 # Query parameter names that carry a secret: these words alone or as a part
@@ -102,6 +108,19 @@ def mask_document(doc: Any) -> Any:
     if isinstance(doc, list | tuple):
         return [mask_document(value) for value in doc]
     return doc
+
+
+def mask_record(record: logging.LogRecord) -> bool:
+    """A log handler's filter (``handler.addFilter(mask_record)``): mask the whole record."""
+    import logging
+
+    message = record.getMessage()
+    if record.exc_info and not record.exc_text:
+        record.exc_text = logging.Formatter().formatException(record.exc_info)
+    if record.exc_text:
+        record.exc_text = mask_credentials(record.exc_text)
+    record.msg, record.args = mask_credentials(message), None
+    return True
 
 
 def mask_argv(argv: list[str]) -> list[str]:
@@ -219,3 +238,17 @@ def unresolved(
     except CredentialError as exc:
         return str(exc)
     return None
+
+
+def resolve_spec(
+    spec: StreamSpec, config_dir: Path, env: Mapping[str, str] | None = None
+) -> StreamSpec:
+    """``spec`` with its source and output references resolved, for FFmpeg only.
+
+    What is saved, shown and compared stays ``spec`` itself, with its references.
+    """
+    source = resolve(spec.source, config_dir, env)
+    output = resolve(spec.output, config_dir, env)
+    if (source, output) == (spec.source, spec.output):
+        return spec
+    return dataclasses.replace(spec, source=source, output=output)

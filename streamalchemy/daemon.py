@@ -21,6 +21,7 @@ from typing import IO
 
 from streamalchemy import __version__, home, mediamtx, systemd
 from streamalchemy.controller import Controller
+from streamalchemy.credentials import mask_record
 from streamalchemy.errors import OperationFailed
 from streamalchemy.httpserver import connection_handler
 from streamalchemy.settings import Settings
@@ -81,6 +82,8 @@ def _setup_logging(log_dir: Path) -> None:
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     root.addHandler(console)
+    for each in (handler, console):
+        each.addFilter(mask_record)  # no log line carries a secret
 
 
 async def _serve(settings: Settings, restore: bool) -> None:
@@ -113,6 +116,7 @@ async def _serve(settings: Settings, restore: bool) -> None:
     if restoring is not None and not restoring.done():
         restoring.cancel()
     await controller.supervisor.stop_all()
+    controller.inputs.close_all()
     if rtsp_server is not None:
         await rtsp_server.stop()
     with contextlib.suppress(FileNotFoundError):

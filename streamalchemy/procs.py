@@ -23,6 +23,8 @@ from typing import Any
 
 import psutil
 
+from streamalchemy.credentials import mask_argv
+
 log = logging.getLogger("streamalchemy.procs")
 
 _SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
@@ -88,7 +90,9 @@ class ChildRecord:
             create_time = psutil.Process(pid).create_time()
         except psutil.Error:
             return  # already gone: nothing to clean up later
-        self._children[name] = {"pid": pid, "create_time": create_time, "argv": list(argv)}
+        # Masked: the record names the process without holding its secrets.
+        record = {"pid": pid, "create_time": create_time, "argv": mask_argv(list(argv))}
+        self._children[name] = record
         self._write()
 
     def discard(self, name: str) -> None:
@@ -113,7 +117,7 @@ class ChildRecord:
                 # Right after the fork the child may still be setpriv, not yet FFmpeg.
                 argv = rec["argv"]
                 same = abs(proc.create_time() - float(rec["create_time"])) < 0.01 and (
-                    proc.cmdline() in (argv, with_parent_death_signal(argv))
+                    mask_argv(proc.cmdline()) in (argv, with_parent_death_signal(argv))
                 )
             except (psutil.Error, KeyError, TypeError, ValueError):
                 continue
