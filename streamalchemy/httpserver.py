@@ -45,7 +45,8 @@ MAX_HEADERS = 100  # header lines (431 past it)
 MAX_HEAD = 32 << 10  # request line and headers together (431 past it)
 MAX_BODY = 1 << 20  # Content-Length (413 past it)
 REQUEST_TIMEOUT = 10.0  # seconds to send the whole request (408 past it)
-_DRAIN_AFTER_ERROR = 1.0  # seconds spent discarding what a refused client still sends
+_DRAIN_AFTER_ERROR = 1.0  # seconds spent discarding what a refused client still sends,
+_DRAIN_BYTES = 1 << 20  # and bytes at most
 
 
 class HTTPError(Exception):
@@ -149,10 +150,11 @@ def encode(status: int, body: dict[str, Any] | Text) -> bytes:
 
 async def _discard(reader: asyncio.StreamReader) -> None:
     """Read and drop what a refused client still sends, briefly, so it sees our answer."""
+    budget = _DRAIN_BYTES
     with contextlib.suppress(TimeoutError, ConnectionError, OSError):
         async with asyncio.timeout(_DRAIN_AFTER_ERROR):
-            while await reader.read(1 << 16):
-                pass
+            while budget > 0 and (chunk := await reader.read(1 << 16)):
+                budget -= len(chunk)
 
 
 def connection_handler(
