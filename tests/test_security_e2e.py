@@ -186,6 +186,11 @@ def test_credential_references_resolve_at_launch_and_stay_references(
         for line in _cmdlines(daemon):
             assert PASSWORD not in line
 
+        wrong = source.url.replace("rtsp://", "rtsp://${CAM_USER}:WrongPass@")
+        refused = cli("start", "wrong", "--url", wrong, "--codec", "copy", "--output", "null")
+        assert refused.returncode == 1 and "401" in refused.stderr, refused.stderr
+        assert "WrongPass" not in refused.stderr and len(refused.stderr.splitlines()) == 1
+
         missing = cli("start", "nope", "--url", "rtsp://${NOPE_PASS}@127.0.0.1:1/x")
         assert missing.returncode == 2
         assert "${NOPE_PASS}" in missing.stderr and len(missing.stderr.splitlines()) == 1
