@@ -79,7 +79,7 @@ class Controller:
         self.shutdown = asyncio.Event()
         self._busy: set[str] = set()
         self.choose_encoder = encoders.Chooser(settings.ffmpeg, settings.data_dir)
-        self.inputs = InputSockets(settings.socket.parent / "inputs")
+        self.inputs = InputSockets(settings.socket.parent / "in")
 
     # -- helpers -----------------------------------------------------------------
 

@@ -34,8 +34,9 @@ class InputSockets:
         self._listeners: dict[str, tuple[socket.socket, Path]] = {}
 
     def path_for(self, name: str) -> Path:
-        # Short and fixed-length: Unix socket paths are capped near 107 bytes.
-        return self.directory / f"{hashlib.sha256(name.encode()).hexdigest()[:12]}.sock"
+        # No longer than the control socket beside it (in/ + 10 + .sock): Unix socket
+        # paths are capped near 107 bytes.
+        return self.directory / f"{hashlib.sha256(name.encode()).hexdigest()[:10]}.sock"
 
     def open(self, name: str, script: str) -> str:
         """Serve ``script`` to every connection on ``name``'s socket; return the socket path."""

@@ -213,7 +213,7 @@ def status(result: dict[str, Any]) -> None:
 def started(stream: dict[str, Any]) -> None:
     """``start``'s human output: the output URL alone on stdout (scripts take it), the rest
     on stderr: when a limited stream ends, and the pid and encoder at a terminal."""
-    print(stream["output"])
+    print(plain(stream["output"]))
     remaining = stream.get("remaining_seconds")
     if remaining is not None:
         end = time.time() + remaining
