@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 from streamalchemy.client import Client
 from streamalchemy.credentials import mask_document
 from streamalchemy.errors import InvalidInput, StreamNotFound
-from streamalchemy.names import validate_name
+from streamalchemy.names import is_valid_name, validate_name
 from streamalchemy.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -235,7 +235,8 @@ def stream_names(settings: Settings | None = None) -> list[str]:
             names.update(s["name"] for s in reply["streams"])
         except Exception:
             pass
-    return sorted(names)
+    # A hand-edited state file may hold any key: offer the shell only real names.
+    return sorted(n for n in names if is_valid_name(n))
 
 
 def encoders() -> EncodersResult:
