@@ -168,3 +168,48 @@ def test_resolve_replaces_references_and_names_a_missing_one(tmp_path: Path) -> 
     assert unresolved(["rtsp://${U}@h"], tmp_path, env) is None
     with pytest.raises(CredentialError, match="control characters"):
         resolve("rtsp://${BAD}@h", tmp_path, {"BAD": "a\x1bb"})
+
+
+def test_restore_plan_skips_a_stream_whose_reference_is_missing(tmp_path: Path) -> None:
+    from streamalchemy.credentials import unresolved as missing_in
+    from streamalchemy.restore import plan
+
+    entry = {
+        "config": {"stream_type": "rtsp", "source_url": "rtsp://u:${CAM_PASS}@h/x"},
+        "saved_at": 1.0,
+    }
+    steps = plan(
+        {"cam": entry},
+        running=set(),
+        choose_encoder=lambda spec: "libx264",
+        now=2.0,
+        credentials_missing=lambda spec: missing_in([spec.source, spec.output], tmp_path, {}),
+    )
+    (step,) = steps
+    assert step.result == "skipped" and "${CAM_PASS}" in step.reason
+
+
+def test_input_socket_serves_the_script_to_each_connection_then_goes(tmp_path: Path) -> None:
+    import asyncio
+    import socket
+
+    from streamalchemy.inputsockets import InputSockets
+
+    async def main() -> None:
+        inputs = InputSockets(tmp_path / "in")
+        path = inputs.open("cam", "ffconcat version 1.0\nfile 'rtsp://u:p@h/x'\n")
+        assert os.stat(path).st_mode & 0o777 == 0o600
+        assert os.stat(tmp_path / "in").st_mode & 0o777 == 0o700
+        loop = asyncio.get_running_loop()
+        for _ in range(2):  # every FFmpeg start, restarts included
+            with socket.socket(socket.AF_UNIX) as s:
+                s.setblocking(False)
+                await loop.sock_connect(s, path)
+                data = b""
+                while chunk := await loop.sock_recv(s, 4096):
+                    data += chunk
+            assert b"rtsp://u:p@h/x" in data
+        inputs.close("cam")
+        assert not os.path.exists(path)
+
+    asyncio.run(main())

@@ -116,3 +116,12 @@ def test_saved_and_restore_report_a_bad_name_from_the_state_file_and_keep_it(
     assert "evil\\x1b[2J" in restore.stdout and "\x1b" not in restore.stdout
     assert "/nowhere/[live] cam.mp4" in restore.stdout
     assert set(json.loads(state.read_text())) == set(doc)  # kept
+
+
+def test_completion_offers_only_valid_names(tmp_home: Path) -> None:
+    from streamalchemy.commands import stream_names
+    from streamalchemy.settings import load_settings
+
+    state = tmp_home / "active_streams.json"
+    state.write_text(json.dumps({f"evil{ESC}": {}, "cam1": {}}))
+    assert stream_names(load_settings()) == ["cam1"]
