@@ -80,7 +80,7 @@ START_OPTIONS: dict[str, StartOption] = {
 
 _REQUEST_KEYS = frozenset(
     {"name", "file", "url", "testsrc", "codec", "resolution", "fps", "audio", "hwaccel"}
-    | {"duration", "output", "restart", "priority", "replace"}
+    | {"duration", "output", "restart", "priority", "replace", "overwrite"}
 )
 
 
