@@ -47,10 +47,13 @@ def _user(uid: int) -> str:
         return str(uid)
 
 
-def problem(path: Path, *, directory: bool) -> str | None:
-    """Why ``path`` is unsafe, as one line with the command that fixes it; None when safe."""
+def problem(path: Path, *, directory: bool, follow: bool = True) -> str | None:
+    """Why ``path`` is unsafe, as one line with the command that fixes it; None when safe.
+
+    ``follow=False`` checks a symlink itself (the daemon never writes through one there).
+    """
     try:
-        st = os.stat(path)
+        st = os.stat(path) if follow else os.lstat(path)
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -63,26 +66,31 @@ def problem(path: Path, *, directory: bool) -> str | None:
     whys = []
     if st.st_uid != uid:
         whys.append(f"owned by {_user(st.st_uid)}, not {_user(uid)}")
-        fixes.append(f"chown {_user(uid)} {path}")
-    if st.st_mode & 0o022:
+        link = "-h " if stat.S_ISLNK(st.st_mode) else ""
+        fixes.append(f"chown {link}{_user(uid)} {path}")
+    if st.st_mode & 0o022 and not stat.S_ISLNK(st.st_mode):
         whys.append(f"writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})")
         fixes.append(f"chmod go-w {path}")
     if not whys:
         return None
+    risk = "plant files in it" if directory else "have written it"
     return (
-        f"refusing to use {kind} {path}: {' and '.join(whys)}, so another user could plant "
-        f"files in it; fix it with: {' && '.join(fixes)}"
+        f"refusing to use {kind} {path}: {' and '.join(whys)}, so another user could "
+        f"{risk}; fix it with: {' && '.join(fixes)}"
     )
 
 
 def check(settings: Settings) -> None:
     """Raise UnsafeHome naming the first unsafe directory or file (missing ones are fine)."""
-    dirs = directories(settings)
-    files = [settings.data_dir / f for f in _DATA_FILES]
-    files += [settings.config_file.parent / f for f in _CONFIG_FILES]
-    files += [settings.state_file, settings.config_file.parent / "credentials"]
-    for path, is_dir in [(d, True) for d in dirs] + [(f, f.name == "credentials") for f in files]:
-        why = problem(path, directory=is_dir)
+    checks = [(d, True, True) for d in directories(settings)]
+    # The daemon's own records are never written through a symlink: check the link.
+    checks += [(settings.data_dir / f, False, False) for f in _DATA_FILES]
+    # These are read, and the state file may be a symlink the user made: check the target.
+    checks += [(settings.config_file.parent / f, False, True) for f in _CONFIG_FILES]
+    checks += [(settings.state_file, False, True)]
+    checks += [(settings.config_file.parent / "credentials", True, True)]
+    for path, is_dir, follow in checks:
+        why = problem(path, directory=is_dir, follow=follow)
         if why is not None:
             raise UnsafeHome(why)
 

@@ -98,3 +98,14 @@ def test_children_record_planted_by_another_user_is_refused(base: Path) -> None:
     done = _run(base, "daemon", "run")
     assert done.returncode == 2
     assert f"chown root {base / 'children.json'}" in done.stderr
+
+
+@needs_root
+def test_a_pid_file_symlink_planted_by_another_user_is_refused(base: Path) -> None:
+    os.chmod(base, 0o1777)
+    subprocess.run(
+        [*AS_NOBODY, "ln", "-s", "/etc/passwd", f"{base}/daemon.pid"], check=True, timeout=10
+    )
+    os.chmod(base, 0o700)
+    why = home.problem(base / "daemon.pid", directory=False, follow=False)
+    assert why is not None and f"chown -h root {base / 'daemon.pid'}" in why
