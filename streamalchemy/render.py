@@ -18,14 +18,7 @@ from rich.text import Text
 
 from streamalchemy.durations import duration_text
 from streamalchemy.spec import mask_credentials, read_saved
-
-
-def plain(text: object) -> str:
-    """``text`` as a string with control characters escaped (``\\x1b``, ``\\n``), else as it is."""
-    s = str(text)
-    if s.isprintable():
-        return s
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+from streamalchemy.text import plain
 
 
 class PlainConsole(Console):

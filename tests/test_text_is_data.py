@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from streamalchemy import render
+from streamalchemy.text import plain
 
 ESC = "\x1b[2J"
 
@@ -25,9 +26,9 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
 
 
 def test_plain_escapes_control_characters_only() -> None:
-    assert render.plain("[live] cam.mp4 :smile:") == "[live] cam.mp4 :smile:"
-    assert render.plain(f"a{ESC}b\n\tc\x7f") == "a\\x1b[2Jb\\n\\tc\\x7f"
-    assert render.plain(3) == "3"
+    assert plain("[live] cam.mp4 :smile:") == "[live] cam.mp4 :smile:"
+    assert plain(f"a{ESC}b\n\tc\x7f") == "a\\x1b[2Jb\\n\\tc\\x7f"
+    assert plain(3) == "3"
 
 
 def _stream(**over: Any) -> dict[str, Any]:
