@@ -87,7 +87,8 @@ def check(settings: Settings) -> None:
     checks += [(settings.data_dir / f, False, False) for f in _DATA_FILES]
     # These are read, and the state file may be a symlink the user made: check the target.
     checks += [(settings.config_file.parent / f, False, True) for f in _CONFIG_FILES]
-    checks += [(settings.state_file, False, True)]
+    # A state-file symlink must be the user's own (its target is where writes go).
+    checks += [(settings.state_file, False, False), (settings.state_file, False, True)]
     checks += [(settings.config_file.parent / "credentials", True, True)]
     for path, is_dir, follow in checks:
         why = problem(path, directory=is_dir, follow=follow)

@@ -109,3 +109,16 @@ def test_a_pid_file_symlink_planted_by_another_user_is_refused(base: Path) -> No
     os.chmod(base, 0o700)
     why = home.problem(base / "daemon.pid", directory=False, follow=False)
     assert why is not None and f"chown -h root {base / 'daemon.pid'}" in why
+
+
+@needs_root
+def test_a_state_file_symlink_planted_by_another_user_is_refused(base: Path) -> None:
+    os.chmod(base, 0o1777)
+    subprocess.run(
+        [*AS_NOBODY, "ln", "-s", "/etc/hostname", f"{base}/active_streams.json"],
+        check=True,
+        timeout=10,
+    )
+    os.chmod(base, 0o700)
+    with pytest.raises(home.UnsafeHome, match="chown -h root"):
+        home.check(load_settings(env={"STREAMALCHEMY_HOME": str(base)}))
