@@ -20,7 +20,6 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 from streamalchemy.errors import InvalidInput
 from streamalchemy.spec import (
@@ -40,9 +39,6 @@ ACTIONS = ("create", "update", "delete", "unchanged", "other-shard")
 
 Table = dict[str, Any]
 Changes = dict[str, list[Any]]
-
-_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
-_SECRET_PARAMS = frozenset({"token", "key", "password", "secret", "auth", "sig", "signature"})
 
 
 # -- reading a file -------------------------------------------------------------------
@@ -217,29 +213,9 @@ def table_of(spec: StreamSpec) -> Table:
     return table
 
 
-def shown_url(url: str) -> str:
-    """A URL as printed: literal secrets masked, ``${NAME}`` references kept as written."""
-    return url if not has_literal_secret(url) else mask_credentials(url)
-
-
-def has_literal_secret(url: str) -> bool:
-    """Whether the URL's user, password or secret query values hold more than references."""
-    if "://" not in url:
-        return False
-    bare = _REFERENCE.sub("", url)
-    try:
-        parts = urlsplit(bare)
-        userinfo, at, _ = parts.netloc.rpartition("@")
-    except ValueError:
-        return mask_credentials(url) != url
-    if at and userinfo.replace(":", ""):
-        return True
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    return any(k.lower() in _SECRET_PARAMS and v for k, v in query)
-
-
 def _shown(key: str, value: Any) -> Any:
-    return shown_url(value) if key in ("url", "output") and isinstance(value, str) else value
+    # mask_credentials keeps a ${NAME} reference: it names a secret, it holds none.
+    return mask_credentials(value) if key in ("url", "output") and isinstance(value, str) else value
 
 
 def changes_between(old: StreamSpec, new: StreamSpec) -> Changes:

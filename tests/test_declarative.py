@@ -177,7 +177,7 @@ def test_export_round_trip() -> None:
     steps = plan(back, declarative.current_specs(saved, {}), prune=True)
     assert {s.action for s in steps} == {"unchanged"}
     masked = declarative.export_toml(declarative.export_tables(saved))
-    assert "hunter2" not in masked and "${LOBBY_PASS}" in masked
+    assert "hunter2" not in masked and "token=abc" not in masked and "${LOBBY_PASS}" in masked
 
 
 def test_duration_text_round_trips() -> None:
