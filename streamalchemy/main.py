@@ -59,7 +59,27 @@ def _fast_path(args: list[str]) -> Callable[[], Any] | None:
     return None
 
 
+def _daemon_run(args: list[str]) -> int | None:
+    """``daemon run [--no-restore]`` without Typer: its option parsing alone costs some
+    50 ms of every daemon launch, before a restore can begin. None: not this command."""
+    if args[:2] != ["daemon", "run"] or args[2:] not in ([], ["--no-restore"]):
+        return None
+    from streamalchemy import commands
+    from streamalchemy.errors import StreamAlchemyError
+
+    try:
+        commands.daemon_run(restore=args[2:] == [])
+    except StreamAlchemyError as exc:
+        return report_failure(exc, as_json=False)
+    except KeyboardInterrupt:  # before the loop's own SIGINT handler, as Typer's path
+        return 130
+    return 0
+
+
 def main() -> None:
+    code = _daemon_run(sys.argv[1:])
+    if code is not None:
+        sys.exit(code)
     action = _fast_path(sys.argv[1:])
     if action is not None:
         sys.exit(run_json(action))

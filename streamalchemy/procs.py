@@ -37,6 +37,10 @@ log = logging.getLogger("streamalchemy.procs")
 
 _SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
 MARK_VAR = "STREAMALCHEMY_DAEMON"
+# At most this often the children record is rewritten while spawns come in a burst
+# (a restore): each write replaces the whole file, and an ext4 rename over a file
+# flushes it (~10 ms), so one write per spawn made a restore of N streams O(N^2).
+RECORD_EVERY = 0.25
 
 
 def mark_children() -> str:
@@ -103,12 +107,20 @@ class ChildRecord:
     The file is 0600 and written without following a symlink (a planted one is
     replaced, never written through); one planted by another user is not trusted.
     Failing to write it (a full disk) is logged, never raised: supervision goes on.
+
+    On the event loop a change is written at once, unless the last write was less
+    than ``RECORD_EVERY`` ago: then one write at the end of that interval carries
+    every change since. A child not yet recorded is still killed with the daemon by
+    its parent-death signal; ``flush`` writes what is pending now.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._children: dict[str, dict[str, Any]] = {}
         self._warned = False
+        self._written_at = -RECORD_EVERY  # time.monotonic() of the last write
+        self._due: asyncio.TimerHandle | None = None
+        self._due_loop: asyncio.AbstractEventLoop | None = None
 
     def add(self, name: str, pid: int, argv: Sequence[str]) -> None:
         try:
@@ -122,13 +134,37 @@ class ChildRecord:
             "argv": mask_argv(list(argv)),
             "mark": os.environ.get(MARK_VAR, ""),
         }
-        self._write()
+        self._changed()
 
     def discard(self, name: str) -> None:
         if self._children.pop(name, None) is not None:
+            self._changed()
+
+    def _changed(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if self._due is not None and self._due_loop is loop:
+            return  # the write already due carries this change too
+        wait = self._written_at + RECORD_EVERY - time.monotonic()
+        if loop is None or self._due is not None or wait <= 0:
+            if self._due is not None:  # set on a loop that is gone: it never fires
+                self._due.cancel()
+                self._due = self._due_loop = None
+            self._write()
+        else:
+            self._due, self._due_loop = loop.call_later(wait, self.flush), loop
+
+    def flush(self) -> None:
+        """Write a pending change now."""
+        if self._due is not None:
+            self._due.cancel()
+            self._due = self._due_loop = None
             self._write()
 
     def _write(self) -> None:
+        self._written_at = time.monotonic()
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             with contextlib.suppress(FileNotFoundError):
@@ -136,7 +172,7 @@ class ChildRecord:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             fd = os.open(tmp, flags, 0o600)
             with os.fdopen(fd, "w") as f:
-                json.dump(self._children, f)
+                f.write(json.dumps(self._children))  # dumps: the C encoder; dump is Python
             os.replace(tmp, self.path)  # replaces a symlink itself, never its target
         except OSError as exc:
             with contextlib.suppress(OSError):

@@ -160,6 +160,7 @@ class Supervisor:
 
     async def stop_all(self, reason: str = SHUTDOWN) -> None:
         await asyncio.gather(*(self.stop(name, reason) for name in list(self.streams)))
+        self.record.flush()  # the children's record written before the loop ends
         if self._ticker is not None:
             self._ticker.cancel()
 
