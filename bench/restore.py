@@ -35,7 +35,8 @@ from bench.common import (
 from bench.floor import first_progress
 
 POLL_INTERVAL = 0.1  # seconds between GET /streams while waiting for the restore
-TARGETS = {50: 1.3, 200: 1.5}
+# Issue 15: at most this many times the floor; N = 400 is measured, with no target.
+TARGETS: dict[int, float | None] = {50: 1.10, 200: 1.15, 400: None}
 
 
 def ffmpeg_count_of_mine(home: Path) -> int:
@@ -111,7 +112,7 @@ def settle(home: Path) -> None:
 
 
 def run(quick: bool = False) -> tuple[list[Row], dict[int, Breakdown]]:
-    sizes = {50: 2, 200: 1} if quick else {50: 5, 200: 3}
+    sizes = {50: 2, 200: 1} if quick else {50: 5, 200: 3, 400: 2}
     rows, breakdowns = [], {}
     with temp_home("restore") as home:
         clip = make_clip(home)

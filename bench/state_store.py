@@ -139,6 +139,9 @@ def many_writers(kind: str, path: Path, total: int) -> tuple[float, list[float]]
     return len(lat) / wall, lat
 
 
+P99_TARGET_MS = 20.0  # issue 15: p99 of a mutation with 8 concurrent writers
+
+
 def run(quick: bool = False) -> list[Row]:
     total, reps = (200, 1) if quick else (1000, 3)
     rows = []
@@ -167,7 +170,8 @@ def run(quick: bool = False) -> list[Row]:
                 Row("State store", f"{label}: p50 latency", "ms", fig["store"]["p50"],
                     fig["plain"]["p50"], base, note=note),
                 Row("State store", f"{label}: p99 latency", "ms", fig["store"]["p99"],
-                    fig["plain"]["p99"], base, note=note),
+                    fig["plain"]["p99"], base, note=note,
+                    target_abs=P99_TARGET_MS if label != "1 writer" else None),
             ]  # fmt: skip
     return rows
 

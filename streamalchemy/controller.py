@@ -38,7 +38,7 @@ from streamalchemy.persist import StateStore, StateWriter, new_entry
 from streamalchemy.procs import ChildRecord
 from streamalchemy.restore import Step, dry_run_results, plan
 from streamalchemy.settings import Settings
-from streamalchemy.sources import check_source
+from streamalchemy.sources import check_file, check_source
 from streamalchemy.spec import (
     StreamSpec,
     mask_credentials,
@@ -51,7 +51,7 @@ from streamalchemy.supervisor import REPLACED, USER_RESTART, USER_STOP, Stream, 
 log = logging.getLogger("streamalchemy.daemon")
 
 CONFIRM_WINDOW = 5.0  # seconds a start waits for FFmpeg's first progress report
-RESTORE_PARALLEL = 1000  # FFmpeg processes starting at once during a restore
+RESTORE_PARALLEL = 16  # FFmpeg processes starting at once during a restore
 WRITE_RETRY = 2.0  # seconds between retries of a state write that failed
 
 
@@ -130,8 +130,9 @@ class Controller:
             enabled=settings.persistence_enabled,
         )
         self.writer = StateWriter(self.store)
+        self.children = ChildRecord(settings.data_dir / "children.json")
         self.supervisor = Supervisor(
-            record=ChildRecord(settings.data_dir / "children.json"),
+            record=self.children,
             log_dir=settings.log_dir,
             stall_timeout=settings.stall_timeout,
             on_end=self._on_end,
@@ -279,12 +280,30 @@ class Controller:
                 f"stream {name!r} already exists (pid {previous.pid}); "
                 "use --replace or stop it first"
             )
-        await asyncio.to_thread(self.check_source, spec, self.settings.ffprobe)
-        if saved_at is None:  # a restart continues into the next numbered file instead
-            refuse_existing_file(spec.output, overwrite)
-        encoder = await self.choose_encoder.choose_async(spec)
+        # A new name's file is probed while its FFmpeg starts (which reads the same file):
+        # a start waits for the longer of the two, not their sum. A replacement is probed
+        # first, so that a bad file never stops the stream it was to replace.
+        checking = asyncio.create_task(
+            asyncio.to_thread(self.check_source, spec, self.settings.ffprobe)
+        )
+        try:
+            if previous is not None:
+                await checking
+            else:
+                check_file(spec)  # missing or unreadable: refused before anything starts
+            if saved_at is None:  # a restart continues into the next numbered file instead
+                refuse_existing_file(spec.output, overwrite)
+            encoder = await self.choose_encoder.choose_async(spec)
+        except Exception:
+            await checking  # the source's own error, if it has one, comes first
+            raise
         await self._stop_stream(name, REPLACED)
         stream = self._launch(spec, time.time() if saved_at is None else saved_at, encoder)
+        try:
+            await checking
+        except Exception as exc:
+            await self._stop_stream(name, f"not started: {exc}")
+            raise
         failure = await stream.confirmed(CONFIRM_WINDOW)
         if failure is None:
             try:
@@ -292,6 +311,7 @@ class Controller:
             except StateFileError as exc:
                 failure = f"it could not be saved, so its FFmpeg was stopped: {exc}"
             else:
+                self.children.flush()  # recorded, as saved, before the start answers
                 return stream
         else:
             failure = f"FFmpeg failed to start: {failure}"
@@ -373,6 +393,7 @@ class Controller:
             if previous is not None:  # show keeps the history across the user's restart
                 stream.exits.extendleft(reversed(previous.exits))
             failure = await stream.confirmed(CONFIRM_WINDOW)
+        self.children.flush()
         if failure is not None:
             raise OperationFailed(f"{name}: FFmpeg failed to start again: {failure}")
         log.info("restarted %s", name)
@@ -442,6 +463,7 @@ class Controller:
             if isinstance(outcome, BaseException):  # nothing escapes: it is that stream's failure
                 log.error("restore %s: %s", step.name, outcome)
                 results[step.name] = {"result": "failed", "reason": str(outcome)}
+        self.children.flush()
         self._keep_retrying()
         return results
 

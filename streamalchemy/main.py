@@ -59,6 +59,85 @@ def _fast_path(args: list[str]) -> Callable[[], Any] | None:
     return None
 
 
+_START_VALUES = frozenset(
+    {"file", "url", "codec", "resolution", "fps", "audio", "hwaccel", "duration", "output"}
+    | {"restart", "priority"}
+)
+_START_FLAGS = frozenset({"testsrc", "replace", "overwrite", "json"})
+
+
+def _start_args(args: list[str]) -> tuple[str, dict[str, Any]] | None:
+    """NAME and the options of a plain ``start`` command line, each given once and valid
+    as Typer would take it; None for anything else (help, an error), which Typer parses."""
+    if args[:1] != ["start"]:
+        return None
+    from streamalchemy.spec import START_OPTIONS
+
+    names: list[str] = []
+    opts: dict[str, Any] = {}
+    rest = iter(args[1:])
+    for arg in rest:
+        if not arg.startswith("-"):
+            names.append(arg)
+            continue
+        key, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if key in opts:
+            return None
+        if key in _START_FLAGS and not eq:
+            opts[key] = True
+            continue
+        if key not in _START_VALUES:
+            return None
+        if not eq:
+            value = next(rest, "-")
+        if value.startswith("-"):
+            return None
+        option = START_OPTIONS.get(key)
+        if option is not None and option.choices and value not in option.choices:
+            return None
+        if key == "priority":
+            try:
+                opts[key] = int(value)
+            except ValueError:
+                return None
+        else:
+            opts[key] = value
+    return (names[0], opts) if len(names) == 1 else None
+
+
+def _start(args: list[str]) -> int | None:
+    """``start`` without Typer and rich: their imports cost twice what the daemon takes to
+    start a file stream. Prints what the Typer command prints. None: not this path."""
+    parsed = _start_args(args)
+    if parsed is None:
+        return None
+    name, opts = parsed
+    as_json = opts.pop("json", False)
+    for key in _START_VALUES - {"file", "url", "output"}:
+        opts.setdefault(key, None)  # the body Typer's command sends: None is the default
+    from streamalchemy import commands
+    from streamalchemy.errors import StreamAlchemyError
+
+    def action() -> Any:
+        return commands.start(commands.start_body(name, **opts))
+
+    if as_json:
+        return run_json(action)
+    try:
+        stream = action()["stream"]
+    except StreamAlchemyError as exc:
+        return report_failure(exc, as_json=False)
+    if stream.get("remaining_seconds") is None and not sys.stderr.isatty():
+        from streamalchemy.text import plain
+
+        print(plain(stream["output"]))  # render.started's whole output in this case
+    else:
+        from streamalchemy.render import started
+
+        started(stream)
+    return 0
+
+
 def _daemon_run(args: list[str]) -> int | None:
     """``daemon run [--no-restore]`` without Typer: its option parsing alone costs some
     50 ms of every daemon launch, before a restore can begin. None: not this command."""
@@ -78,6 +157,8 @@ def _daemon_run(args: list[str]) -> int | None:
 
 def main() -> None:
     code = _daemon_run(sys.argv[1:])
+    if code is None:
+        code = _start(sys.argv[1:])
     if code is not None:
         sys.exit(code)
     action = _fast_path(sys.argv[1:])

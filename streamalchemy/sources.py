@@ -16,8 +16,15 @@ from streamalchemy.spec import StreamSpec
 
 def check_source(spec: StreamSpec, ffprobe: str, timeout: float = 10.0) -> None:
     """Raise InvalidInput (missing, not a file, no video) or OperationFailed (unreadable)."""
+    if check_file(spec):
+        _probe_video(spec.source, ffprobe, timeout)
+
+
+def check_file(spec: StreamSpec) -> bool:
+    """The quick part of ``check_source`` (no probe): raise as it does for a file that is
+    missing, not a regular file or unreadable. Return whether there is a file to probe."""
     if spec.source_type != "file":
-        return
+        return False
     path = spec.source
     try:
         mode = os.stat(path).st_mode
@@ -31,7 +38,7 @@ def check_source(spec: StreamSpec, ffprobe: str, timeout: float = 10.0) -> None:
         raise OperationFailed(
             f"cannot read source file {path!r}: permission denied; check its permissions"
         )
-    _probe_video(path, ffprobe, timeout)
+    return True
 
 
 def _probe_video(path: str, ffprobe: str, timeout: float) -> None:
