@@ -51,7 +51,7 @@ from streamalchemy.supervisor import REPLACED, USER_RESTART, USER_STOP, Stream, 
 log = logging.getLogger("streamalchemy.daemon")
 
 CONFIRM_WINDOW = 5.0  # seconds a start waits for FFmpeg's first progress report
-RESTORE_PARALLEL = 16  # FFmpeg processes starting at once during a restore
+RESTORE_PARALLEL = 64  # FFmpeg processes starting at once during a restore
 WRITE_RETRY = 2.0  # seconds between retries of a state write that failed
 
 
