@@ -13,6 +13,7 @@ import os
 import socket
 import struct
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -20,7 +21,18 @@ from urllib.parse import parse_qs, urlsplit
 log = logging.getLogger("streamalchemy.http")
 
 Reply = tuple[int, dict[str, Any]]
-Handler = Callable[[str, str, dict[str, str], dict[str, Any]], Awaitable[Reply]]
+
+
+@dataclass(frozen=True)
+class Text:
+    """A body that is not JSON (the metrics exposition), with its Content-Type."""
+
+    body: bytes
+    content_type: str
+
+
+TextReply = tuple[int, Text]
+Handler = Callable[[str, str, dict[str, str], dict[str, Any]], Awaitable[Reply | TextReply]]
 MAX_BODY = 1 << 20
 
 
@@ -56,11 +68,14 @@ async def _read_request(
     return method.upper(), url.path.rstrip("/") or "/", query, body
 
 
-def _encode(status: int, body: dict[str, Any]) -> bytes:
-    payload = json.dumps(body).encode() + b"\n"
+def _encode(status: int, body: dict[str, Any] | Text) -> bytes:
+    if isinstance(body, Text):
+        payload, content_type = body.body, body.content_type
+    else:
+        payload, content_type = json.dumps(body).encode() + b"\n", "application/json"
     head = (
         f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
-        "Content-Type: application/json\r\n"
+        f"Content-Type: {content_type}\r\n"
         f"Content-Length: {len(payload)}\r\n"
         "Connection: close\r\n\r\n"
     )
@@ -68,21 +83,28 @@ def _encode(status: int, body: dict[str, Any]) -> bytes:
 
 
 def connection_handler(
-    handle: Handler,
+    handle: Handler, *, check_uid: bool = True
 ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
-    """Wrap ``handle`` into an asyncio connection callback that checks the caller's uid."""
+    """Wrap ``handle`` into an asyncio connection callback that checks the caller's uid.
+
+    ``check_uid=False`` is for the metrics TCP listener, whose handler serves only
+    ``GET /metrics``: a TCP peer has no uid to check.
+    """
     own_uid = os.getuid()
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            uid = peer_uid(writer)
+            uid = peer_uid(writer) if check_uid else None
             try:
                 # Read the request even from a caller about to be refused, so that it
                 # gets its answer instead of a broken pipe while it is still sending.
                 request = await asyncio.wait_for(_read_request(reader), 30)
             except (ValueError, UnicodeDecodeError, asyncio.IncompleteReadError) as exc:
                 request = None
-                reply: Reply = (400, {"success": False, "message": f"bad request: {exc}"})
+                reply: Reply | TextReply = (
+                    400,
+                    {"success": False, "message": f"bad request: {exc}"},
+                )
             if uid is not None and uid not in (own_uid, 0):
                 # The socket's mode already keeps others out; this holds if it is loosened.
                 log.warning("refused a client of uid %d", uid)
