@@ -296,17 +296,54 @@ def encoders(as_json: JsonOpt = False) -> None:
     _emit(as_json, action, show)
 
 
+@app.command()
+def top(as_json: JsonOpt = False) -> None:
+    """Watch the streams live, full screen, refreshed every second (q or Ctrl-C leaves).
+
+    Failed and retrying streams come first, then the others, by name. When stdout is
+    not a terminal, prints one snapshot and exits.
+    """
+    if as_json:
+        _emit(True, actions.list_streams, print)
+        return
+    from streamalchemy import top as view
+    from streamalchemy.render import console
+
+    fetch = view.fetcher(actions.client())
+    try:
+        code = view.live(fetch, console) if console.is_terminal else view.once(fetch, console)
+    except StreamAlchemyError as exc:
+        _fail(exc, False)
+    raise typer.Exit(code)
+
+
 @daemon_app.command("run")
 def daemon_run(
     no_restore: Annotated[
         bool, typer.Option("--no-restore", help="Do not replay the state file.")
     ] = False,
+    metrics_addr: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-addr",
+            metavar="HOST:PORT",
+            help="Also serve GET /metrics, and nothing else, over TCP on HOST:PORT "
+            "[env: STREAMALCHEMY_METRICS_ADDR; default: the socket only].",
+        ),
+    ] = None,
 ) -> None:
     """Run the daemon in the foreground (for systemd's ExecStart=)."""
     from streamalchemy import daemon
+    from streamalchemy.settings import parse_addr
 
     try:
-        daemon.run(load_settings(), restore=not no_restore)
+        flags = {}
+        if metrics_addr is not None:
+            try:
+                flags["metrics_addr"] = parse_addr(metrics_addr)
+            except ValueError as exc:
+                raise InvalidInput(f"--metrics-addr {metrics_addr!r} is invalid: {exc}") from None
+        daemon.run(load_settings(flags), restore=not no_restore)
     except StreamAlchemyError as exc:
         _fail(exc, False)
 

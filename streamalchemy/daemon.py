@@ -29,7 +29,8 @@ from streamalchemy.errors import (
     StreamNotFound,
 )
 from streamalchemy.ffmpeg import STATS_PERIOD, build_argv, output_target
-from streamalchemy.httpserver import Reply, connection_handler
+from streamalchemy.httpserver import Reply, TextReply, connection_handler
+from streamalchemy.metrics import DaemonFigures, Metrics, listen
 from streamalchemy.persist import StateStore, new_entry
 from streamalchemy.procs import ChildRecord
 from streamalchemy.restore import Step, dry_run_results, plan
@@ -60,9 +61,19 @@ class Daemon:
         )
         self.started = time.time()
         self.not_restored: dict[str, str] = {}  # saved streams left out, and why
+        self.restore_counts = {"restored": 0, "skipped": 0, "failed": 0}  # for the metrics
         self.shutdown = asyncio.Event()
         self._busy: set[str] = set()
         self.choose_encoder = encoders.Chooser(settings.ffmpeg, settings.data_dir)
+        self.metrics = Metrics(
+            lambda: [s.snapshot() for s in self.supervisor.streams.values()],
+            lambda: DaemonFigures(
+                started=self.started,
+                restore_results=self.restore_counts,
+                state_writes=self.store.writes,
+                state_write_errors=self.store.write_errors,
+            ),
+        )
 
     # -- helpers -----------------------------------------------------------------
 
@@ -194,6 +205,8 @@ class Daemon:
             log.info("restore %s: %s", step.name, results[step.name]["reason"])
 
         await asyncio.gather(*(start_one(step) for step in to_start))
+        for result in results.values():
+            self.restore_counts[result["result"]] += 1
         return results
 
     async def restore_at_launch(self) -> None:
@@ -252,7 +265,7 @@ class Daemon:
 
     async def handle(
         self, method: str, path: str, query: dict[str, str], body: dict[str, Any]
-    ) -> Reply:
+    ) -> Reply | TextReply:
         try:
             return await self._route(method, path, query, body)
         except StreamAlchemyError as exc:
@@ -263,11 +276,13 @@ class Daemon:
 
     async def _route(
         self, method: str, path: str, query: dict[str, str], body: dict[str, Any]
-    ) -> Reply:
+    ) -> Reply | TextReply:
         parts = path.strip("/").split("/")
         match method, parts:
             case "GET", ["status"]:
                 return 200, self.status()
+            case "GET", ["metrics"]:
+                return self.metrics.reply()
             case "POST", ["shutdown"]:
                 asyncio.get_running_loop().call_later(0.05, self.shutdown.set)
                 return 200, {"success": True, "message": "shutting down", "pid": os.getpid()}
@@ -376,6 +391,10 @@ async def _serve(settings: Settings, restore: bool) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.shutdown.set)
+    # A metrics address that cannot be used stops the launch before anything starts.
+    metrics_server = (
+        await listen(daemon.metrics, settings.metrics_addr) if settings.metrics_addr else None
+    )
     # Up before the daemon answers or restores: RTSP streams find their server running.
     rtsp_server = await mediamtx.start_if_needed(settings)
     server = await asyncio.start_unix_server(
@@ -390,6 +409,8 @@ async def _serve(settings: Settings, restore: bool) -> None:
     log.info("shutting down: stopping %d stream(s)", len(daemon.supervisor.streams))
     systemd.notify("STOPPING=1")
     server.close()
+    if metrics_server is not None:
+        metrics_server.close()
     if restoring is not None and not restoring.done():
         restoring.cancel()
     await daemon.supervisor.stop_all()

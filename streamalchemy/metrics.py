@@ -8,6 +8,9 @@ FFmpeg's CPU time and memory, and the daemon's counters. The TCP handler serves
 
 from __future__ import annotations
 
+import asyncio
+import os
+import socket
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +20,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from streamalchemy import __version__
-from streamalchemy.httpserver import Reply, Text, TextReply
+from streamalchemy.errors import InvalidInput
+from streamalchemy.httpserver import Reply, Text, TextReply, connection_handler
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 RESTORE_RESULTS = ("restored", "skipped", "failed")
@@ -238,3 +242,23 @@ class Metrics:
         if method != "GET":
             return 405, {"success": False, "message": f"{method} /metrics: only GET is allowed"}
         return self.reply()
+
+
+async def listen(metrics: Metrics, addr: tuple[str, int]) -> asyncio.Server:
+    """Serve ``GET /metrics`` on TCP ``addr``; an address that cannot be used is bad input."""
+    host, port = addr
+    try:
+        return await asyncio.start_server(
+            connection_handler(metrics.handle_tcp, check_uid=False), host, port
+        )
+    except OSError as exc:
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        # asyncio wraps the bind error in its own words; the system's say it plainly.
+        if exc.errno and not isinstance(exc, socket.gaierror):
+            why = os.strerror(exc.errno)
+        else:
+            why = exc.strerror or str(exc)
+        raise InvalidInput(
+            f"cannot serve metrics on {shown}: {why.lower()}; "
+            "give STREAMALCHEMY_METRICS_ADDR or --metrics-addr a free local HOST:PORT"
+        ) from None

@@ -76,7 +76,7 @@ def _parse_rtsp_url(value: str) -> str:
     return value.rstrip("/")
 
 
-def _parse_addr(value: str) -> tuple[str, int]:
+def parse_addr(value: str) -> tuple[str, int]:
     """HOST:PORT ([::1]:PORT for IPv6) for the metrics listener."""
     host, sep, port = value.strip().rpartition(":")
     host = host.strip("[]")
@@ -111,7 +111,7 @@ _KNOWN: dict[str, tuple[str, Callable[[str], Any]]] = {
         "STREAMALCHEMY_LOG_BACKUPS",
         _in_range(int, 0, 100, "expected a whole number from 0 to 100"),
     ),
-    "metrics_addr": ("STREAMALCHEMY_METRICS_ADDR", _parse_addr),
+    "metrics_addr": ("STREAMALCHEMY_METRICS_ADDR", parse_addr),
     "shards": (
         "STREAMALCHEMY_SHARDS",
         _in_range(int, 1, 10000, "expected a whole number of shards from 1 up"),
