@@ -15,12 +15,15 @@ import sys
 import tempfile
 import termios
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from test_grafana import expressions
 from test_metrics import DAEMON, PER_STREAM, promtool_findings
 
 from conftest import Daemon, cli, end_daemon_of, free_port, kill_tree, wait_for
@@ -188,10 +191,12 @@ def test_a_real_prometheus_scrapes_every_stream(metered: Metered, tmp_path: Path
     )
 
     def query(expr: str) -> list[dict[str, object]]:
-        url = f"http://127.0.0.1:{web}/api/v1/query?query={expr}"
+        url = f"http://127.0.0.1:{web}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
         try:
             with urllib.request.urlopen(url, timeout=5) as reply:
                 doc = json.load(reply)
+        except urllib.error.HTTPError as exc:
+            pytest.fail(f"Prometheus refused {expr!r}: {exc.read().decode()}")
         except OSError:
             return []
         assert doc["status"] == "success"
@@ -208,6 +213,8 @@ def test_a_real_prometheus_scrapes_every_stream(metered: Metered, tmp_path: Path
         assert {r["metric"]["name"] for r in up} == set(STREAMS)  # type: ignore[index]
         (target,) = query('up{job="streamalchemy"}')
         assert target["value"][1] == "1"  # type: ignore[index]
+        for expr in expressions():  # the Grafana dashboard's queries are valid PromQL
+            query(expr)
     finally:
         prometheus.terminate()
         try:
