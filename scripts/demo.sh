@@ -57,8 +57,10 @@ step "a fresh demo home: $STREAMALCHEMY_HOME"
 "$sa" daemon stop >/dev/null  # a daemon left by an earlier --keep run
 rm -rf "$STREAMALCHEMY_HOME"
 
-step "streamalchemy start demo --testsrc --output hls --duration 1h   (starts the daemon too)"
-playlist=$("$sa" start demo --testsrc --output hls --duration 1h --resolution 720 --fps 15)
+# The command shown is the command run.
+start_args=(start demo --testsrc --output hls --duration 1h --resolution 720 --fps 15)
+step "streamalchemy ${start_args[*]}   (starts the daemon too)"
+playlist=$("$sa" "${start_args[@]}")
 echo "$playlist"
 "$sa" daemon status
 field() {  # field PATH COMMAND...: one value (PATH like streams.0.pid) of a --json document

@@ -66,6 +66,25 @@ ENVIRONMENT = [
         "A MediaMTX binary for the daemon to run when no RTSP server listens "
         "(default: found on PATH; off: never).",
     ),
+    (
+        "STREAMALCHEMY_LOG_MAX_BYTES",
+        "Size cap of each log file, stream logs and the daemon log (default: 10485760; "
+        "config.toml: log_max_bytes).",
+    ),
+    (
+        "STREAMALCHEMY_LOG_BACKUPS",
+        "Rotated copies kept of each log file (default: 3; config.toml: log_backups).",
+    ),
+    (
+        "STREAMALCHEMY_METRICS_ADDR",
+        "HOST:PORT on which the daemon also serves GET /metrics, and nothing else "
+        "(default: unset; config.toml: metrics_addr).",
+    ),
+    (
+        "STREAMALCHEMY_SHARDS",
+        "Number of shards for daemon run --apply FILE --shard auto "
+        "(default: unset; config.toml: shards).",
+    ),
 ]
 FILES = [
     (
@@ -75,7 +94,8 @@ FILES = [
     (
         "$STREAMALCHEMY_HOME/config.toml",
         "Settings, overridden by the environment: state_file, socket, persistence_enabled, "
-        "backup_count, ffmpeg, ffprobe, rtsp_url, autostart, stall_timeout, mediamtx.",
+        "backup_count, ffmpeg, ffprobe, rtsp_url, autostart, stall_timeout, mediamtx, "
+        "log_max_bytes, log_backups, metrics_addr, shards.",
     ),
     ("$STREAMALCHEMY_HOME/streamalchemy.sock", "The control socket (HTTP/JSON), mode 0600."),
     ("$STREAMALCHEMY_HOME/logs/", "daemon.log, mediamtx.log and streams/NAME.log."),
@@ -104,17 +124,20 @@ def text(value: str) -> str:
 def choices_of(param: Any) -> list[str]:
     # Typer 0.2x keeps them on its type descriptor; click-based Typer on the click type.
     holder = getattr(param, "type_descriptor", None) or getattr(param, "type", None)
-    return [
+    choices = [
         c.value if isinstance(c, Enum) else str(c) for c in getattr(holder, "choices", None) or ()
     ]
+    # Options built from spec.START_OPTIONS show their choices as the metavar "[a|b|c]".
+    listed = re.fullmatch(r"\[(.+\|.+)\]", getattr(param, "metavar", None) or "")
+    return choices or (listed[1].split("|") if listed else [])
 
 
 def describe(param: Any) -> tuple[str, str]:
     """The term (``--codec CODEC``) and the paragraph of one option or argument."""
     metavar = param.name.upper()
     # A "[default: X]" written into the help (where the real default is None) goes last.
-    stated = re.findall(r"\[default: ([^\]]+)\]", param.help or "")
-    body = [re.sub(r"\s*\[default: [^\]]+\]", "", param.help or "")]
+    stated = re.findall(r"\\?\[default: ([^\]]+)\]", param.help or "")
+    body = [re.sub(r"\s*\\?\[default: [^\]]+\]", "", param.help or "")]
     choices = choices_of(param)
     if choices:
         body.append(f"One of: {', '.join(choices)}.")

@@ -7,18 +7,16 @@ Nothing here starts FFmpeg or writes the state file itself. Human output lives i
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable
-from enum import StrEnum
 from typing import Annotated, Any, NoReturn
 
 import typer
 
-from streamalchemy import __version__, actions
-from streamalchemy.actions import client
+from streamalchemy import __version__, commands
 from streamalchemy.errors import InvalidInput, StreamAlchemyError
-from streamalchemy.settings import load_settings
+from streamalchemy.main import report_failure
+from streamalchemy.spec import START_OPTIONS
 
 app = typer.Typer(
     name="streamalchemy",
@@ -37,49 +35,44 @@ app.add_typer(service_app, name="service")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
 
-class Codec(StrEnum):
-    h264 = "h264"
-    h265 = "h265"
-    mpeg4 = "mpeg4"
-    copy = "copy"
+def _complete_names(incomplete: str) -> list[str]:
+    """Stream names for the shell: the state file's and a running daemon's; never starts one."""
+    try:
+        return [n for n in commands.stream_names() if n.startswith(incomplete)]
+    except Exception:  # completion must never print a traceback into the shell
+        return []
 
 
-class Resolution(StrEnum):
-    r480 = "480"
-    r720 = "720"
-    r1080 = "1080"
-    r1440 = "1440"
-    r2160 = "2160"
+def _start_option(key: str) -> Any:
+    """The Typer option for a ``start`` option, built from ``spec.START_OPTIONS``."""
+    option = START_OPTIONS[key]
+    choices = option.choices
 
+    def parse(value: str) -> str:
+        if choices and value not in choices:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
+        return value
 
-class Audio(StrEnum):
-    aac = "aac"
-    pcm_alaw = "pcm_alaw"
-    none = "none"
+    def complete(incomplete: str) -> list[str]:
+        return [c for c in choices if c.startswith(incomplete)]
 
-
-class HwAccel(StrEnum):
-    none = "none"
-    auto = "auto"
-    nvenc = "nvenc"
-    vaapi = "vaapi"
-    qsv = "qsv"
-    videotoolbox = "videotoolbox"
-
-
-class Restart(StrEnum):
-    on_failure = "on-failure"
-    always = "always"
-    never = "never"
+    # The default is in the help text, not the parameter: a None reaching the daemon
+    # tells an explicit --resolution (refused with --codec copy) from the default.
+    return typer.Option(
+        # "\[": rich would take a bare "[default: ...]" for markup and drop it.
+        help=f"{option.help} \\[default: {option.default}]",
+        show_default=False,
+        metavar=f"[{'|'.join(choices)}]" if choices else option.metavar,
+        parser=parse,
+        autocompletion=complete if choices else None,
+    )
 
 
 def _fail(exc: StreamAlchemyError, as_json: bool) -> NoReturn:
-    raise typer.Exit(actions.report_failure(exc, as_json))
+    raise typer.Exit(report_failure(exc, as_json))
 
 
-def _emit(
-    as_json: bool, action: Callable[[], dict[str, Any]], show: Callable[[dict[str, Any]], None]
-) -> dict[str, Any]:
+def _emit(as_json: bool, action: Callable[[], Any], show: Callable[[Any], None]) -> Any:
     """Run ``action``; print its result as JSON or through ``show``; map errors to exit codes."""
     try:
         result = action()
@@ -92,8 +85,25 @@ def _emit(
     return result
 
 
-def _abs_path(path: str) -> str:
-    return os.path.abspath(os.path.expanduser(path))
+def _render(view: str) -> Callable[[Any], None]:
+    """The rich view of ``render`` by name, imported only when a person reads it."""
+
+    def show(result: Any) -> None:
+        from streamalchemy import render
+
+        getattr(render, view)(result)
+
+    return show
+
+
+NameArg = Annotated[
+    str, typer.Argument(metavar="NAME", help="The stream.", autocompletion=_complete_names)
+]
+NamesArg = Annotated[
+    list[str] | None,
+    typer.Argument(metavar="NAME...", help="The streams.", autocompletion=_complete_names),
+]
+AllOpt = Annotated[bool, typer.Option("--all", help="Every stream.")]
 
 
 @app.command()
@@ -104,119 +114,75 @@ def start(
     file: Annotated[str | None, typer.Option(help="Loop a local video file.")] = None,
     url: Annotated[str | None, typer.Option(help="Relay an RTSP or other network URL.")] = None,
     testsrc: Annotated[bool, typer.Option("--testsrc", help="A synthetic test pattern.")] = False,
-    codec: Annotated[Codec, typer.Option(help="Video codec; copy = no re-encode.")] = Codec.h264,
-    resolution: Annotated[
-        Resolution | None, typer.Option(help="Output height. [default: 1080]")
-    ] = None,
-    fps: Annotated[
-        int | None, typer.Option(min=1, max=120, help="Frames per second. [default: 15]")
-    ] = None,
-    audio: Annotated[Audio, typer.Option(help="Audio codec.")] = Audio.none,
-    hwaccel: Annotated[
-        HwAccel | None, typer.Option(help="Hardware encoder. [default: none]")
-    ] = None,
-    duration: Annotated[
-        str, typer.Option(help="0 = unlimited; hours (1.5) or 90m, 2h, 45s, 1h30m.")
-    ] = "0",
-    output: Annotated[
-        str | None,
-        typer.Option(
-            help="rtsp:// rtmp:// srt:// udp:// URL, hls, null or a file path. "
-            "[default: $STREAMALCHEMY_RTSP_URL/NAME]"
-        ),
-    ] = None,
-    restart: Annotated[Restart, typer.Option(help="When FFmpeg dies.")] = Restart.on_failure,
-    priority: Annotated[int, typer.Option(help="Higher is restored first.")] = 0,
+    codec: Annotated[str | None, _start_option("codec")] = None,
+    resolution: Annotated[str | None, _start_option("resolution")] = None,
+    fps: Annotated[str | None, _start_option("fps")] = None,
+    audio: Annotated[str | None, _start_option("audio")] = None,
+    hwaccel: Annotated[str | None, _start_option("hwaccel")] = None,
+    duration: Annotated[str | None, _start_option("duration")] = None,
+    output: Annotated[str | None, _start_option("output")] = None,
+    restart: Annotated[str | None, _start_option("restart")] = None,
+    priority: Annotated[int | None, _start_option("priority")] = None,
     replace: Annotated[
         bool, typer.Option("--replace", help="Replace a stream of this name.")
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Start a stream, wait until FFmpeg runs, save it, and print its output URL."""
-    sources = [s for s in (file, url, testsrc or None) if s is not None]
-    if len(sources) != 1:
-        _fail(InvalidInput("give exactly one source: --file PATH, --url URL or --testsrc"), as_json)
-    body: dict[str, Any] = {
-        "name": name,
-        "codec": codec.value,
-        "resolution": resolution.value if resolution else None,
-        "fps": fps,
-        "audio": audio.value,
-        "hwaccel": hwaccel.value if hwaccel else None,
-        "duration": duration,
-        "restart": restart.value,
-        "priority": priority,
-        "replace": replace,
-    }
-    if file is not None:
-        body["file"] = _abs_path(file)
-    elif url is not None:
-        body["url"] = url
-    else:
-        body["testsrc"] = True
-    if output is not None:
-        is_path = output not in ("null", "hls") and "://" not in output
-        body["output"] = _abs_path(output) if is_path else output
+    """Start a stream, wait until FFmpeg runs, save it, and print its output URL.
 
-    def show(result: dict[str, Any]) -> None:
-        stream = result["stream"]
-        print(stream["output"])
-        if sys.stderr.isatty():
-            print(
-                f"{stream['name']} started (pid {stream['pid']}, {stream['encoder']})",
-                file=sys.stderr,
-            )
+    A limited stream (--duration) also prints when it ends, on stderr, so that the
+    first line of stdout stays the output URL for scripts.
+    """
 
-    _emit(as_json, lambda: client().request("POST", "/streams", body), show)
+    def action() -> Any:
+        body = commands.start_body(
+            name,
+            file=file,
+            url=url,
+            testsrc=testsrc,
+            output=output,
+            replace=replace,
+            codec=codec,
+            resolution=resolution,
+            fps=fps,
+            audio=audio,
+            hwaccel=hwaccel,
+            duration=duration,
+            restart=restart,
+            priority=priority,
+        )
+        return commands.start(body)
+
+    def show(result: Any) -> None:
+        from streamalchemy.render import started
+
+        started(result["stream"])
+
+    _emit(as_json, action, show)
 
 
 @app.command()
-def stop(
-    names: Annotated[
-        list[str] | None, typer.Argument(metavar="NAME", help="Streams to stop.")
-    ] = None,
-    all_streams: Annotated[bool, typer.Option("--all", help="Stop every stream.")] = False,
-    as_json: JsonOpt = False,
-) -> None:
+def stop(names: NamesArg = None, all_streams: AllOpt = False, as_json: JsonOpt = False) -> None:
     """Stop streams and remove them from the state file."""
-    if bool(names) == all_streams:
-        _fail(InvalidInput("name the streams to stop, or give --all"), as_json)
-    body = {"names": names or [], "all": all_streams}
 
-    def action() -> dict[str, Any]:
-        reply = client().request("POST", "/stop", body)
-        return {"success": True, "stopped": reply["stopped"]}
-
-    def show(result: dict[str, Any]) -> None:
+    def show(result: Any) -> None:
         print(
             f"stopped: {', '.join(result['stopped'])}" if result["stopped"] else "nothing to stop"
         )
 
-    _emit(as_json, action, show)
+    _emit(as_json, lambda: commands.stop(names or [], all_streams), show)
 
 
 @app.command("list")
 def list_streams(as_json: JsonOpt = False) -> None:
     """Show the daemon's streams with live figures, and saved streams that are not running."""
-
-    def show(result: dict[str, Any]) -> None:
-        from streamalchemy import render
-
-        render.streams(result)
-
-    _emit(as_json, actions.list_streams, show)
+    _emit(as_json, commands.list_streams, _render("streams"))
 
 
 @app.command()
 def saved(as_json: JsonOpt = False) -> None:
     """Show the state file's entries (works while the daemon is down)."""
-
-    def show(result: dict[str, Any]) -> None:
-        from streamalchemy import render
-
-        render.saved(result)
-
-    _emit(as_json, actions.saved, show)
+    _emit(as_json, commands.saved, _render("saved"))
 
 
 @app.command()
@@ -231,7 +197,7 @@ def clear(
         if not typer.confirm("Remove every saved stream from the state file?", default=False):
             _fail(InvalidInput("cancelled; nothing was cleared"), as_json)
 
-    _emit(as_json, actions.clear, lambda r: print(r["message"]))
+    _emit(as_json, commands.clear, lambda r: print(r["message"]))
 
 
 @app.command()
@@ -242,58 +208,89 @@ def restore(
     as_json: JsonOpt = False,
 ) -> None:
     """Restore every saved stream that is not running, and report each."""
-
-    def show(result: dict[str, Any]) -> None:
-        from streamalchemy import render
-
-        render.restore(result)
-
-    result = _emit(as_json, lambda: actions.restore(dry_run), show)
+    result = _emit(as_json, lambda: commands.restore(dry_run), _render("restore"))
     if not result["success"]:
         raise typer.Exit(1)
 
 
 @app.command()
 def logs(
-    name: Annotated[str, typer.Argument(metavar="NAME", help="The stream.")],
-    lines: Annotated[int, typer.Option("-n", "--lines", min=0, help="How many lines.")] = 50,
+    name: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[NAME]",
+            help="The stream; without it, every stream's log, each line prefixed with its name.",
+            autocompletion=_complete_names,
+        ),
+    ] = None,
+    lines: Annotated[
+        int, typer.Option("-n", "--lines", min=0, help="How many lines (of each log).")
+    ] = 50,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show a stream's FFmpeg log and lifecycle events."""
+    """Show a stream's FFmpeg log and lifecycle events, or every stream's."""
     if as_json and follow:
         _fail(
             InvalidInput("--follow prints lines as they come; it cannot be combined with --json"),
             as_json,
         )
-    result = _emit(
-        as_json,
-        lambda: client().request("GET", f"/streams/{name}/logs?lines={lines}"),
-        lambda r: print("\n".join(r["lines"])) if r["lines"] else None,
-    )
+    if name is not None:
+        result = _emit(
+            as_json,
+            lambda: commands.logs(name, lines),
+            lambda r: print("\n".join(r["lines"])) if r["lines"] else None,
+        )
+        paths = {name: result["path"]}
+    else:
+        tails = _emit(
+            as_json,
+            lambda: {"success": True, "logs": commands.all_logs(lines)},
+            lambda r: _print_prefixed({n: t["lines"] for n, t in r["logs"].items()}),
+        )
+        paths = {n: t["path"] for n, t in tails["logs"].items()}
     if follow:
-        from streamalchemy.render import follow_file
+        width = max(map(len, paths), default=0)
+        try:
+            for stream, line in commands.follow(paths):
+                print(_prefixed(stream, line, width) if name is None else line, flush=True)
+        except KeyboardInterrupt:
+            pass
 
-        follow_file(result["path"])
+
+def _prefixed(name: str, line: str, width: int) -> str:
+    return f"{name.ljust(width)} | {line}"
+
+
+def _print_prefixed(tails: dict[str, list[str]]) -> None:
+    width = max(map(len, tails), default=0)
+    for stream, lines in tails.items():
+        for line in lines:
+            print(_prefixed(stream, line, width))
 
 
 @app.command()
 def encoders(as_json: JsonOpt = False) -> None:
     """Show video encoders per codec, software and hardware, and which `auto` picks."""
-    from streamalchemy import encoders as enc
+    _emit(as_json, commands.encoders, _render("encoders"))
 
-    def action() -> dict[str, Any]:
-        settings = load_settings()
-        return {"success": True, **enc.report(enc.detect(settings.ffmpeg, settings.data_dir))}
 
-    def show(result: dict[str, Any]) -> None:
-        from streamalchemy import render
+@app.command()
+def restart(names: NamesArg = None, all_streams: AllOpt = False, as_json: JsonOpt = False) -> None:
+    """Stop and start streams again with their saved spec; the deadline is kept."""
 
-        render.encoders(result)
+    def show(result: Any) -> None:
+        print(f"restarted: {', '.join(result['restarted'])}" if result["restarted"] else "none")
 
-    _emit(as_json, action, show)
+    _emit(as_json, lambda: commands.restart(names or [], all_streams), show)
+
+
+@app.command()
+def show(name: NameArg, as_json: JsonOpt = False) -> None:
+    """Everything about one stream: spec, output, status, deadline, restarts, last exits, log."""
+    _emit(as_json, lambda: commands.show(name), _render("details"))
 
 
 @app.command()
@@ -304,12 +301,12 @@ def top(as_json: JsonOpt = False) -> None:
     not a terminal, prints one snapshot and exits.
     """
     if as_json:
-        _emit(True, actions.list_streams, print)
+        _emit(True, commands.list_streams, print)
         return
     from streamalchemy import top as view
     from streamalchemy.render import console
 
-    fetch = view.fetcher(actions.client())
+    fetch = view.fetcher(commands.client())
     try:
         code = view.live(fetch, console) if console.is_terminal else view.once(fetch, console)
     except StreamAlchemyError as exc:
@@ -333,17 +330,8 @@ def daemon_run(
     ] = None,
 ) -> None:
     """Run the daemon in the foreground (for systemd's ExecStart=)."""
-    from streamalchemy import daemon
-    from streamalchemy.settings import parse_addr
-
     try:
-        flags = {}
-        if metrics_addr is not None:
-            try:
-                flags["metrics_addr"] = parse_addr(metrics_addr)
-            except ValueError as exc:
-                raise InvalidInput(f"--metrics-addr {metrics_addr!r} is invalid: {exc}") from None
-        daemon.run(load_settings(flags), restore=not no_restore)
+        commands.daemon_run(restore=not no_restore, metrics_addr=metrics_addr)
     except StreamAlchemyError as exc:
         _fail(exc, False)
 
@@ -351,20 +339,13 @@ def daemon_run(
 @daemon_app.command("stop")
 def daemon_stop(as_json: JsonOpt = False) -> None:
     """Stop the daemon gracefully; its streams come back at its next launch."""
-
-    _emit(as_json, actions.daemon_stop, lambda r: print(r["message"]))
+    _emit(as_json, commands.daemon_stop, lambda r: print(r["message"]))
 
 
 @daemon_app.command("status")
 def daemon_status(as_json: JsonOpt = False) -> None:
-    """Show the daemon's pid, version, uptime, paths and number of streams."""
-
-    def show(result: dict[str, Any]) -> None:
-        from streamalchemy import render
-
-        render.status(result)
-
-    _emit(as_json, actions.daemon_status, show)
+    """Show the daemon's pid, version, uptime, home, installation, paths and streams."""
+    _emit(as_json, commands.daemon_status, _render("status"))
 
 
 FlavourOpt = Annotated[
@@ -372,7 +353,7 @@ FlavourOpt = Annotated[
     typer.Option(
         "--user/--system",
         help="A user unit (starts at login, or at boot with lingering) or a system unit "
-        "(starts at boot). [default: --system for root, else --user]",
+        "(starts at boot). \\[default: --system for root, else --user]",
     ),
 ]
 NoSystemctlOpt = Annotated[
@@ -389,30 +370,26 @@ def service_install(
     ] = False,
     run_as: Annotated[
         str | None,
-        typer.Option(help="The system unit's user. [default: $SUDO_USER, else you]"),
+        typer.Option(help="The system unit's user. \\[default: $SUDO_USER, else you]"),
     ] = None,
     no_systemctl: NoSystemctlOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Write a systemd unit that runs `streamalchemy daemon run`, then enable and start it."""
-    from streamalchemy import service
 
-    flavour = service.flavour_for(user)
+    def show(result: Any) -> None:
+        from streamalchemy import service
 
-    def action() -> dict[str, Any]:
-        unit = service.build(flavour, os.environ, run_as)
-        if print_only:
-            return {"success": True, "path": str(unit.path), "flavour": flavour, "unit": unit.text}
-        use = not no_systemctl and service.systemctl_usable(flavour)
-        return service.install(unit, use_systemctl=use, daemon_running=client().reachable())
-
-    def show(result: dict[str, Any]) -> None:
         if print_only:
             print(result["unit"], end="")
         else:
             print(service.summary(result))
 
-    _emit(as_json, action, show)
+    _emit(
+        as_json,
+        lambda: commands.service_install(user, print_only, run_as, no_systemctl),
+        show,
+    )
 
 
 @service_app.command("uninstall")
@@ -420,15 +397,13 @@ def service_uninstall(
     user: FlavourOpt = None, no_systemctl: NoSystemctlOpt = False, as_json: JsonOpt = False
 ) -> None:
     """Stop and disable the systemd unit and remove it; saved streams stay saved."""
-    from streamalchemy import service
 
-    flavour = service.flavour_for(user)
+    def show(result: Any) -> None:
+        from streamalchemy import service
 
-    def action() -> dict[str, Any]:
-        use = not no_systemctl and service.systemctl_usable(flavour)
-        return service.uninstall(flavour, os.environ, use_systemctl=use)
+        print(service.summary(result))
 
-    _emit(as_json, action, lambda r: print(service.summary(r)))
+    _emit(as_json, lambda: commands.service_uninstall(user, no_systemctl), show)
 
 
 def _version(value: bool) -> None:

@@ -62,12 +62,11 @@ def hours_text(seconds: float) -> str:
     return f"{seconds / 3600:.6f}".rstrip("0").rstrip(".")
 
 
-def deadline(saved_at: float, duration: float) -> float | None:
-    """When a stream saved at ``saved_at`` ends; None when it runs without limit."""
-    return saved_at + duration if duration else None
-
-
-def remaining(saved_at: float, duration: float, now: float) -> float | None:
-    """Seconds left at ``now`` (0 once over); None when unlimited."""
-    end = deadline(saved_at, duration)
-    return None if end is None else max(0.0, end - now)
+def duration_text(seconds: float) -> str:
+    """``seconds`` as ``--duration`` takes it back: 2m, 1h30m, 45s, 2h, 1h5s; 0 = unlimited."""
+    total = round(seconds)
+    if total <= 0:
+        return "0"
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return "".join(f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if n)

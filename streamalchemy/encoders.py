@@ -1,8 +1,9 @@
 """Which video encoders this FFmpeg and this machine offer, and what ``auto`` picks.
 
 Probing costs an ``ffmpeg -encoders`` run plus a test encode per hardware encoder,
-so results are kept per FFmpeg binary (path, mtime, size) in memory and in a JSON
-file in the data directory: a daemon restart does not probe again. Device
+so results are kept per FFmpeg binary (path, mtime, size) in a JSON file in the
+data directory (and by each ``Chooser`` in memory): a daemon restart does not probe
+again. Device
 presence is looked up on every call (it is cheap and a GPU can come and go).
 """
 
@@ -95,9 +96,6 @@ class _Probe:
     tested: dict[str, bool] = field(default_factory=dict)
 
 
-_MEMORY: dict[tuple[str, int, int], _Probe] = {}
-
-
 def detect(
     ffmpeg: str,
     cache_dir: Path | None,
@@ -116,11 +114,10 @@ def detect(
     st = os.stat(real)
     key = (real, st.st_mtime_ns, st.st_size)
     cache = Path(cache_dir, CACHE_FILE) if cache_dir else None
-    probe = _MEMORY.get(key) or (_read_cache(cache, key) if cache else None)
+    probe = _read_cache(cache, key) if cache else None
     unsaved = probe is None
     if probe is None:
         probe = _Probe(_list_encoders(binary, timeout))
-    _MEMORY[key] = probe
     tested_before = len(probe.tested)
     table = _table(probe, devices(), lambda name: _test_encode(binary, name, timeout))
     if cache and (unsaved or len(probe.tested) != tested_before):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from streamalchemy.spec import StreamSpec, output_muxer
+from streamalchemy.spec import TESTSRC_FPS, TESTSRC_RESOLUTION, StreamSpec, output_muxer
 
 # How long a network source may stay silent before FFmpeg gives up (and the
 # supervisor restarts it), in microseconds as FFmpeg wants it.
@@ -77,7 +77,7 @@ def _input_args(spec: StreamSpec) -> list[str]:
         # -re: play the file at its own pace, as a camera would, looping forever.
         return ["-re", "-stream_loop", "-1", "-i", spec.source]
     if spec.source_type == "testsrc":
-        height, fps = _size(spec)
+        height, fps = spec.resolution or TESTSRC_RESOLUTION, spec.fps or TESTSRC_FPS
         video = f"testsrc2=size={_width(height)}x{height}:rate={fps}"
         args = ["-re", "-f", "lavfi", "-i", video]
         if spec.audio != "none":
@@ -114,10 +114,13 @@ def _map_args(spec: StreamSpec) -> list[str]:
 def _video_args(spec: StreamSpec, encoder: str) -> list[str]:
     if spec.codec == "copy":
         return ["-c:v", "copy"]
-    height, fps = _size(spec)
+    # "source" size or rate: no filter, and the bitrate and GOP of a 1080p30 picture.
+    height, fps = spec.resolution or TESTSRC_RESOLUTION, spec.fps or TESTSRC_FPS
     gop = str(KEYFRAME_SECONDS * fps)
     kbps = max(200, round(_width(height) * height * fps * _BITS_PER_PIXEL[spec.codec] / 1000))
-    filters = [f"scale=-2:{height}", f"fps={fps}", *_upload_filters(encoder)]
+    filters = [f"scale=-2:{height}"] if spec.resolution else []
+    filters += [f"fps={fps}"] if spec.fps else []
+    filters += _upload_filters(encoder)
     return [
         *("-vf", ",".join(filters)),
         *("-c:v", encoder, *_encoder_options(encoder)),
@@ -189,12 +192,6 @@ def _container_args(muxer: str, target: str) -> list[str]:
         # file: so that a ':' in the name is never read as a protocol.
         return ["-f", muxer, *fragments, "-y", f"file:{target}"]
     return ["-f", muxer, target]  # flv for rtmp, mpegts for srt/udp/tcp
-
-
-def _size(spec: StreamSpec) -> tuple[int, int]:
-    if spec.resolution is None or spec.fps is None:
-        raise ValueError(f"{spec.name}: codec {spec.codec} has no resolution or fps")
-    return spec.resolution, spec.fps
 
 
 def _width(height: int) -> int:

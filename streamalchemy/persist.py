@@ -110,8 +110,6 @@ class StateStore:
         self.enabled = enabled
         self.lock_timeout = lock_timeout
         self._lock = filelock.FileLock(f"{self.path}.lock", timeout=lock_timeout, mode=0o600)
-        self.writes = 0  # attempted and failed writes, for the daemon's metrics
-        self.write_errors = 0
 
     # -- the public operations -------------------------------------------------------
 
@@ -253,7 +251,6 @@ class StateStore:
         data = json.dumps(doc, indent=2).encode() + b"\n"
         prefix = f".{self.path.name}.tmp-"
         tmp: str | None = None
-        self.writes += 1
         try:
             for stale in self.path.parent.glob(glob.escape(prefix) + "*"):
                 stale.unlink()  # left by a writer killed mid-write: we hold the lock
@@ -268,7 +265,6 @@ class StateStore:
             tmp = None
             _fsync_dir(self.path.parent)
         except OSError as exc:
-            self.write_errors += 1
             raise StateFileError(
                 f"{self.path}: cannot write the state file ({_cause(exc)})"
             ) from exc

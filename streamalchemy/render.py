@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from streamalchemy.durations import parse_duration_hours
-from streamalchemy.errors import InvalidInput
-from streamalchemy.spec import mask_credentials
+from streamalchemy.durations import duration_text
+from streamalchemy.spec import mask_credentials, read_saved
 
 # Piped output keeps whole lines: scripts grep it, and 80 columns would cut every cell.
 console = Console(width=None if sys.stdout.isatty() else 240)
@@ -39,6 +38,11 @@ def span(seconds: float | None) -> str:
     if hours:
         return f"{hours}h{minutes:02d}m"
     return f"{minutes}m{s:02d}s" if minutes else f"{s}s"
+
+
+def _when(at: float) -> str:
+    """A local date and time, as the user's clock shows it."""
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(at))
 
 
 def _num(value: float | None, fmt: str) -> str:
@@ -111,24 +115,22 @@ def saved(result: dict[str, Any]) -> None:
         table.add_column(column)
     now = time.time()
     for name, entry in sorted(result["streams"].items()):
-        config = entry.get("config", {})
-        source = config.get("video_file_path") or config.get("source_url") or "testsrc"
-        try:
-            duration = parse_duration_hours(config.get("duration_hours"))
-        except InvalidInput:
-            duration = 0.0
-        saved_at = float(entry.get("saved_at", now))
-        left = span(max(0.0, saved_at + duration - now)) if duration else "unlimited"
+        view = read_saved(name, entry)
+        spec = view.spec
+        if spec is None:
+            table.add_row(name, "[red]invalid[/]", view.error, *["-"] * 6)
+            continue
+        deadline = view.deadline
         table.add_row(
             name,
-            config.get("stream_type", "?"),
-            mask_credentials(str(source)),
-            config.get("video_codec", "?"),
-            span(duration) if duration else "unlimited",
-            time.strftime("%Y-%m-%d %H:%M", time.localtime(saved_at)),
-            left,
-            str(config.get("priority") or 0),
-            mask_credentials(config.get("output") or "default RTSP"),
+            spec.source_type,
+            mask_credentials(spec.source or "testsrc"),
+            spec.codec,
+            duration_text(spec.duration) if spec.duration else "unlimited",
+            _when(view.saved_at),
+            "unlimited" if deadline is None else span(max(0.0, deadline - now)),
+            str(spec.priority),
+            mask_credentials(spec.output or "default RTSP"),
         )
     if result["streams"]:
         console.print(table)
@@ -168,6 +170,8 @@ def status(result: dict[str, Any]) -> None:
     table.add_column()
     table.add_row("pid", str(result["pid"]))
     table.add_row("version", result["version"])
+    table.add_row("home", result.get("home", "-"))
+    table.add_row("installed at", result.get("install_path", "-"))
     table.add_row("uptime", span(result["uptime_seconds"]))
     table.add_row("socket", result["socket"])
     table.add_row("state file", result["state_file"])
@@ -176,34 +180,67 @@ def status(result: dict[str, Any]) -> None:
     console.print(table)
 
 
-def follow_file(path: str, interval: float = 0.5) -> None:
-    """Print lines appended to ``path`` until Ctrl-C, following rotation like ``tail -F``."""
-    handle = None
-    inode = None
-    try:
-        while True:
-            try:
-                st = os.stat(path)
-            except FileNotFoundError:
-                time.sleep(interval)
-                continue
-            if handle is None or st.st_ino != inode or st.st_size < handle.tell():
-                if handle is not None:
-                    sys.stdout.write(handle.read())
-                    handle.close()
-                new = handle is None
-                handle = open(path, errors="replace")  # noqa: SIM115 - kept open while following
-                inode = st.st_ino
-                if new:
-                    handle.seek(0, os.SEEK_END)
-            chunk = handle.read()
-            if chunk:
-                sys.stdout.write(chunk)
-                sys.stdout.flush()
-            else:
-                time.sleep(interval)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if handle is not None:
-            handle.close()
+def started(stream: dict[str, Any]) -> None:
+    """``start``'s human output: the output URL alone on stdout (scripts take it), the rest
+    on stderr: when a limited stream ends, and the pid and encoder at a terminal."""
+    print(stream["output"])
+    remaining = stream.get("remaining_seconds")
+    if remaining is not None:
+        end = time.time() + remaining
+        print(
+            f"{stream['name']} runs until {_when(end)} "
+            f"({duration_text(stream.get('duration_seconds') or remaining)})",
+            file=sys.stderr,
+        )
+    if sys.stderr.isatty():
+        print(
+            f"{stream['name']} started (pid {stream['pid']}, {stream['encoder']})",
+            file=sys.stderr,
+        )
+
+
+def details(result: dict[str, Any]) -> None:
+    """``show NAME``: one stream, key by key, then its spec and its last exits."""
+    s = result["stream"]
+    table = Table(box=None, show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    status = s["status"]
+    deadline = result.get("deadline")
+    rows = [
+        ("name", s["name"]),
+        ("status", f"[{STATUS_STYLE.get(status, '')}]{status}[/]"),
+        ("pid", str(s["pid"] or "-")),
+        ("source", s["source"]),
+        ("output", s.get("current_output") or s["output"]),
+        ("encoder", s["encoder"] or "-"),
+        ("saved at", _when(s["saved_at"])),
+        ("ends", "unlimited" if deadline is None else _when(deadline)),
+        ("left", "unlimited" if s["remaining_seconds"] is None else span(s["remaining_seconds"])),
+        ("uptime", span(s["uptime_seconds"])),
+        ("restarts", str(s["restarts"])),
+        ("last error", s["last_error"] or "-"),
+        ("log", result.get("log_file") or s.get("log_file", "-")),
+    ]
+    for key, value in rows:
+        table.add_row(key, value if key == "status" else escape(str(value)))
+    console.print(table)
+    spec = result.get("spec") or {}
+    if spec:
+        console.print("[bold]spec[/]")
+        options = Table(box=None, show_header=False)
+        options.add_column(style="bold")
+        options.add_column()
+        for key, value in spec.items():
+            options.add_row(f"  {key}", escape("-" if value is None else str(value)))
+        console.print(options)
+    exits = result.get("exits") or []
+    if exits:
+        console.print("[bold]last exits[/]")
+        table = Table(box=None, header_style="bold")
+        for column in ("  AT", "CODE", "REASON"):
+            table.add_column(column)
+        for e in exits:
+            code = "-" if e["code"] is None else str(e["code"])
+            table.add_row(f"  {_when(e['at'])}", code, escape(e["reason"]))
+        console.print(table)

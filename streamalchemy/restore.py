@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streamalchemy.errors import EncoderUnavailable, InvalidInput, StreamAlchemyError
-from streamalchemy.spec import StreamSpec, spec_from_entry
+from streamalchemy.errors import EncoderUnavailable, StreamAlchemyError
+from streamalchemy.spec import StreamSpec, read_saved
 
 
 @dataclass(frozen=True)
@@ -27,13 +27,6 @@ class Step:
     saved_at: float = 0.0
     encoder: str = ""
     expired: bool = False
-
-
-def _priority(entry: Any) -> int:
-    try:
-        return int(entry["config"].get("priority") or 0)
-    except (TypeError, KeyError, AttributeError, ValueError):
-        return 0
 
 
 def _ago(seconds: float) -> str:
@@ -52,16 +45,14 @@ def plan(
     """Return one step per saved stream, highest priority first."""
     now = time.time() if now is None else now
     steps = []
-    for name in sorted(entries, key=lambda n: (-_priority(entries[n]), n)):
-        entry = entries[name]
+    views = [read_saved(name, entry) for name, entry in entries.items()]
+    for view in sorted(views, key=lambda v: (-v.priority, v.name)):
+        name, spec, saved_at = view.name, view.spec, view.saved_at
         if name in running:
             steps.append(Step(name, "skipped", "already running"))
             continue
-        try:
-            spec = spec_from_entry(name, entry)
-            saved_at = float(entry["saved_at"])
-        except (InvalidInput, KeyError, TypeError, ValueError) as exc:
-            steps.append(Step(name, "failed", f"invalid saved entry: {exc}"))
+        if spec is None:
+            steps.append(Step(name, "failed", view.error))
             continue
         if spec.duration and now >= saved_at + spec.duration:
             over = now - saved_at - spec.duration

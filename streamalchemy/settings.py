@@ -1,17 +1,16 @@
-"""Where things live and how the daemon behaves: flag > environment > config.toml > default.
+"""Where things live and how the daemon behaves: environment > config.toml > default.
 
-Only reads; creating directories is left to the code that writes into them.
+Only reads; creating directories is left to the code that writes into them. Every
+CLI command loads this, ``--json`` polls included: it imports no more than it must
+(tomllib only when a config.toml exists, platformdirs only without a home).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from streamalchemy.errors import ConfigError
 
@@ -19,8 +18,7 @@ APP = "streamalchemy"
 DEFAULT_RTSP_URL = "rtsp://127.0.0.1:8554"
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     data_dir: Path
     log_dir: Path
     config_file: Path
@@ -142,13 +140,29 @@ def _base_dirs(env: Mapping[str, str]) -> tuple[Path, Path, Path, Path]:
     return data, logs, runtime, config
 
 
+def _which(program: str) -> str | None:
+    """``shutil.which`` for a bare name or a path, without importing shutil."""
+    if os.sep in program:
+        return program if os.access(program, os.X_OK) and os.path.isfile(program) else None
+    for directory in os.get_exec_path():
+        path = os.path.join(directory, program)
+        if os.access(path, os.X_OK) and os.path.isfile(path):
+            return path
+    return None
+
+
 def _read_config(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as f:
-            doc = tomllib.load(f)
+        data = path.read_bytes()
     except FileNotFoundError:
         return {}
-    except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc}); fix or remove it") from exc
+    import tomllib
+
+    try:
+        doc = tomllib.loads(data.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc}); fix or remove it") from exc
     unknown = sorted(set(doc) - set(_KNOWN))
     if unknown:
@@ -158,21 +172,15 @@ def _read_config(path: Path) -> dict[str, Any]:
     return doc
 
 
-def load_settings(
-    flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
-) -> Settings:
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Resolve every setting; raise ConfigError naming the variable or file at fault."""
     env = os.environ if env is None else env
-    flags = {k: v for k, v in (flags or {}).items() if v is not None}
     data, logs, runtime, config_dir = _base_dirs(env)
     config_file = config_dir / "config.toml"
     config = _read_config(config_file)
 
     resolved: dict[str, Any] = {}
     for key, (var, parse) in _KNOWN.items():
-        if key in flags:
-            resolved[key] = flags[key]
-            continue
         if env.get(var, "").strip():
             source, raw = var, env[var]
         elif key in config:
@@ -193,13 +201,13 @@ def load_settings(
         hls_dir=data / "hls",
         persistence_enabled=resolved.get("persistence_enabled", True),
         backup_count=resolved.get("backup_count", 3),
-        ffmpeg=resolved.get("ffmpeg") or shutil.which("ffmpeg") or "ffmpeg",
-        ffprobe=resolved.get("ffprobe") or shutil.which("ffprobe") or "ffprobe",
+        ffmpeg=resolved.get("ffmpeg") or _which("ffmpeg") or "ffmpeg",
+        ffprobe=resolved.get("ffprobe") or _which("ffprobe") or "ffprobe",
         rtsp_url=resolved.get("rtsp_url", DEFAULT_RTSP_URL),
         autostart=resolved.get("autostart", True),
         stall_timeout=resolved.get("stall_timeout", 20.0),
         # "" is off: no look on PATH.
-        mediamtx=(resolved["mediamtx"] if "mediamtx" in resolved else shutil.which("mediamtx"))
+        mediamtx=(resolved["mediamtx"] if "mediamtx" in resolved else _which("mediamtx"))
         or None,
         log_max_bytes=resolved.get("log_max_bytes", 10 << 20),
         log_backups=resolved.get("log_backups", 3),

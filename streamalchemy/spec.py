@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from streamalchemy.durations import hours_text, parse_duration, parse_duration_hours
 from streamalchemy.errors import InvalidInput
+from streamalchemy.names import validate_name as validate_name
 
 CODECS = ("h264", "h265", "mpeg4", "copy")
 RESOLUTIONS = (480, 720, 1080, 1440, 2160)
@@ -30,10 +31,51 @@ OUTPUT_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "srt", "udp", "tcp")
 # File extension -> the FFmpeg muxer that writes it; only containers that take a live stream.
 FILE_MUXERS = {".ts": "mpegts", ".mp4": "mp4", ".mkv": "matroska", ".flv": "flv", ".mov": "mov"}
 
-DEFAULT_RESOLUTION = 1080
-DEFAULT_FPS = 15
+# "source": a re-encode keeps the source's size and frame rate (no scale, no fps filter).
+SOURCE = "source"
+# What a generated test pattern is when its size or rate is "source".
+TESTSRC_RESOLUTION = 1080
+TESTSRC_FPS = 30
 
-_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+@dataclass(frozen=True)
+class StartOption:
+    """One ``start`` option: the CLI builds its Typer option from this, the daemon its default."""
+
+    default: str  # as shown in --help, and what a missing or null value means
+    help: str
+    choices: tuple[str, ...] = ()  # empty: free text checked by the validation below
+    metavar: str = ""
+
+
+# The vocabulary of ``start`` (and of the HTTP body and the apply file): defined once.
+START_OPTIONS: dict[str, StartOption] = {
+    "codec": StartOption("h264", "Video codec; copy = no re-encode.", CODECS),
+    "resolution": StartOption(
+        SOURCE,
+        f"Output height; source keeps the source's size (a test pattern is {TESTSRC_RESOLUTION}).",
+        (SOURCE, *map(str, RESOLUTIONS)),
+    ),
+    "fps": StartOption(
+        SOURCE,
+        "Frames per second, 1-120; source keeps the source's rate (a test pattern is "
+        f"{TESTSRC_FPS}).",
+        metavar="source|1-120",
+    ),
+    "audio": StartOption("none", "Audio codec.", AUDIO_CODECS),
+    "hwaccel": StartOption("none", "Hardware encoder.", HWACCELS),
+    "duration": StartOption(
+        "0", "0 = unlimited; hours as a number (1.5) or 90m, 2h, 45s, 1h30m.", metavar="DURATION"
+    ),
+    "output": StartOption(
+        "$STREAMALCHEMY_RTSP_URL/NAME",
+        "rtsp:// rtmp:// srt:// udp:// URL, hls, null or a file path.",
+        metavar="OUTPUT",
+    ),
+    "restart": StartOption("on-failure", "When FFmpeg dies.", RESTARTS),
+    "priority": StartOption("0", "Higher is restored first.", metavar="INTEGER"),
+}
+
 _REQUEST_KEYS = frozenset(
     {"name", "file", "url", "testsrc", "codec", "resolution", "fps", "audio", "hwaccel"}
     | {"duration", "output", "restart", "priority", "replace"}
@@ -52,8 +94,8 @@ class StreamSpec:
     source_type: str  # "file" | "rtsp" (any URL) | "testsrc"
     source: str  # absolute file path, URL, or "" for testsrc
     codec: str = "h264"
-    resolution: int | None = DEFAULT_RESOLUTION  # None when codec is copy
-    fps: int | None = DEFAULT_FPS  # None when codec is copy
+    resolution: int | None = None  # None: the source's (and always with codec copy)
+    fps: int | None = None  # None: the source's (and always with codec copy)
     audio: str = "none"
     hwaccel: str = "none"
     duration: float = 0.0  # seconds, 0 = unlimited
@@ -66,8 +108,8 @@ class StreamSpec:
         config = {
             "video_codec": self.codec,
             # copy keeps neither; "" says so instead of a misleading default.
-            "resolution": "" if self.resolution is None else str(self.resolution),
-            "target_fps": "" if self.fps is None else str(self.fps),
+            "resolution": _config_size(self.codec, self.resolution),
+            "target_fps": _config_size(self.codec, self.fps),
             "audio_enabled": "no" if self.audio == "none" else "yes",
             "audio_codec": self.audio,
             "hardware_accel": {"none": "no", "auto": "yes"}.get(self.hwaccel, self.hwaccel),
@@ -83,11 +125,10 @@ class StreamSpec:
         return config
 
 
-def validate_name(name: object) -> str:
-    """Return ``name`` if it can name a stream (and a file, and a URL path), else refuse it."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise InvalidInput(f"invalid stream name {name!r}: use 1-64 letters, digits, '_' or '-'")
-    return name
+def _config_size(codec: str, value: int | None) -> str:
+    if codec == "copy":
+        return ""
+    return SOURCE if value is None else str(value)
 
 
 def mask_credentials(text: str) -> str:
@@ -99,6 +140,21 @@ def mask_credentials(text: str) -> str:
     return _CREDENTIALS.sub(hide, text)
 
 
+def source_kind(body: Mapping[str, Any]) -> str:
+    """Which one source ``body`` gives: "file", "url" or "testsrc"; refuse none or several."""
+    testsrc = body.get("testsrc")
+    if testsrc is not None and not isinstance(testsrc, bool):
+        raise InvalidInput(f"invalid testsrc {testsrc!r}: use true or false")
+    given = [k for k in ("file", "url") if body.get(k) is not None]
+    given += ["testsrc"] if testsrc else []
+    if len(given) != 1:
+        raise InvalidInput(
+            "give exactly one source: --file PATH, --url URL or --testsrc "
+            f"(got {', '.join(given) or 'none'})"
+        )
+    return given[0]
+
+
 def spec_from_request(body: Mapping[str, Any]) -> StreamSpec:
     """Validate the body of ``POST /streams``, which the CLI sends; missing or null = default."""
     if not isinstance(body, Mapping):
@@ -108,16 +164,7 @@ def spec_from_request(body: Mapping[str, Any]) -> StreamSpec:
         raise InvalidInput(
             f"unknown field {unknown[0]!r}: known fields are {', '.join(sorted(_REQUEST_KEYS))}"
         )
-    testsrc = body.get("testsrc")
-    if testsrc is not None and not isinstance(testsrc, bool):
-        raise InvalidInput(f"invalid testsrc {testsrc!r}: use true or false")
-    given = [k for k in ("file", "url") if body.get(k) is not None]
-    given += ["testsrc"] if testsrc else []
-    if len(given) != 1:
-        raise InvalidInput(
-            f"give exactly one source: file, url or testsrc (got {', '.join(given) or 'none'})"
-        )
-    kind = given[0]
+    kind = source_kind(body)
     source_type = {"file": "file", "url": "rtsp", "testsrc": "testsrc"}[kind]
     return _validated(
         body.get("name"),
@@ -168,6 +215,42 @@ def spec_from_entry(name: str, entry: Mapping[str, Any]) -> StreamSpec:
         labels={**_ENTRY_LABELS, "file": "video_file_path", "url": "source_url"},
         refuse_copy_options=False,
     )
+
+
+@dataclass(frozen=True)
+class SavedStream:
+    """One state-file entry as every reader sees it: its spec, or why it has none."""
+
+    name: str
+    spec: StreamSpec | None  # None when the entry is invalid
+    saved_at: float
+    priority: int
+    error: str = ""  # why the entry is invalid
+
+    @property
+    def deadline(self) -> float | None:
+        """When the stream ends for good; None when unlimited (or invalid)."""
+        if self.spec is None or not self.spec.duration:
+            return None
+        return self.saved_at + self.spec.duration
+
+
+def read_saved(name: str, entry: Any) -> SavedStream:
+    """The one view of a saved entry, for the restore, ``saved``, ``show`` and the renderer."""
+    try:
+        spec = spec_from_entry(name, entry)
+        saved_at = float(entry["saved_at"])
+    except (InvalidInput, KeyError, TypeError, ValueError) as exc:
+        return SavedStream(name, None, 0.0, _loose_priority(entry), f"invalid saved entry: {exc}")
+    return SavedStream(name, spec, saved_at, spec.priority)
+
+
+def _loose_priority(entry: Any) -> int:
+    """An invalid entry's priority, when it has a readable one, for the restore order."""
+    try:
+        return int(entry["config"].get("priority") or 0)
+    except (TypeError, KeyError, AttributeError, ValueError):
+        return 0
 
 
 # -- the one validation path -------------------------------------------------------------
@@ -229,7 +312,7 @@ def _validated(
         return labels.get(field, field)
 
     name = validate_name(name)
-    codec = _choice(label("codec"), fields["codec"], CODECS, "h264")
+    codec = _option("codec", label, fields)
     copy = codec == "copy"
     if copy:
         explicit = [f for f in _COPY_REFUSES if fields[f] is not None]
@@ -245,8 +328,8 @@ def _validated(
             )
     resolution = None if copy else _resolution(label("resolution"), fields["resolution"])
     fps = None if copy else _fps(label("fps"), fields["fps"])
-    hwaccel = "none" if copy else _choice(label("hwaccel"), fields["hwaccel"], HWACCELS, "none")
-    audio = _choice(label("audio"), fields["audio"], AUDIO_CODECS, "none")
+    hwaccel = "none" if copy else _option("hwaccel", label, fields)
+    audio = _option("audio", label, fields)
     output = _output(fields["output"])
     _check_container(codec, audio, output)
     source = _source(source_type, source, label)
@@ -265,9 +348,15 @@ def _validated(
         hwaccel=hwaccel,
         duration=_duration(label("duration"), fields["duration"]),
         output=output,
-        restart=_choice(label("restart"), fields["restart"], RESTARTS, "on-failure"),
+        restart=_option("restart", label, fields),
         priority=_integer(label("priority"), fields["priority"], 0),
     )
+
+
+def _option(key: str, label: Callable[[str], str], fields: Mapping[str, object]) -> str:
+    """A choice option of START_OPTIONS: its default when missing, else one of its choices."""
+    option = START_OPTIONS[key]
+    return _choice(label(key), fields[key], option.choices, option.default)
 
 
 def _choice(field: str, value: object, choices: tuple[str, ...], default: str) -> str:
@@ -289,18 +378,28 @@ def _integer(field: str, value: object, default: int, accepted: str = "a whole n
     raise InvalidInput(f"invalid {field} {value!r}: use {accepted}")
 
 
-def _resolution(field: str, value: object) -> int:
-    accepted = _either(RESOLUTIONS)
-    resolution = _integer(field, value, DEFAULT_RESOLUTION, accepted)
+def _is_source(value: object) -> bool:
+    return value is None or (isinstance(value, str) and value.strip().lower() == SOURCE)
+
+
+def _resolution(field: str, value: object) -> int | None:
+    """An output height, or None for the source's own size."""
+    if _is_source(value):
+        return None
+    accepted = f"{SOURCE}, {_either(RESOLUTIONS)}"
+    resolution = _integer(field, value, 0, accepted)
     if resolution not in RESOLUTIONS:
         raise InvalidInput(f"invalid {field} {value!r}: use {accepted}")
     return resolution
 
 
-def _fps(field: str, value: object) -> int:
+def _fps(field: str, value: object) -> int | None:
+    """A frame rate, or None for the source's own rate."""
+    if _is_source(value):
+        return None
     low, high = FPS_RANGE
-    accepted = f"a whole number from {low} to {high}"
-    fps = _integer(field, value, DEFAULT_FPS, accepted)
+    accepted = f"{SOURCE} or a whole number from {low} to {high}"
+    fps = _integer(field, value, 0, accepted)
     if not low <= fps <= high:
         raise InvalidInput(f"invalid {field} {value!r}: use {accepted}")
     return fps

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -72,3 +73,21 @@ def test_bash_completes_through_the_generated_function(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["stop", "status"]
+
+
+def test_stream_names_complete_from_the_state_file_without_a_daemon(tmp_home: Path) -> None:
+    entry = {"config": {"stream_type": "testsrc"}, "saved_at": 1.0, "status": "active"}
+    state = {"cam1": entry, "cam2": entry, "lobby": entry}
+    (tmp_home / "active_streams.json").write_text(json.dumps(state))
+    var = "_STREAMALCHEMY_COMPLETE"
+    for words, cword, expected in (
+        ("streamalchemy stop ca", "2", ["cam1", "cam2"]),
+        ("streamalchemy restart cam1 l", "3", ["lobby"]),
+        ("streamalchemy show ", "2", ["cam1", "cam2", "lobby"]),
+        ("streamalchemy logs lo", "2", ["lobby"]),
+    ):
+        out = run([], **{var: "complete_bash", "COMP_WORDS": words, "COMP_CWORD": cword})
+        assert out.split() == expected, words
+    # Completing never starts a daemon, even with autostart on.
+    assert not (tmp_home / "streamalchemy.sock").exists()
+    assert not (tmp_home / "daemon.pid").exists()

@@ -263,7 +263,8 @@ def test_argv_for_a_live_testsrc_to_the_default_rtsp_server() -> None:
     )
     assert "-re -f lavfi -i testsrc2=size=1920x1080:rate=25 -re -f lavfi -i sine=" in argv
     assert "-map 0:v:0 -map 1:a:0 " in argv
-    assert "-vf scale=-2:1080,fps=25,format=yuv420p -c:v libx264 -preset veryfast" in argv
+    # A test pattern is made at its size and rate: no scale filter; the fps asked is kept.
+    assert "-vf fps=25,format=yuv420p -c:v libx264 -preset veryfast" in argv
     assert "-tune zerolatency" in argv
     assert "-g 50 -keyint_min 50 -bf 0 -force_key_frames expr:gte(t,n_forced*2)" in argv
     assert "-b:v 4147k -maxrate 4147k -bufsize 8294k" in argv
@@ -346,7 +347,15 @@ def test_output_target_is_what_a_user_opens() -> None:
 def test_vaapi_uploads_frames_to_its_device() -> None:
     argv = argv_text({"testsrc": True, "codec": "h265", "hwaccel": "vaapi"}, "hevc_vaapi")
     assert " -vaapi_device /dev/dri/renderD128 -re -f lavfi" in argv
-    assert "-vf scale=-2:1080,fps=15,format=nv12,hwupload -c:v hevc_vaapi -g 30" in argv
+    assert "-vf format=nv12,hwupload -c:v hevc_vaapi -g 60" in argv
+
+
+def test_source_size_and_rate_by_default_and_a_1080p30_test_pattern() -> None:
+    argv = argv_text({"file": "/v/a.mp4"})
+    assert "-vf format=yuv420p -c:v libx264" in argv  # no scale, no fps filter
+    assert "testsrc2=size=1920x1080:rate=30" in argv_text({"testsrc": True})
+    sized = argv_text({"file": "/v/a.mp4", "resolution": "720", "fps": "25"})
+    assert "-vf scale=-2:720,fps=25,format=yuv420p" in sized
 
 
 def test_h265_is_tagged_hvc1_for_apple_players() -> None:

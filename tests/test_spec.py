@@ -38,8 +38,8 @@ def test_defaults_follow_the_contract() -> None:
         source_type="file",
         source="/v/a.mp4",
         codec="h264",
-        resolution=1080,
-        fps=15,
+        resolution=None,
+        fps=None,
         audio="none",
         hwaccel="none",
         duration=0.0,
@@ -224,6 +224,7 @@ def test_the_contracts_example_entry() -> None:
         name="cam1",
         source_type="file",
         source="/path/to/video.mp4",
+        resolution=1080,
         fps=30,
         audio="aac",
         duration=7200.0,
@@ -249,7 +250,13 @@ def test_entry_variants() -> None:
     assert entry(hardware_accel="nvenc").hwaccel == "nvenc"
     assert entry(audio_enabled="yes", audio_codec="").audio == "aac"
     assert entry(audio_enabled="yes", audio_codec="pcm_alaw").audio == "pcm_alaw"
-    assert entry(target_fps="", resolution="").fps == 15
+    # Blank (or absent) size and rate keep the source's; "source" is our own word for it.
+    assert entry(target_fps="", resolution="").fps is None
+    assert entry(target_fps="source", resolution="source").resolution is None
+    assert (entry(target_fps="30", resolution="720").fps, entry(resolution="720").resolution) == (
+        30,
+        720,
+    )
     assert entry(priority="7", restart="never", output="null").priority == 7
     url = entry(stream_type="rtsp", source_url="rtsps://u:p@cam/s")
     assert (url.source_type, url.source) == ("rtsp", "rtsps://u:p@cam/s")
@@ -291,6 +298,8 @@ def test_bad_entries_are_refused_by_the_same_rules(config: dict[str, Any], named
     "body",
     [
         {"testsrc": True},
+        {"testsrc": True, "resolution": "source", "fps": "source"},
+        {"file": "/v/a.mp4", "resolution": "720", "fps": "source"},
         {"file": "/v/a b.mp4", "codec": "copy", "audio": "aac", "output": "hls"},
         {"url": "rtsp://u:p@h/x", "codec": "h265", "hwaccel": "auto", "duration": "1h30m15s"},
         {"url": "srt://h:1", "codec": "mpeg4", "fps": 120, "resolution": 480, "priority": -2},
@@ -308,8 +317,8 @@ def test_to_config_round_trips(body: dict[str, Any]) -> None:
 def test_to_config_writes_the_original_format() -> None:
     assert request(file="/v/a.mp4", audio="aac", hwaccel="auto", duration=2).to_config() == {
         "video_codec": "h264",
-        "resolution": "1080",
-        "target_fps": "15",
+        "resolution": "source",
+        "target_fps": "source",
         "audio_enabled": "yes",
         "audio_codec": "aac",
         "hardware_accel": "yes",

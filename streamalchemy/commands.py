@@ -1,0 +1,320 @@
+"""What each command does: one function per command, returning its JSON document.
+
+``cli`` parses the command line and prints what these return (rich or ``--json``);
+``main``'s fast path calls the same functions without Typer. Nothing here prints,
+and the imports stay light (no Typer, no rich, no tomllib): scripts poll these.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from streamalchemy.client import Client
+from streamalchemy.errors import InvalidInput, StreamNotFound
+from streamalchemy.names import validate_name
+from streamalchemy.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from streamalchemy.documents import (
+        EncodersResult,
+        ListResult,
+        LogsResult,
+        MessageResult,
+        RestartResult,
+        RestoreResult,
+        SavedResult,
+        ShowResult,
+        StartResult,
+        StatusResult,
+        StopResult,
+    )
+    from streamalchemy.persist import StateStore
+
+
+def client(settings: Settings | None = None) -> Client:
+    return Client(settings or load_settings())
+
+
+def _store(settings: Settings) -> StateStore:
+    from streamalchemy.persist import StateStore
+
+    return StateStore(
+        settings.state_file,
+        backup_count=settings.backup_count,
+        enabled=settings.persistence_enabled,
+    )
+
+
+def _abs_path(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def start_body(
+    name: str,
+    *,
+    file: str | None = None,
+    url: str | None = None,
+    testsrc: bool = False,
+    output: str | None = None,
+    replace: bool = False,
+    **options: object,
+) -> dict[str, Any]:
+    """The ``POST /streams`` body; relative paths are the caller's, so they resolve here.
+
+    ``options`` are the start options of ``spec.START_OPTIONS``; None means the default.
+    """
+    from streamalchemy.spec import START_OPTIONS, source_kind
+
+    unknown = sorted(set(options) - set(START_OPTIONS))
+    if unknown:
+        raise InvalidInput(f"unknown start option {unknown[0]!r}")
+    body: dict[str, Any] = {"name": name, **options, "replace": replace}
+    kind = source_kind({"file": file, "url": url, "testsrc": testsrc or None})
+    if kind == "file" and file is not None:
+        body["file"] = _abs_path(file)
+    elif kind == "url":
+        body["url"] = url
+    else:
+        body["testsrc"] = True
+    if output is not None:
+        is_path = output not in ("null", "hls") and "://" not in output
+        body["output"] = _abs_path(output) if is_path else output
+    return body
+
+
+def start(body: dict[str, Any]) -> StartResult:
+    """Start a stream; the daemon answers once FFmpeg runs and the stream is saved."""
+    return cast("StartResult", client().request("POST", "/streams", body))
+
+
+def _names_or_all(names: Sequence[str], all_streams: bool, verb: str) -> dict[str, Any]:
+    if bool(names) == all_streams:
+        raise InvalidInput(f"name the streams to {verb}, or give --all")
+    return {"names": list(names), "all": all_streams}
+
+
+def stop(names: Sequence[str], all_streams: bool) -> StopResult:
+    reply = client().request("POST", "/stop", _names_or_all(names, all_streams, "stop"))
+    return {"success": True, "stopped": reply["stopped"]}
+
+
+def restart(names: Sequence[str], all_streams: bool) -> RestartResult:
+    """Stop and start again with the saved spec; the deadline (``saved_at``) is kept.
+
+    Each name is its own request, which the daemon serialises with every other
+    lifecycle of that name. Unknown names fail the command (exit 4) after the
+    known ones are restarted, as ``stop`` does.
+    """
+    _names_or_all(names, all_streams, "restart")
+    c = client()
+    if all_streams:
+        listing = c.request("GET", "/streams")
+        active = {s["name"] for s in listing["streams"] if s["status"] != "finished"}
+        names = sorted(active | set(listing.get("not_running", {})))
+    restarted: list[str] = []
+    unknown: list[str] = []
+    for name in dict.fromkeys(names):
+        try:
+            c.request("POST", f"/streams/{validate_name(name)}/restart", {}, timeout=600)
+        except StreamNotFound:
+            unknown.append(name)
+        else:
+            restarted.append(name)
+    if unknown:
+        done = f" (restarted: {', '.join(restarted)})" if restarted else ""
+        raise StreamNotFound(f"no such stream: {', '.join(unknown)}{done}")
+    return {"success": True, "restarted": restarted}
+
+
+def list_streams() -> ListResult:
+    return cast("ListResult", client().request("GET", "/streams"))
+
+
+def show(name: str) -> ShowResult:
+    """Everything about one stream; with the daemon down, what the state file says.
+
+    ``show`` never starts the daemon: looking at a stream should not restore the others.
+    """
+    validate_name(name)
+    c = client()
+    if c.reachable():
+        return cast("ShowResult", c.request("GET", f"/streams/{name}/details", autostart=False))
+    from streamalchemy import details
+    from streamalchemy.ffmpeg import output_target
+
+    settings = c.settings
+    entries = _store(settings).load()
+    if name not in entries:
+        raise StreamNotFound(f"no such stream: {name}")
+    return details.saved_details(
+        name,
+        entries[name],
+        log_file=str(settings.log_dir / "streams" / f"{name}.log"),
+        why="the daemon is not running",
+        target=lambda spec: output_target(spec, settings.rtsp_url, settings.hls_dir),
+    )
+
+
+def saved() -> SavedResult:
+    store = _store(load_settings())
+    return cast("SavedResult", {"success": True, "streams": store.load(), "enabled": store.enabled})
+
+
+def restore(dry_run: bool) -> RestoreResult:
+    """Restore now, reporting each stream, whether or not the daemon is up.
+
+    With the daemon down, a dry run plans from the file without starting one (that
+    would restore for real), and a real restore starts it without its launch-time
+    restore so that this request does the work and reports every stream.
+    """
+    c = client()
+    if not c.reachable():
+        if dry_run:
+            return cast("RestoreResult", {"success": True, "results": _plan_offline(c.settings)})
+        if c.settings.autostart:
+            c.start_daemon(restore=False)
+    reply = c.request("POST", "/restore_streams", {"dry_run": dry_run}, timeout=600)
+    return {"success": reply["success"], "results": reply["results"]}
+
+
+def _plan_offline(settings: Settings) -> dict[str, dict[str, str]]:
+    from streamalchemy import encoders, restore
+
+    choose = encoders.Chooser(settings.ffmpeg, settings.data_dir)
+    steps = restore.plan(_store(settings).load(), running=(), choose_encoder=choose)
+    return restore.dry_run_results(steps)
+
+
+def clear() -> MessageResult:
+    _store(load_settings()).clear()
+    return {"success": True, "message": "All persistent streams cleared"}
+
+
+def logs(name: str, lines: int) -> LogsResult:
+    return cast("LogsResult", client().request("GET", f"/streams/{name}/logs?lines={lines}"))
+
+
+def all_logs(lines: int) -> dict[str, LogsResult]:
+    """The log tail of every stream the daemon has or the state file keeps, by name."""
+    c = client()
+    listing = c.request("GET", "/streams")
+    names = sorted({s["name"] for s in listing["streams"]} | set(listing.get("not_running", {})))
+    tails: dict[str, LogsResult] = {}
+    for name in names:
+        try:
+            reply = c.request("GET", f"/streams/{name}/logs?lines={lines}")
+            tails[name] = cast("LogsResult", reply)
+        except StreamNotFound:
+            continue  # saved but never run here: no log yet
+    return tails
+
+
+def stream_names(settings: Settings | None = None) -> list[str]:
+    """Names for shell completion: the state file's and the daemon's, never starting it."""
+    import json
+
+    settings = settings or load_settings()
+    names: set[str] = set()
+    try:
+        doc = json.loads(settings.state_file.read_bytes())
+        if isinstance(doc, dict):
+            names.update(doc)
+    except (OSError, ValueError):
+        pass
+    c = Client(settings)
+    if settings.socket.exists():
+        try:
+            reply = c.request("GET", "/streams", autostart=False, timeout=1.0)
+            names.update(s["name"] for s in reply["streams"])
+        except Exception:
+            pass
+    return sorted(names)
+
+
+def encoders() -> EncodersResult:
+    from streamalchemy import encoders as enc
+
+    settings = load_settings()
+    report = enc.report(enc.detect(settings.ffmpeg, settings.data_dir))
+    return cast("EncodersResult", {"success": True, **report})
+
+
+def daemon_status() -> StatusResult:
+    return cast("StatusResult", client().request("GET", "/status", autostart=False))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def daemon_stop() -> MessageResult:
+    """Ask the daemon to shut down and wait, bounded, until its process is gone."""
+    c = client()
+    if not c.reachable():
+        return {"success": True, "message": "the daemon is not running"}
+    pid = int(c.request("POST", "/shutdown", autostart=False)["pid"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    return {"success": True, "message": f"daemon (pid {pid}) stopped", "pid": pid}
+
+
+def daemon_run(restore: bool, metrics_addr: str | None = None) -> None:
+    from streamalchemy import daemon
+    from streamalchemy.settings import parse_addr
+
+    settings = load_settings()
+    if metrics_addr is not None:  # the flag wins over the environment and config.toml
+        try:
+            settings = settings._replace(metrics_addr=parse_addr(metrics_addr))
+        except ValueError as exc:
+            raise InvalidInput(f"--metrics-addr {metrics_addr!r} is invalid: {exc}") from None
+    daemon.run(settings, restore=restore)
+
+
+def service_install(
+    user: bool | None, print_only: bool, run_as: str | None, no_systemctl: bool
+) -> dict[str, Any]:
+    from streamalchemy import service
+
+    flavour = service.flavour_for(user)
+    unit = service.build(flavour, os.environ, run_as)
+    if print_only:
+        return {"success": True, "path": str(unit.path), "flavour": flavour, "unit": unit.text}
+    use = not no_systemctl and service.systemctl_usable(flavour)
+    return service.install(unit, use_systemctl=use, daemon_running=client().reachable())
+
+
+def service_uninstall(user: bool | None, no_systemctl: bool) -> dict[str, Any]:
+    from streamalchemy import service
+
+    flavour = service.flavour_for(user)
+    use = not no_systemctl and service.systemctl_usable(flavour)
+    return service.uninstall(flavour, os.environ, use_systemctl=use)
+
+
+def follow(paths: dict[str, str], interval: float = 0.5) -> Iterator[tuple[str, str]]:
+    """Yield (name, line) for lines appended to each log, following rotation like ``tail -F``.
+
+    Runs until the caller stops iterating (Ctrl-C); starts at the end of each file.
+    """
+    from streamalchemy.logfollow import Follower
+
+    followers = {name: Follower(path) for name, path in paths.items()}
+    while True:
+        quiet = True
+        for name, follower in followers.items():
+            for line in follower.read_lines():
+                quiet = False
+                yield name, line
+        if quiet:
+            time.sleep(interval)
