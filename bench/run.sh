@@ -25,6 +25,8 @@ fi
 
 # The work tree first on the path, whether or not the venv has streamalchemy installed.
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# The metrics cost (50 streams scraped every second): bash bench/run.sh metrics [--write]
+if [ "${1:-}" = metrics ]; then shift; exec "$py" -m bench.metrics_scrape "$@"; fi
 # Byte-code caches as an installed package has them (this environment may turn them off).
 unset PYTHONDONTWRITEBYTECODE
 exec "$py" -m bench.run "$@"

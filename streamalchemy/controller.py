@@ -31,7 +31,7 @@ from streamalchemy.errors import (
 )
 from streamalchemy.ffmpeg import STATS_PERIOD, build_argv, output_target
 from streamalchemy.httpserver import Reply, TextReply
-from streamalchemy.metrics import RESTORE_RESULTS, DaemonFigures, Metrics
+from streamalchemy.metrics import RESTORE_RESULTS, DaemonFigures, Metrics, stream_figures
 from streamalchemy.persist import StateStore, new_entry
 from streamalchemy.procs import ChildRecord
 from streamalchemy.restore import Step, dry_run_results, plan
@@ -80,7 +80,7 @@ class Controller:
         self.choose_encoder = encoders.Chooser(settings.ffmpeg, settings.data_dir)
         self.restore_counts = dict.fromkeys(RESTORE_RESULTS, 0)  # for the metrics
         self.metrics = Metrics(
-            lambda: [s.snapshot() for s in self.supervisor.streams.values()],
+            lambda: map(stream_figures, self.supervisor.streams.values()),
             lambda: DaemonFigures(
                 started=self.started,
                 restore_results=self.restore_counts,
