@@ -8,7 +8,6 @@ import os
 import pty
 import select
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_grafana import expressions
 from test_metrics import DAEMON, PER_STREAM, promtool_findings
+from test_top import own_terminal
 
 from conftest import Daemon, cli, end_daemon_of, free_port, kill_tree, wait_for
 from streamalchemy.persist import StateStore
@@ -249,7 +249,7 @@ def spawn_top(home: Path) -> tuple[subprocess.Popen[bytes], int, int]:
         stdin=terminal,
         stdout=terminal,
         stderr=terminal,
-        start_new_session=True,
+        preexec_fn=own_terminal,
         env={**os.environ, "STREAMALCHEMY_HOME": str(home), "TERM": "xterm-256color"},
     )
     return proc, controller, terminal
@@ -267,7 +267,7 @@ def test_top_in_a_terminal_shows_the_streams_and_leaves_cleanly(
         if leave == "q":
             os.write(controller, b"q")
         else:
-            os.killpg(proc.pid, signal.SIGINT)
+            os.write(controller, b"\x03")  # Ctrl-C: the terminal sends SIGINT
         assert proc.wait(10) in ((0,) if leave == "q" else (0, 130))
         attrs = termios.tcgetattr(terminal)
         assert attrs[3] & termios.ECHO and attrs[3] & termios.ICANON  # the terminal is back
