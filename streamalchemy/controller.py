@@ -31,7 +31,7 @@ from streamalchemy.errors import (
 )
 from streamalchemy.ffmpeg import STATS_PERIOD, build_argv, output_target
 from streamalchemy.httpserver import Reply, TextReply
-from streamalchemy.metrics import RESTORE_RESULTS, DaemonFigures, Metrics, stream_figures
+from streamalchemy.metrics import Metrics
 from streamalchemy.persist import StateStore, new_entry
 from streamalchemy.procs import ChildRecord
 from streamalchemy.restore import Step, dry_run_results, plan
@@ -78,16 +78,7 @@ class Controller:
         self.shutdown = asyncio.Event()
         self._busy: set[str] = set()
         self.choose_encoder = encoders.Chooser(settings.ffmpeg, settings.data_dir)
-        self.restore_counts = dict.fromkeys(RESTORE_RESULTS, 0)  # for the metrics
-        self.metrics = Metrics(
-            lambda: map(stream_figures, self.supervisor.streams.values()),
-            lambda: DaemonFigures(
-                started=self.started,
-                restore_results=self.restore_counts,
-                state_writes=getattr(self.store, "writes", 0),
-                state_write_errors=getattr(self.store, "write_errors", 0),
-            ),
-        )
+        self.metrics = Metrics.of(self)
 
     # -- helpers -----------------------------------------------------------------
 
@@ -219,8 +210,7 @@ class Controller:
             log.info("restore %s: %s", step.name, results[step.name]["reason"])
 
         await asyncio.gather(*(start_one(step) for step in to_start))
-        for result in results.values():
-            self.restore_counts[result["result"]] += 1
+        self.metrics.count_restore(results)
         return results
 
     async def restore_at_launch(self) -> None:

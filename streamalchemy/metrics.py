@@ -1,8 +1,8 @@
 """Prometheus metrics of the daemon: one custom collector over its live streams and counters.
 
 Imported by the daemon only, so that prometheus-client stays off the CLI's fast path.
-Nothing here changes a stream: it reads the streams' snapshots, psutil for each
-FFmpeg's CPU time and memory, and the daemon's counters. The TCP handler serves
+Nothing here changes a stream: it reads the streams' live figures, each FFmpeg's CPU
+time and memory (``/proc``), and the daemon's counters. The TCP handler serves
 ``GET /metrics`` and nothing else: no control route is ever reachable over TCP.
 """
 
@@ -25,6 +25,7 @@ from streamalchemy.errors import InvalidInput
 from streamalchemy.httpserver import Reply, Text, TextReply, connection_handler
 
 if TYPE_CHECKING:
+    from streamalchemy.controller import Controller
     from streamalchemy.supervisor import Stream
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -270,6 +271,29 @@ class Metrics:
         # No default process/platform collectors: only the contract's families, cheaply.
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(StreamCollector(snapshots, figures))
+        self.restore_results = dict.fromkeys(RESTORE_RESULTS, 0)
+
+    @classmethod
+    def of(cls, controller: Controller) -> Metrics:
+        """The metrics of the daemon that ``controller`` decides for."""
+        store = controller.store
+
+        def figures() -> DaemonFigures:
+            return DaemonFigures(
+                started=controller.started,
+                restore_results=metrics.restore_results,
+                # TODO(metrics): plain attributes once the lifecycle branch's counters land.
+                state_writes=getattr(store, "writes", 0),
+                state_write_errors=getattr(store, "write_errors", 0),
+            )
+
+        metrics = cls(lambda: map(stream_figures, controller.supervisor.streams.values()), figures)
+        return metrics
+
+    def count_restore(self, results: Mapping[str, Mapping[str, str]]) -> None:
+        """Count what one restore (not a dry run) did with each saved stream."""
+        for outcome in results.values():
+            self.restore_results[outcome["result"]] += 1
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

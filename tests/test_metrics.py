@@ -188,6 +188,22 @@ def test_promtool_finds_nothing_to_fix() -> None:
     assert promtool_findings(fake.metrics.exposition()) == []
 
 
+def test_restore_results_are_counted() -> None:
+    fake = Fake()
+    fake.figures.restore_results = fake.metrics.restore_results
+    fake.metrics.count_restore(
+        {
+            "a": {"result": "restored", "reason": "started"},
+            "b": {"result": "failed", "reason": "boom"},
+            "c": {"result": "restored", "reason": "started"},
+        }
+    )
+    fake.metrics.count_restore({"a": {"result": "skipped", "reason": "running"}})
+    assert fake.value("streamalchemy_restore_results_total", result="restored") == 2
+    assert fake.value("streamalchemy_restore_results_total", result="skipped") == 1
+    assert fake.value("streamalchemy_restore_results_total", result="failed") == 1
+
+
 def test_no_streams_is_still_a_valid_exposition() -> None:
     fake = Fake()
     samples = fake.samples()
