@@ -333,8 +333,9 @@ def daemon_run(
         typer.Option(
             "--metrics-addr",
             metavar="HOST:PORT",
-            help="Also serve GET /metrics, and nothing else, over TCP on HOST:PORT "
-            "[env: STREAMALCHEMY_METRICS_ADDR; default: the socket only].",
+            help="Also serve GET /metrics, and nothing else, over TCP on HOST:PORT; "
+            "wins over STREAMALCHEMY_METRICS_ADDR. \\[default: the socket only]",
+            show_default=False,
         ),
     ] = None,
 ) -> None:
