@@ -76,11 +76,11 @@ class Controller:
             log_backups=settings.log_backups,
         )
         self.started = time.time()
+        self.metrics = Metrics.of(self)
         self.not_restored: dict[str, str] = {}  # saved streams left out, and why
         self.shutdown = asyncio.Event()
         self._busy: set[str] = set()
         self.choose_encoder = encoders.Chooser(settings.ffmpeg, settings.data_dir)
-        self.metrics = Metrics.of(self)
 
     # -- helpers -----------------------------------------------------------------
 
