@@ -281,6 +281,9 @@ class Controller:
     async def route_status(self, req: Request) -> Reply:
         return 200, self.status()
 
+    async def route_metrics(self, req: Request) -> TextReply:
+        return self.metrics.reply()
+
     async def route_shutdown(self, req: Request) -> Reply:
         asyncio.get_running_loop().call_later(0.05, self.shutdown.set)
         return 200, {"success": True, "message": "shutting down", "pid": os.getpid()}
@@ -324,9 +327,6 @@ class Controller:
             "results": results,
         }
 
-    async def route_metrics(self, req: Request) -> TextReply:
-        return self.metrics.reply()
-
     # -- dispatch ----------------------------------------------------------------
 
     async def handle(
@@ -351,6 +351,7 @@ Handler = Callable[[Controller, Request], Awaitable[Reply | TextReply]]
 # the handler as ``req.params[field]``. Add a route with one line here.
 ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/status", Controller.route_status),
+    ("GET", "/metrics", Controller.route_metrics),
     ("POST", "/shutdown", Controller.route_shutdown),
     ("GET", "/streams", Controller.route_list),
     ("POST", "/streams", Controller.route_start),
@@ -361,7 +362,6 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/persistent_streams", Controller.route_saved),
     ("POST", "/clear_persistent_streams", Controller.route_clear),
     ("POST", "/restore_streams", Controller.route_restore),
-    ("GET", "/metrics", Controller.route_metrics),
 ]
 
 
