@@ -8,6 +8,7 @@ import os
 import pty
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -145,6 +147,31 @@ def test_counters_only_grow(metered: Metered) -> None:
     for name in STREAMS:
         key = ("streamalchemy_stream_frames_total", name)
         assert after[key] > before[key]
+
+
+def test_counters_keep_growing_across_an_ffmpeg_restart(metered: Metered) -> None:
+    def stream(name: str) -> dict[str, Any]:
+        doc = json.loads(cli("list", "--json").stdout)
+        return next(s for s in doc["streams"] if s["name"] == name)
+
+    first = stream("cam2")
+    wait_for(lambda: int(stream("cam2")["frames"]) > 0, 20, "frames of cam2")
+    before = metered.samples()
+    os.kill(int(first["pid"]), signal.SIGKILL)  # a crash
+    wait_for(
+        lambda: (
+            stream("cam2")["pid"] not in (None, first["pid"])
+            and stream("cam2")["status"] == "running"
+        ),
+        30,
+        "cam2's FFmpeg to be restarted",
+        interval=0.2,
+    )
+    after = metered.samples()
+    for metric in ("frames_total", "cpu_seconds_total", "restarts_total"):
+        key = (f"streamalchemy_stream_{metric}", "cam2")
+        assert after[key] >= before[key], metric
+    assert after[("streamalchemy_stream_restarts_total", "cam2")] >= 1
 
 
 def test_tcp_address_serves_nothing_but_metrics(metered: Metered) -> None:
