@@ -220,7 +220,7 @@ def test_a_real_prometheus_scrapes_every_stream(metered: Metered, tmp_path: Path
         start_new_session=True,
     )
 
-    def query(expr: str) -> list[dict[str, object]]:
+    def query(expr: str) -> list[dict[str, Any]]:
         url = f"http://127.0.0.1:{web}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
         try:
             with urllib.request.urlopen(url, timeout=5) as reply:
@@ -240,9 +240,9 @@ def test_a_real_prometheus_scrapes_every_stream(metered: Metered, tmp_path: Path
             interval=0.5,
         )
         up = query("streamalchemy_stream_up")
-        assert {r["metric"]["name"] for r in up} == set(STREAMS)  # type: ignore[index]
+        assert {r["metric"]["name"] for r in up} == set(STREAMS)
         (target,) = query('up{job="streamalchemy"}')
-        assert target["value"][1] == "1"  # type: ignore[index]
+        assert target["value"][1] == "1"
         for expr in expressions():  # the Grafana dashboard's queries are valid PromQL
             query(expr)
     finally:
