@@ -9,6 +9,7 @@ time and memory (``/proc``), and the daemon's counters. The TCP handler serves
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import time
@@ -27,6 +28,8 @@ from streamalchemy.httpserver import Reply, Text, TextReply, connection_handler
 if TYPE_CHECKING:
     from streamalchemy.controller import Controller
     from streamalchemy.supervisor import Stream
+
+log = logging.getLogger("streamalchemy.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 RESTORE_RESULTS = ("restored", "skipped", "failed")
@@ -309,7 +312,11 @@ class Metrics:
             return 404, {"success": False, "message": "only GET /metrics is served on this address"}
         if method != "GET":
             return 405, {"success": False, "message": f"{method} /metrics: only GET is allowed"}
-        return self.reply()
+        try:
+            return self.reply()
+        except Exception as exc:  # a bug must not take the listener down
+            log.exception("error serving /metrics")
+            return 500, {"success": False, "message": f"daemon error: {exc}"}
 
 
 async def listen(metrics: Metrics, addr: tuple[str, int]) -> asyncio.Server:
