@@ -285,9 +285,8 @@ class Metrics:
             return DaemonFigures(
                 started=controller.started,
                 restore_results=metrics.restore_results,
-                # TODO(metrics): plain attributes once the lifecycle branch's counters land.
-                state_writes=getattr(store, "writes", 0),
-                state_write_errors=getattr(store, "write_errors", 0),
+                state_writes=store.writes,
+                state_write_errors=store.write_errors,
             )
 
         metrics = cls(lambda: map(stream_figures, controller.supervisor.streams.values()), figures)

@@ -29,12 +29,33 @@ from test_metrics import DAEMON, PER_STREAM, promtool_findings
 from test_top import own_terminal
 
 from conftest import Daemon, cli, end_daemon_of, free_port, kill_tree, wait_for
-from streamalchemy.persist import StateStore
 
 pytestmark = pytest.mark.e2e
 
 STREAMS = ("cam1", "cam2")
 PROMETHEUS = shutil.which("prometheus")
+
+
+# A saved stream whose file is gone: the launch restore skips it (and keeps it saved).
+GONE = {
+    "gone": {
+        "config": {
+            "video_codec": "h264",
+            "resolution": "480",
+            "target_fps": "5",
+            "audio_enabled": "no",
+            "audio_codec": "aac",
+            "hardware_accel": "no",
+            "duration_hours": "0",
+            "stream_type": "file",
+            "video_file_path": "/nonexistent/sa-metrics.mp4",
+            "file_source_type": "custom",
+            "output": "null",
+        },
+        "saved_at": 1703123456.789,
+        "status": "active",
+    }
+}
 
 
 class Metered:
@@ -43,6 +64,9 @@ class Metered:
     def __init__(self, home: Path, port: int) -> None:
         self.home = home
         self.port = port
+        state = home / "active_streams.json"
+        state.write_text(json.dumps(GONE))
+        state.chmod(0o600)
         self.daemon = Daemon(home, "--metrics-addr", f"127.0.0.1:{port}")
         for name in STREAMS:
             started = cli(
@@ -126,9 +150,10 @@ def test_every_contract_metric_per_stream_on_tcp_and_socket(metered: Metered) ->
     assert samples[("streamalchemy_stream_up", "cam1")] == 1
     assert samples[("streamalchemy_stream_cpu_seconds_total", "cam1")] > 0
     assert samples[("streamalchemy_stream_memory_bytes", "cam1")] > 1 << 20
-    # TODO(metrics): unconditional once the lifecycle branch's StateStore counters land.
-    if hasattr(StateStore(metered.home / "x.json"), "writes"):
-        assert samples[("streamalchemy_state_writes_total", "")] >= 2  # one per start
+    assert samples[("streamalchemy_state_writes_total", "")] >= 2  # one per start
+    assert samples[("streamalchemy_state_write_errors_total", "")] == 0
+    assert samples[("streamalchemy_restore_results_total", "skipped")] == 1  # "gone"
+    assert samples[("streamalchemy_restore_results_total", "failed")] == 0
 
     status, content_type, text = metered.over_socket("/metrics")
     assert status == 200 and content_type == "text/plain; version=0.0.4; charset=utf-8"
