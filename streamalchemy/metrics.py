@@ -295,7 +295,9 @@ class Metrics:
     def count_restore(self, results: Mapping[str, Mapping[str, str]]) -> None:
         """Count what one restore (not a dry run) did with each saved stream."""
         for outcome in results.values():
-            self.restore_results[outcome["result"]] += 1
+            result = outcome.get("result")
+            if result in self.restore_results:  # never let counting break a restore
+                self.restore_results[result] += 1
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
