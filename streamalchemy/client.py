@@ -96,6 +96,9 @@ class Client:
 
     def start_daemon(self, *, restore: bool = True) -> None:
         """Start the daemon fully detached and wait, bounded, until its socket answers."""
+        from streamalchemy import home
+
+        home.check(self.settings)  # the daemon would refuse it: say why now, exit 2
         log_file = self.settings.log_dir / "daemon.log"
         argv = [sys.executable, "-m", "streamalchemy", "daemon", "run"]
         proc = subprocess.Popen(

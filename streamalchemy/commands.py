@@ -13,8 +13,9 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from streamalchemy.client import Client
+from streamalchemy.credentials import mask_document
 from streamalchemy.errors import InvalidInput, OperationFailed, StreamNotFound
-from streamalchemy.names import validate_name
+from streamalchemy.names import is_valid_name, validate_name
 from streamalchemy.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -150,18 +151,21 @@ def show(name: str) -> ShowResult:
     entries = _store(settings).load()
     if name not in entries:
         raise StreamNotFound(f"no such stream: {name}")
-    return details.saved_details(
+    found = details.saved_details(
         name,
         entries[name],
         log_file=str(settings.log_dir / "streams" / f"{name}.log"),
         why="the daemon is not running",
         target=lambda spec: output_target(spec, settings.rtsp_url, settings.hls_dir),
     )
+    return cast("ShowResult", mask_document(found))
 
 
 def saved() -> SavedResult:
     store = _store(load_settings())
-    return cast("SavedResult", {"success": True, "streams": store.load(), "enabled": store.enabled})
+    # The state file keeps literal secrets (0600); what is printed has them masked.
+    doc = {"success": True, "streams": store.load(), "enabled": store.enabled}
+    return cast("SavedResult", mask_document(doc))
 
 
 def restore(dry_run: bool) -> RestoreResult:
@@ -186,7 +190,7 @@ def _plan_offline(settings: Settings) -> dict[str, dict[str, str]]:
 
     choose = encoders.Chooser(settings.ffmpeg, settings.data_dir)
     steps = restore.plan(_store(settings).load(), running=(), choose_encoder=choose)
-    return restore.dry_run_results(steps)
+    return cast("dict[str, dict[str, str]]", mask_document(restore.dry_run_results(steps)))
 
 
 def clear() -> MessageResult:
@@ -232,7 +236,8 @@ def stream_names(settings: Settings | None = None) -> list[str]:
             names.update(s["name"] for s in reply["streams"])
         except Exception:
             pass
-    return sorted(names)
+    # A hand-edited state file may hold any key: offer the shell only real names.
+    return sorted(n for n in names if is_valid_name(n))
 
 
 def encoders() -> EncodersResult:

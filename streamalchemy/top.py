@@ -27,7 +27,8 @@ from rich.text import Text
 
 from streamalchemy.client import Client
 from streamalchemy.errors import StreamAlchemyError
-from streamalchemy.render import STATUS_STYLE, span
+from streamalchemy.render import STATUS_STYLE, span, styled
+from streamalchemy.text import plain
 
 REFRESH = 1.0  # seconds between two reads of the daemon
 PROBLEMS = ("failed", "retrying")  # shown first: what needs a look is never scrolled away
@@ -49,14 +50,6 @@ def order(streams: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(streams, key=lambda s: (s["status"] not in PROBLEMS, s["name"]))
 
 
-def plain(text: object) -> Text:
-    """Text shown as it is: no markup, control characters escaped."""
-    raw = str(text)
-    if not raw.isprintable():
-        raw = "".join(c if c.isprintable() else repr(c)[1:-1] for c in raw)
-    return Text(raw)
-
-
 def _figure(value: float | None, fmt: str, unit: str = "") -> str:
     return "-" if value is None else f"{value:{fmt}}{unit}"
 
@@ -74,7 +67,7 @@ def table(streams: list[dict[str, Any]]) -> Table:
         status = str(s["status"])
         remaining = s.get("remaining_seconds")
         grid.add_row(
-            plain(s["name"]),
+            styled(s["name"], ""),
             Text(status, style=STATUS_STYLE.get(status, "")),
             str(s.get("pid") or "-"),
             _figure(s.get("fps"), ".1f"),
@@ -114,7 +107,7 @@ def screen(
     if problems:
         parts.append(Text())
     for s in problems:
-        parts.append(Text.assemble(plain(s["name"]), ": ", plain(s["last_error"]), style="yellow"))
+        parts.append(styled(f"{s['name']}: {s['last_error']}", "yellow"))
     if error:
         parts += [Text(), Text.assemble(("daemon: ", "red"), plain(error), " (trying again)")]
     return Group(*parts)
