@@ -7,7 +7,7 @@ Reported: the daemon's own CPU time (psutil, FFmpeg children excluded) as a perc
 of one core in each, against the footprint target (<= 1 % of a core), and what one
 scrape costs (wall time at the scraper, size of the exposition).
 
-Usage: bash bench/run.sh metrics [--quick] [--write]
+Usage: bash bench/run.sh --metrics [--quick] [--write]
 (--write puts the table in docs/benchmarks.md, section "Metrics").
 """
 
@@ -157,7 +157,7 @@ runs and {SETTLE:g} s more, windows of {r.window:g} s alternate ({r.reps} of eac
 scraped, then scraped once a second over TCP as Prometheus does. The daemon's own user +
 system CPU time (psutil, FFmpeg children excluded), as a percentage of one core. Measured
 {time.strftime("%Y-%m-%d %H:%M %Z")}, load average {r.load} at the end, on a shared
-2-core machine; re-run with `bash bench/run.sh metrics --write`.
+2-core machine; re-run with `bash bench/run.sh --metrics --write`.
 
 | Measure | Result, median (min-max) | Target | |
 |---|---|---|---|

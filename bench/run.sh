@@ -2,6 +2,8 @@
 # Run the benchmarks and write docs/benchmarks.md (see bench/run.py for options).
 # Usage: bash bench/run.sh [--quick] [--only store|cli|footprint|restore ...] [--no-profile]
 #    or: bash bench/run.sh load [--batch 100] [--batches 2] [--hold 20]
+#    or: bash bench/run.sh --fleet [--shards N] [--streams M] [--write]
+#    or: bash bench/run.sh --metrics [--quick] [--write]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,8 +28,6 @@ fi
 
 # The work tree first on the path, whether or not the venv has streamalchemy installed.
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-# The metrics cost (50 streams scraped every second): bash bench/run.sh metrics [--write]
-if [ "${1:-}" = metrics ]; then shift; exec "$py" -m bench.metrics_scrape "$@"; fi
 # Byte-code caches as an installed package has them (this environment may turn them off).
 unset PYTHONDONTWRITEBYTECODE
 # Streams that run for days (bench/soak.py): bash bench/run.sh --soak [--minutes N | --hours N]
@@ -35,4 +35,8 @@ if [ "${1:-}" = "--soak" ]; then shift; exec "$py" -m bench.soak "$@"; fi
 # A header flood against the socket, the daemon's memory before and after: bash bench/run.sh --flood
 if [ "${1:-}" = "--flood" ]; then shift; exec "$py" -m bench.flood "$@"; fi
 if [ "${1:-}" = load ]; then shift; exec "$py" -m bench.load "$@"; fi  # bench/load.py
+# The fleet simulation (N daemons as N shards of one apply file): bash bench/run.sh --fleet [--write]
+if [ "${1:-}" = "--fleet" ]; then shift; exec "$py" -m bench.fleet "$@"; fi
+# The metrics cost, 50 streams scraped every second: bash bench/run.sh --metrics [--quick] [--write]
+if [ "${1:-}" = "--metrics" ]; then shift; exec "$py" -m bench.metrics_scrape "$@"; fi
 exec "$py" -m bench.run "$@"

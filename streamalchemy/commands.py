@@ -287,8 +287,13 @@ def daemon_stop() -> MessageResult:
     return {"success": True, "message": f"daemon (pid {pid}) stopped", "pid": pid}
 
 
-def daemon_run(restore: bool, metrics_addr: str | None = None) -> None:
-    from streamalchemy import daemon
+def daemon_run(
+    restore: bool,
+    apply_file: str | None = None,
+    shard: str | None = None,
+    metrics_addr: str | None = None,
+) -> None:
+    from streamalchemy import apply_commands, daemon
     from streamalchemy.settings import parse_addr
 
     settings = load_settings()
@@ -297,7 +302,8 @@ def daemon_run(restore: bool, metrics_addr: str | None = None) -> None:
             settings = settings._replace(metrics_addr=parse_addr(metrics_addr))
         except ValueError as exc:
             raise InvalidInput(f"--metrics-addr {metrics_addr!r} is invalid: {exc}") from None
-    daemon.run(settings, restore=restore)
+    apply = apply_commands.daemon_apply(apply_file, shard, settings)
+    daemon.run(settings, restore=restore, apply=apply)
 
 
 def service_install(
