@@ -27,7 +27,7 @@ from streamalchemy.httpserver import Reply, Text, TextReply, connection_handler
 
 if TYPE_CHECKING:
     from streamalchemy.controller import Controller
-    from streamalchemy.supervisor import Stream
+    from streamalchemy.stream import Stream
 
 log = logging.getLogger("streamalchemy.metrics")
 
