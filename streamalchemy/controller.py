@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import streamalchemy
 from streamalchemy import __version__, encoders
+from streamalchemy.details import running_details, saved_details
 from streamalchemy.errors import (
     InvalidInput,
     OperationFailed,
@@ -36,7 +38,13 @@ from streamalchemy.procs import ChildRecord
 from streamalchemy.restore import Step, dry_run_results, plan
 from streamalchemy.settings import Settings
 from streamalchemy.sources import check_source
-from streamalchemy.spec import StreamSpec, mask_credentials, spec_from_request, validate_name
+from streamalchemy.spec import (
+    StreamSpec,
+    mask_credentials,
+    read_saved,
+    spec_from_request,
+    validate_name,
+)
 from streamalchemy.supervisor import Stream, Supervisor
 
 log = logging.getLogger("streamalchemy.daemon")
@@ -230,6 +238,10 @@ class Controller:
             "streams": sum(1 for s in self.supervisor.streams.values() if s.active),
             "log_dir": str(self.settings.log_dir),
             "ffmpeg": self.settings.ffmpeg,
+            # Which home and which installation answer: a second install's CLI
+            # would otherwise drive this daemon without knowing it.
+            "home": str(self.settings.data_dir),
+            "install_path": os.path.dirname(os.path.abspath(streamalchemy.__file__)),
         }
 
     def list_streams(self) -> dict[str, Any]:
@@ -263,6 +275,63 @@ class Controller:
             text = ""
         tail = text.splitlines()[-count:] if count else []
         return 200, {"success": True, "name": name, "path": str(path), "lines": tail}
+
+    async def restart(self, name: str) -> Reply:
+        """Stop and start ``name`` again with its saved spec, keeping its ``saved_at``."""
+        name = validate_name(name)
+        entry = self.store.load().get(name)
+        current = self.supervisor.streams.get(name)
+        if entry is not None:
+            view = read_saved(name, entry)
+            if view.spec is None:
+                raise OperationFailed(f"{name}: cannot restart it: {view.error}")
+            spec, saved_at = view.spec, view.saved_at
+        elif current is not None and current.active:  # persistence off: what runs
+            spec, saved_at = current.spec, current.saved_at
+        else:
+            raise StreamNotFound(f"no such stream: {name}")
+        if spec.duration and time.time() >= saved_at + spec.duration:
+            raise OperationFailed(f"{name}: its duration has ended; start it again to run it anew")
+        while name in self._busy:
+            await asyncio.sleep(0.05)  # a start, stop or restore of it is under way: bounded
+        with self._reserve([name]):
+            await asyncio.to_thread(check_source, spec, self.settings.ffprobe)
+            encoder = self.choose_encoder(spec)
+            if name in self.supervisor.streams:
+                await self.supervisor.stop(name)
+            stream = self._launch(spec, saved_at, encoder)
+            stream.log.event("restarted by the user (streamalchemy restart)")
+            failure = await stream.confirmed(CONFIRM_WINDOW)
+        if failure is not None:
+            # Still saved: it keeps retrying under its restart policy, as after a restore.
+            raise OperationFailed(f"{name}: FFmpeg failed to start again: {failure}")
+        log.info("restarted %s", name)
+        return 200, {"success": True, "restarted": [name], "stream": stream.snapshot()}
+
+    def details(self, name: str) -> Reply:
+        """``show NAME``: a stream the supervisor has, or a saved one that does not run."""
+        name = validate_name(name)
+        stream = self.supervisor.streams.get(name)
+        if stream is not None:
+            return 200, dict(running_details(stream.snapshot(), stream.spec))
+        entry = self.store.load().get(name)
+        if entry is None:
+            raise StreamNotFound(f"no such stream: {name}")
+        settings = self.settings
+        doc = saved_details(
+            name,
+            entry,
+            log_file=str(self.supervisor.log_path(name)),
+            why=self.not_restored.get(name, "not started since the daemon launched"),
+            target=lambda spec: output_target(spec, settings.rtsp_url, settings.hls_dir),
+        )
+        return 200, dict(doc)
+
+    async def route_restart(self, req: Request) -> Reply:
+        return await self.restart(req.params["name"])
+
+    async def route_details(self, req: Request) -> Reply:
+        return self.details(req.params["name"])
 
     # -- routes: one handler per (method, path pattern) of ROUTES --------------------
 
@@ -346,6 +415,8 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/persistent_streams", Controller.route_saved),
     ("POST", "/clear_persistent_streams", Controller.route_clear),
     ("POST", "/restore_streams", Controller.route_restore),
+    ("POST", "/streams/{name}/restart", Controller.route_restart),
+    ("GET", "/streams/{name}/details", Controller.route_details),
 ]
 
 

@@ -45,6 +45,11 @@ def _when(at: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(at))
 
 
+def _status(status: str) -> str:
+    style = STATUS_STYLE.get(status)
+    return f"[{style}]{escape(status)}[/]" if style else escape(status)
+
+
 def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
@@ -72,7 +77,7 @@ def streams(result: dict[str, Any]) -> None:
         status = s["status"]
         table.add_row(
             s["name"],
-            f"[{STATUS_STYLE.get(status, '')}]{status}[/]",
+            _status(status),
             str(s["pid"] or "-"),
             span(s["uptime_seconds"]),
             "unlimited" if s["remaining_seconds"] is None else span(s["remaining_seconds"]),
@@ -209,7 +214,7 @@ def details(result: dict[str, Any]) -> None:
     deadline = result.get("deadline")
     rows = [
         ("name", s["name"]),
-        ("status", f"[{STATUS_STYLE.get(status, '')}]{status}[/]"),
+        ("status", _status(status)),
         ("pid", str(s["pid"] or "-")),
         ("source", s["source"]),
         ("output", s.get("current_output") or s["output"]),

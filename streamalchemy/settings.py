@@ -207,8 +207,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         autostart=resolved.get("autostart", True),
         stall_timeout=resolved.get("stall_timeout", 20.0),
         # "" is off: no look on PATH.
-        mediamtx=(resolved["mediamtx"] if "mediamtx" in resolved else _which("mediamtx"))
-        or None,
+        mediamtx=(resolved["mediamtx"] if "mediamtx" in resolved else _which("mediamtx")) or None,
         log_max_bytes=resolved.get("log_max_bytes", 10 << 20),
         log_backups=resolved.get("log_backups", 3),
         metrics_addr=resolved.get("metrics_addr"),
