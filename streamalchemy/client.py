@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 from typing import Any
@@ -96,6 +95,8 @@ class Client:
 
     def start_daemon(self, *, restore: bool = True) -> None:
         """Start the daemon fully detached and wait, bounded, until its socket answers."""
+        import subprocess  # only here: the polled --json commands never start a daemon
+
         log_file = self.settings.log_dir / "daemon.log"
         argv = [sys.executable, "-m", "streamalchemy", "daemon", "run"]
         proc = subprocess.Popen(
