@@ -140,6 +140,18 @@ def mask_credentials(text: str) -> str:
     return _CREDENTIALS.sub(hide, text)
 
 
+def check_option(key: str, value: object) -> None:
+    """Refuse a bad value of a ``start`` option as early as the command line, by the same
+    rule the daemon applies (choices, the fps range, the duration forms)."""
+    option = START_OPTIONS[key]
+    if option.choices:
+        _choice(key, value, option.choices, option.default)
+    elif key == "fps":
+        _fps(key, value)
+    elif key == "duration":
+        _duration(key, value)
+
+
 def source_kind(body: Mapping[str, Any]) -> str:
     """Which one source ``body`` gives: "file", "url" or "testsrc"; refuse none or several."""
     testsrc = body.get("testsrc")

@@ -100,3 +100,28 @@ def test_show_of_a_saved_entry_and_of_an_invalid_one() -> None:
     assert doc["stream"]["output"] == "T" and doc["stream"]["last_error"] == "skipped"
     bad = saved_details("x", {"config": {}}, log_file="", why="", target=lambda s: "")
     assert bad["spec"] == {} and "invalid saved entry" in str(bad["stream"]["last_error"])
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--fps", "0"),
+        ("--fps", "fast"),
+        ("--duration", "9x"),
+        ("--codec", "vp9"),
+        ("--resolution", "900"),
+    ],
+)
+def test_a_bad_start_option_is_refused_before_any_daemon(
+    option: str, value: str, tmp_path: Any
+) -> None:
+    env = {**os.environ, "STREAMALCHEMY_HOME": str(tmp_path), "STREAMALCHEMY_AUTOSTART": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamalchemy", "start", "x", "--testsrc", option, value],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "daemon.pid").exists()  # refused by the CLI itself
