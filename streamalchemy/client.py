@@ -11,10 +11,13 @@ import os
 import socket
 import sys
 import time
-from typing import Any
 
 from streamalchemy.errors import DaemonUnreachable, OperationFailed, error_for_status
 from streamalchemy.settings import Settings
+
+TYPE_CHECKING = False  # not typing's: the polled --json commands skip its import
+if TYPE_CHECKING:
+    from typing import Any
 
 STARTUP_WAIT = 15.0  # seconds the CLI waits for an autostarted daemon's socket
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, cast
 
 from streamalchemy.client import Client
-from streamalchemy.errors import InvalidInput, StreamNotFound
+from streamalchemy.errors import DaemonUnreachable, InvalidInput, StreamNotFound
 from streamalchemy.names import validate_name
 from streamalchemy.settings import Settings, load_settings
 
+TYPE_CHECKING = False  # not typing's: see main.py
 if TYPE_CHECKING:
+    from typing import Any, cast
+
     from streamalchemy.documents import (
         EncodersResult,
         ListResult,
@@ -32,6 +34,10 @@ if TYPE_CHECKING:
         StopResult,
     )
     from streamalchemy.persist import StateStore
+else:
+
+    def cast(_type: object, value: object) -> object:
+        return value
 
 
 def client(settings: Settings | None = None) -> Client:
@@ -159,8 +165,15 @@ def show(name: str) -> ShowResult:
 
 
 def saved() -> SavedResult:
-    store = _store(load_settings())
-    return cast("SavedResult", {"success": True, "streams": store.load(), "enabled": store.enabled})
+    """The state file's entries: from the daemon when it runs (it reads them under the
+    lock; asking it keeps this poll lean), else read here under the lock."""
+    c = client()
+    try:
+        return cast("SavedResult", c.request("GET", "/persistent_streams", autostart=False))
+    except DaemonUnreachable:
+        store = _store(c.settings)
+        doc = {"success": True, "streams": store.load(), "enabled": store.enabled}
+        return cast("SavedResult", doc)
 
 
 def restore(dry_run: bool) -> RestoreResult:
