@@ -63,9 +63,9 @@ if __name__ == '__main__':
 """
 
 
-def console_script(home: Path) -> tuple[str, str]:
+def console_script(home: Path, python: str = PYTHON) -> tuple[str, str]:
     """The ``streamalchemy`` console script of this environment, and how it was found."""
-    installed = Path(PYTHON).parent / "streamalchemy"
+    installed = Path(python).parent / "streamalchemy"
     if installed.exists():
         return str(installed), f"`{installed}`"
     # The environment has the dependencies but not the package: write exactly what
@@ -77,20 +77,23 @@ def console_script(home: Path) -> tuple[str, str]:
     return str(wrapper), "pip's console-script wrapper (the venv has no streamalchemy installed)"
 
 
-def run(quick: bool = False, profiles: dict[str, str] | None = None) -> tuple[list[Row], str]:
+def run(
+    quick: bool = False, profiles: dict[str, str] | None = None, python: str = PYTHON
+) -> tuple[list[Row], str]:
     """Measure; with ``profiles``, also fill it with each command's import profile, taken
-    against the same running daemon."""
+    against the same running daemon. ``python`` is the environment measured (its console
+    script against its own ``python -c pass``), this one by default."""
     rounds = 5 if quick else 20
     rows = []
     with temp_home("cli") as home:
         clip = make_clip(home)
         write_state(home, clip, STREAMS)
-        script, how = console_script(home)
+        script, how = console_script(home, python)
         env = env_for(home)
-        cmds: dict[str, list[str]] = {"baseline": [PYTHON, "-c", "pass"]}
+        cmds: dict[str, list[str]] = {"baseline": [python, "-c", "pass"]}
         for args in COMMANDS:
             cmds[f"script {' '.join(args)}"] = [script, *args]
-            cmds[f"module {' '.join(args)}"] = [PYTHON, "-m", "streamalchemy", *args]
+            cmds[f"module {' '.join(args)}"] = [python, "-m", "streamalchemy", *args]
         daemon = Daemon(home)
         try:
             daemon.wait_ready()
@@ -108,7 +111,7 @@ def run(quick: bool = False, profiles: dict[str, str] | None = None) -> tuple[li
             log("cli: " + ", ".join(f"{k} {v.median:.0f}ms" for k, v in samples.items()))
             for args in COMMANDS if profiles is not None else ():
                 assert profiles is not None
-                profiles[" ".join(args)] = _importtime_in(args, env, home)
+                profiles[" ".join(args)] = _importtime_in(args, env, home, python=python)
             if len(daemon.get("/streams")["streams"]) != STREAMS:
                 raise BenchError("the daemon lost streams during the CLI benchmark")
         finally:
@@ -143,9 +146,11 @@ def importtime(args: tuple[str, ...], top: int = 15) -> str:
         return _importtime_in(args, env_for(home), home, top)
 
 
-def _importtime_in(args: tuple[str, ...], env: dict[str, str], home: Path, top: int = 15) -> str:
+def _importtime_in(
+    args: tuple[str, ...], env: dict[str, str], home: Path, top: int = 15, python: str = PYTHON
+) -> str:
     proc = subprocess.run(
-        [PYTHON, "-X", "importtime", "-m", "streamalchemy", *args],
+        [python, "-X", "importtime", "-m", "streamalchemy", *args],
         env=env, cwd=home, capture_output=True, text=True, timeout=60,
         stdin=subprocess.DEVNULL,
     )  # fmt: skip
@@ -194,9 +199,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--markdown", action="store_true", help="print the docs section")
+    parser.add_argument(
+        "--python",
+        default=PYTHON,
+        help="the environment to measure, e.g. a venv with only the wheel installed",
+    )
     args = parser.parse_args()
     profiles: dict[str, str] = {}
-    rows, how = run(args.quick, profiles if args.markdown else None)
+    rows, how = run(args.quick, profiles if args.markdown else None, args.python)
     if args.markdown:
         print(markdown(rows, how, profiles))
         return
