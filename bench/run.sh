@@ -27,4 +27,6 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # Byte-code caches as an installed package has them (this environment may turn them off).
 unset PYTHONDONTWRITEBYTECODE
+# Streams that run for days (bench/soak.py): bash bench/run.sh --soak [--minutes N | --hours N]
+if [ "${1:-}" = "--soak" ]; then shift; exec "$py" -m bench.soak "$@"; fi
 exec "$py" -m bench.run "$@"

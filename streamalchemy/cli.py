@@ -129,6 +129,14 @@ def start(
     replace: Annotated[
         bool, typer.Option("--replace", help="Replace a stream of this name.")
     ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="A file output may replace an existing file at the first start. \\[default: off]",
+            show_default=False,
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Start a stream, wait until FFmpeg runs, save it, and print its output URL.
@@ -145,6 +153,7 @@ def start(
             testsrc=testsrc,
             output=output,
             replace=replace,
+            overwrite=overwrite,
             codec=codec,
             resolution=resolution,
             fps=fps,

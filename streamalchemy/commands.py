@@ -66,6 +66,7 @@ def start_body(
     testsrc: bool = False,
     output: str | None = None,
     replace: bool = False,
+    overwrite: bool = False,
     **options: object,
 ) -> dict[str, Any]:
     """The ``POST /streams`` body; relative paths are the caller's, so they resolve here.
@@ -77,7 +78,7 @@ def start_body(
     unknown = sorted(set(options) - set(START_OPTIONS))
     if unknown:
         raise InvalidInput(f"unknown start option {unknown[0]!r}")
-    body: dict[str, Any] = {"name": name, **options, "replace": replace}
+    body: dict[str, Any] = {"name": name, **options, "replace": replace, "overwrite": overwrite}
     kind = source_kind({"file": file, "url": url, "testsrc": testsrc or None})
     if kind == "file" and file is not None:
         body["file"] = _abs_path(file)

@@ -18,7 +18,6 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import streamalchemy
@@ -33,6 +32,7 @@ from streamalchemy.errors import (
 )
 from streamalchemy.ffmpeg import STATS_PERIOD, build_argv, output_target
 from streamalchemy.httpserver import Reply
+from streamalchemy.outputs import refuse_existing_file
 from streamalchemy.persist import StateStore, new_entry
 from streamalchemy.procs import ChildRecord
 from streamalchemy.restore import Step, dry_run_results, plan
@@ -45,7 +45,7 @@ from streamalchemy.spec import (
     spec_from_request,
     validate_name,
 )
-from streamalchemy.supervisor import Stream, Supervisor
+from streamalchemy.supervisor import REPLACED, USER_RESTART, Stream, Supervisor
 
 log = logging.getLogger("streamalchemy.daemon")
 
@@ -79,6 +79,8 @@ class Controller:
             log_dir=settings.log_dir,
             stall_timeout=settings.stall_timeout,
             on_end=self._on_end,
+            log_max_bytes=settings.log_max_bytes,
+            log_backups=settings.log_backups,
         )
         self.started = time.time()
         self.not_restored: dict[str, str] = {}  # saved streams left out, and why
@@ -102,20 +104,22 @@ class Controller:
 
     def _launch(self, spec: StreamSpec, saved_at: float, encoder: str) -> Stream:
         target = output_target(spec, self.settings.rtsp_url, self.settings.hls_dir)
-        if spec.output == "hls":
-            Path(target).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        argv = build_argv(
-            spec,
-            ffmpeg=self.settings.ffmpeg,
-            encoder=encoder,
-            target=target,
-            # Reports often enough that a healthy stream never looks stalled.
-            stats_period=min(STATS_PERIOD, self.settings.stall_timeout / 2),
-        )
+
+        def argv_for(current: str) -> list[str]:
+            # Built per spawn: a restarted recording writes the next numbered file.
+            return build_argv(
+                spec,
+                ffmpeg=self.settings.ffmpeg,
+                encoder=encoder,
+                target=current,
+                # Reports often enough that a healthy stream never looks stalled.
+                stats_period=min(STATS_PERIOD, self.settings.stall_timeout / 2),
+            )
+
         log.info("starting %s -> %s", spec.name, mask_credentials(target))
         self.not_restored.pop(spec.name, None)
         return self.supervisor.launch(
-            spec, saved_at=saved_at, encoder=encoder, argv=argv, target=target
+            spec, saved_at=saved_at, encoder=encoder, target=target, argv_for=argv_for
         )
 
     def _on_end(self, stream: Stream) -> None:
@@ -131,6 +135,9 @@ class Controller:
         replace = body.get("replace", False)
         if not isinstance(replace, bool):
             raise InvalidInput(f"replace must be true or false, not {replace!r}")
+        overwrite = body.get("overwrite", False)
+        if not isinstance(overwrite, bool):
+            raise InvalidInput(f"overwrite must be true or false, not {overwrite!r}")
         with self._reserve([spec.name]):
             current = self.supervisor.streams.get(spec.name)
             if current is not None and current.active and not replace:
@@ -139,14 +146,15 @@ class Controller:
                     "use --replace or stop it first"
                 )
             await asyncio.to_thread(check_source, spec, self.settings.ffprobe)
+            refuse_existing_file(spec.output, overwrite)
             encoder = self.choose_encoder(spec)
             previous = current if current is not None and current.active else None
             if current is not None:
-                await self.supervisor.stop(spec.name)
+                await self.supervisor.stop(spec.name, REPLACED)
             stream = self._launch(spec, time.time(), encoder)
             failure = await stream.confirmed(CONFIRM_WINDOW)
             if failure is not None:
-                await self.supervisor.stop(spec.name)
+                await self.supervisor.stop(spec.name, f"FFmpeg failed to start: {failure}")
                 message = f"{spec.name}: FFmpeg failed to start: {failure}"
                 if previous is not None:
                     # As a bad configuration reload leaves the old one serving: what
@@ -196,6 +204,7 @@ class Controller:
             if step.result != "restored":
                 self.not_restored[step.name] = step.reason
                 log.info("restore %s: %s (%s)", step.name, step.result, step.reason)
+                self.supervisor.note(step.name, f"restore {step.result}: {step.reason}")
         for name in expired:
             self.not_restored.pop(name, None)
         results = {s.name: {"result": s.result, "reason": s.reason} for s in steps}
@@ -298,9 +307,8 @@ class Controller:
             await asyncio.to_thread(check_source, spec, self.settings.ffprobe)
             encoder = self.choose_encoder(spec)
             if name in self.supervisor.streams:
-                await self.supervisor.stop(name)
+                await self.supervisor.stop(name, USER_RESTART)
             stream = self._launch(spec, saved_at, encoder)
-            stream.log.event("restarted by the user (streamalchemy restart)")
             failure = await stream.confirmed(CONFIRM_WINDOW)
         if failure is not None:
             # Still saved: it keeps retrying under its restart policy, as after a restore.

@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import sys
-from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import IO
 
@@ -24,6 +23,7 @@ from streamalchemy.controller import Controller
 from streamalchemy.errors import OperationFailed
 from streamalchemy.httpserver import connection_handler
 from streamalchemy.settings import Settings
+from streamalchemy.streamlog import CappedHandler
 
 log = logging.getLogger("streamalchemy.daemon")
 
@@ -70,9 +70,10 @@ def _bind(path: Path) -> socket.socket:
     return sock
 
 
-def _setup_logging(log_dir: Path) -> None:
+def _setup_logging(settings: Settings) -> None:
+    log_dir = settings.log_dir
     log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    handler = RotatingFileHandler(log_dir / "daemon.log", maxBytes=1 << 20, backupCount=3)
+    handler = CappedHandler(log_dir / "daemon.log", settings.log_max_bytes, settings.log_backups)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler.setFormatter(fmt)
     root = logging.getLogger("streamalchemy")
@@ -127,7 +128,7 @@ def run(settings: Settings, restore: bool = True) -> None:
     os.umask(0o077)
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = _hold_instance_lock(settings.data_dir)
-    _setup_logging(settings.log_dir)
+    _setup_logging(settings)
     try:
         asyncio.run(_serve(settings, restore))
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from streamalchemy.outputs import HLS_SEGMENT
 from streamalchemy.spec import TESTSRC_FPS, TESTSRC_RESOLUTION, StreamSpec, output_muxer
 
 # How long a network source may stay silent before FFmpeg gives up (and the
@@ -22,7 +23,6 @@ KEYFRAME_SECONDS = 2
 STATS_PERIOD = 2.0
 # Bits per pixel per frame at the target size: enough for a watchable live picture.
 _BITS_PER_PIXEL = {"h264": 0.08, "h265": 0.05, "mpeg4": 0.15}
-_HLS_SEGMENT = "segment_%05d.ts"
 
 
 def output_target(spec: StreamSpec, rtsp_url: str, hls_dir: Path) -> str:
@@ -178,19 +178,26 @@ def _output_args(spec: StreamSpec, target: str) -> list[str]:
 
 def _container_args(muxer: str, target: str) -> list[str]:
     if muxer == "hls":
-        segments = str(Path(target).parent / _HLS_SEGMENT)
+        # No "file:" prefix here: FFmpeg 5.1 then fails to delete old segments, and an
+        # absolute path is never read as a protocol anyway. append_list: a restarted
+        # FFmpeg continues the playlist's numbering instead of going back to 0.
+        segments = str(Path(target).parent / HLS_SEGMENT)
         return [
             *("-f", "hls", "-hls_time", str(KEYFRAME_SECONDS), "-hls_list_size", "6"),
-            *("-hls_delete_threshold", "3", "-hls_flags", "delete_segments+omit_endlist"),
-            *("-hls_segment_filename", f"file:{segments}", f"file:{target}"),
+            *("-hls_delete_threshold", "3"),
+            *("-hls_flags", "delete_segments+omit_endlist+append_list"),
+            *("-hls_segment_filename", segments, target),
         ]
     if muxer == "rtsp":
         return ["-f", "rtsp", "-rtsp_transport", "tcp", target]
     if target.startswith("/"):
         # Fragmented MP4/MOV stays playable when FFmpeg is killed before it finishes.
         fragments = ["-movflags", "+frag_keyframe+empty_moov"] if muxer in ("mp4", "mov") else []
+        # -flush_packets 1: what was muxed is on disk, not in a 32 KiB buffer, when
+        # FFmpeg is killed (a low-bitrate recording lost its first seconds otherwise).
+        # -n: never overwrite (the supervisor picks a free file for each spawn);
         # file: so that a ':' in the name is never read as a protocol.
-        return ["-f", muxer, *fragments, "-y", f"file:{target}"]
+        return ["-f", muxer, *fragments, "-flush_packets", "1", "-n", f"file:{target}"]
     return ["-f", muxer, target]  # flv for rtmp, mpegts for srt/udp/tcp
 
 

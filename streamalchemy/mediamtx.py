@@ -20,8 +20,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from streamalchemy import procs
+from streamalchemy.backoff import Backoff
 from streamalchemy.settings import Settings
-from streamalchemy.supervisor import Backoff, StreamLog
+from streamalchemy.streamlog import StreamLog
 
 log = logging.getLogger("streamalchemy.mediamtx")
 

@@ -28,6 +28,9 @@ def _number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+_PARTIAL_MAX = 1 << 16
+
+
 class ProgressParser:
     """Collects ``key=value`` lines; a ``progress=`` line closes a block.
 
@@ -42,6 +45,8 @@ class ProgressParser:
     def feed(self, data: bytes) -> Progress | None:
         """Return the last block that ``data`` completes, if any."""
         *lines, self._partial = (self._partial + data).split(b"\n")
+        if len(self._partial) > _PARTIAL_MAX:
+            self._partial = b""  # not a progress line: no key=value runs this long
         done: dict[str, str] | None = None
         for line in lines:
             key, sep, value = line.decode(errors="replace").strip().partition("=")

@@ -78,7 +78,7 @@ START_OPTIONS: dict[str, StartOption] = {
 
 _REQUEST_KEYS = frozenset(
     {"name", "file", "url", "testsrc", "codec", "resolution", "fps", "audio", "hwaccel"}
-    | {"duration", "output", "restart", "priority", "replace"}
+    | {"duration", "output", "restart", "priority", "replace", "overwrite"}
 )
 # userinfo in scheme://user:pass@host; the password may itself hold an unescaped '@'.
 _CREDENTIALS = re.compile(

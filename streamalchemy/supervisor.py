@@ -1,7 +1,9 @@
 """Own the FFmpeg children of the daemon: spawn, watch progress, deadlines, restarts, stop.
 
-Nothing here parses requests or touches the state file; the daemon decides, this
-module carries it out and reports through ``on_end`` when a stream ends by itself.
+Nothing here parses requests or touches the state file; the controller decides,
+this module carries it out and reports through ``on_end`` when a stream ends by
+itself. The clock and the spawner are injected, so that the whole restart loop
+runs in-process in tests against a stub FFmpeg.
 """
 
 from __future__ import annotations
@@ -13,47 +15,71 @@ import random
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from logging.handlers import RotatingFileHandler
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
 from streamalchemy import procs
-from streamalchemy.progress import (
-    Progress,
-    ProgressParser,
-    clean_line,
-    explain_failure,
-    root_cause,
-)
+from streamalchemy.backoff import Backoff
+from streamalchemy.errors import StreamExists
+from streamalchemy.outputs import OutputFiles
+from streamalchemy.progress import Progress, ProgressParser, explain_failure, root_cause
 from streamalchemy.spec import StreamSpec, mask_credentials
+from streamalchemy.streamlog import LOG_BACKUPS, LOG_MAX_BYTES, StreamLog
+
+log = logging.getLogger("streamalchemy.supervisor")
 
 ACTIVE = frozenset({"starting", "running", "retrying", "stopping"})
-LOG_MAX_BYTES = 1 << 20
+TICK = 1.0  # seconds between deadline and stall checks
+# A tick this late means the daemon itself was not running (SIGSTOP, a suspended VM):
+# the streams' silence meanwhile is not theirs.
+PAUSE_GAP = 3.0
+EXITS_KEPT = 10
+READ_CHUNK = 1 << 16
+# An FFmpeg line longer than this is cut; the rest up to its newline is dropped.
+LINE_MAX_BYTES = 8192
+
+# Why a stream is stopped, in the words its log and its exits show.
+USER_STOP = "stopped by the user"
+SHUTDOWN = "daemon shutting down; the stream comes back at its next launch"
+REPLACED = "replaced by a new start of the same name"
+USER_RESTART = "restarted by the user"
+DURATION_REACHED = "duration reached"
+
+Spawner = Callable[[Sequence[str]], Awaitable[asyncio.subprocess.Process]]
 
 
-@dataclass
-class Backoff:
-    """Exponential backoff with jitter, so failing streams never retry in lockstep."""
+class Clock(Protocol):
+    def time(self) -> float: ...
 
-    base: float = 1.0
-    cap: float = 60.0
-    healthy_after: float = 60.0
-    failures: int = 0
-    rand: random.Random = field(default_factory=random.Random)
-
-    def next_delay(self, ran_for: float) -> float:
-        if ran_for >= self.healthy_after:
-            self.failures = 0
-        delay = min(self.cap, self.base * 2**self.failures)
-        self.failures += 1
-        return float(delay * self.rand.uniform(0.5, 1.0))
+    def monotonic(self) -> float: ...
 
 
-def should_restart(policy: str, exit_code: int, stalled: bool) -> bool:
+class SystemClock:
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """What every stream needs from the daemon's settings."""
+
+    stall_timeout: float = 20.0
+    grace: float = 5.0
+    log_max_bytes: int = LOG_MAX_BYTES
+    log_backups: int = LOG_BACKUPS
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+
+
+def should_restart(policy: str, exit_code: int | None, stalled: bool) -> bool:
+    """Whether an FFmpeg that ended (not stopped by us) runs again under ``policy``."""
     if policy == "always":
         return True
     if policy == "never":
@@ -61,30 +87,24 @@ def should_restart(policy: str, exit_code: int, stalled: bool) -> bool:
     return stalled or exit_code != 0
 
 
-class StreamLog:
-    """One size-capped, rotated log per stream: FFmpeg's lines and lifecycle events."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.tail: deque[str] = deque(maxlen=40)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._handler = RotatingFileHandler(path, maxBytes=LOG_MAX_BYTES, backupCount=2)
-        self._handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-
-    def _write(self, text: str) -> None:
-        record = logging.LogRecord("stream", logging.INFO, "", 0, text, None, None)
-        self._handler.emit(record)
-
-    def ffmpeg(self, line: str) -> None:
-        line = mask_credentials(clean_line(line))
-        self.tail.append(line)
-        self._write(line)
-
-    def event(self, text: str) -> None:
-        self._write(f"[streamalchemy] {mask_credentials(text)}")
-
-    def close(self) -> None:
-        self._handler.close()
+async def _read_lines(stream: asyncio.StreamReader, emit: Callable[[str], None]) -> None:
+    """Split FFmpeg's stderr into lines ('\\n' or '\\r'), however long a line runs."""
+    partial = b""
+    overflow = False
+    while data := await stream.read(READ_CHUNK):
+        *lines, partial = (partial + data).replace(b"\r", b"\n").split(b"\n")
+        for raw in lines:
+            if overflow:
+                overflow = False  # the end of a line already emitted, cut
+                continue
+            if line := raw.decode(errors="replace").strip():
+                emit(line)
+        if len(partial) > LINE_MAX_BYTES:
+            if not overflow:
+                emit(partial[:LINE_MAX_BYTES].decode(errors="replace").strip() + " [cut]")
+            partial, overflow = b"", True
+    if partial and not overflow and (line := partial.decode(errors="replace").strip()):
+        emit(line)
 
 
 class Stream:
@@ -96,32 +116,46 @@ class Stream:
         *,
         saved_at: float,
         encoder: str,
-        argv: Sequence[str],
         target: str,
+        argv_for: Callable[[str], list[str]],
         log: StreamLog,
-        supervisor: Supervisor,
+        settings: StreamSettings,
+        on_end: Callable[[Stream], None],
+        record: procs.ChildRecord | None = None,
+        clock: Clock | None = None,
+        spawn: Spawner = procs.spawn,
+        rand: random.Random | None = None,
     ) -> None:
         self.spec = spec
         self.saved_at = saved_at
         self.encoder = encoder
-        self.argv = list(argv)
         self.target = target
+        self.argv: list[str] = []
         self.log = log
+        self.settings = settings
+        self.clock = clock or SystemClock()
         self.status = "starting"
         self.restarts = 0
         self.started_at: float | None = None
         self.last_error: str | None = None
         self.progress = Progress()
         self.deadline = saved_at + spec.duration if spec.duration else None
-        self._sup = supervisor
+        self.exits: deque[dict[str, Any]] = deque(maxlen=EXITS_KEPT)
+        self.output = OutputFiles(spec.output, target)
+        self._argv_for = argv_for
+        self._on_end = on_end
+        self._record = record
+        self._spawn = spawn
         self._proc: asyncio.subprocess.Process | None = None
         self._ps: psutil.Process | None = None
         self._progress_at = 0.0
-        self._stopping = False
+        self._stopping: str | None = None  # why, once a stop is asked for
         self._stalled = False
         self._wake = asyncio.Event()
         self._confirmed: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._backoff = Backoff(rand=supervisor.rand)
+        self._backoff = Backoff(
+            base=settings.backoff_base, cap=settings.backoff_cap, rand=rand or random.Random()
+        )
         self.task = asyncio.create_task(self._run(), name=f"stream-{spec.name}")
 
     @property
@@ -131,6 +165,11 @@ class Stream:
     @property
     def active(self) -> bool:
         return self.status in ACTIVE
+
+    @property
+    def current_output(self) -> str:
+        """The file FFmpeg writes now (rec.2.mp4 after two restarts); else the output."""
+        return self.output.current
 
     def remaining(self, now: float) -> float | None:
         return None if self.deadline is None else max(0.0, self.deadline - now)
@@ -149,97 +188,172 @@ class Stream:
         if not self._confirmed.done():
             self._confirmed.set_result(failure)
 
+    def _past_deadline(self, margin: float = 0.0) -> bool:
+        return self.deadline is not None and self.clock.time() >= self.deadline - margin
+
+    # -- the restart loop ----------------------------------------------------------
+
     async def _run(self) -> None:
+        """Run FFmpeg until a stop, the deadline or the restart policy ends the stream.
+
+        Nothing escapes: an unexpected error is one more failure under the policy.
+        """
         try:
-            while not self._stopping:
-                if self.deadline is not None and time.time() >= self.deadline:
-                    self._end("finished", "duration reached")
+            while self._stopping is None:
+                if self._past_deadline():
+                    self._end("finished", DURATION_REACHED)
                     return
-                ran_for, code = await self._run_once()
-                if self._stopping:
-                    return
-                if self.deadline is not None and time.time() >= self.deadline - 1:
-                    self._end("finished", "duration reached")
-                    return
-                reason = self._failure_reason(code)
-                if reason:
+                try:
+                    ran_for, code = await self._run_once()
+                    if self._stopping is not None:
+                        return
+                    if self._past_deadline(margin=1.0):
+                        self._note_exit(code, DURATION_REACHED)
+                        self._end("finished", DURATION_REACHED)
+                        return
+                    reason, restart = self._judge(code)
+                    self._note_exit(code, reason or "FFmpeg exited")
+                except Exception as exc:  # a bug or an OS error must not end supervision
+                    log.exception("%s: supervising FFmpeg failed", self.spec.name)
+                    await self._kill_quietly()
+                    if self._stopping is not None:
+                        return
+                    ran_for, reason = 0.0, f"internal error: {exc}"
+                    self._note_exit(None, reason)
+                    restart = self.spec.restart != "never"
+                if reason is not None:
                     self.last_error = reason
                     self._confirm(reason)
-                if not should_restart(self.spec.restart, code, self._stalled):
+                if not restart:
                     self._end("failed" if reason else "finished", reason or "FFmpeg exited")
                     return
                 delay = self._backoff.next_delay(ran_for)
                 self.status = "retrying"
-                self.log.event(f"restarting in {delay:.1f}s ({reason or 'exited'})")
+                self.log.event(f"restarting in {delay:.1f}s: {reason or 'FFmpeg exited'}")
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
-                if not self._stopping:
+                if self._stopping is None:
                     self.restarts += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # in _end or the backoff: still never a silent ghost
+            log.exception("%s: supervisor loop failed", self.spec.name)
+            self.status, self.last_error = "failed", f"internal error: {exc}"
         finally:
             self._confirm(self.last_error or "stream ended")
 
-    async def _run_once(self) -> tuple[float, int]:
-        """Run FFmpeg once; return how long it ran and its exit code."""
+    def _judge(self, code: int | None) -> tuple[str | None, bool]:
+        """Why FFmpeg ended (None: a clean end) and whether it runs again."""
+        if self._stalled:
+            reason = f"stalled: no progress for {self.settings.stall_timeout:g}s"
+        elif code == 0 and self.spec.source_type == "rtsp":
+            # A network source that ends before the deadline is an interruption: a
+            # relay that stops relaying is the one thing this tool must not do.
+            reason = "the source ended before the stream's end"
+            return reason, self.spec.restart != "never"
+        elif code == 0:
+            reason = None
+        else:
+            cause = root_cause(list(self.log.tail))
+            reason = explain_failure(cause, self.target) if cause else "FFmpeg failed"
+        return reason, should_restart(self.spec.restart, code, self._stalled)
+
+    async def _run_once(self) -> tuple[float, int | None]:
+        """Run FFmpeg once; return how long it ran and its exit code (None: a signal)."""
         self.status = "starting"
         self._stalled = False
-        self._progress_at = time.monotonic()
+        self._progress_at = self.clock.monotonic()
         self.log.tail.clear()
+        target = self.output.next_spawn()
+        self.argv = self._argv_for(target)
         try:
-            proc = await procs.spawn(self.argv)
+            proc = await self._spawn(self.argv)
         except OSError as exc:
-            self.log.event(f"cannot run {self.argv[0]}: {exc.strerror}")
-            self.log.tail.append(f"cannot run {self.argv[0]}: {exc.strerror}")
-            return 0.0, 127
-        self._proc, self.started_at = proc, time.time()
-        if self._stopping:  # stop() came while the fork was under way
-            await procs.stop(proc, self._sup.grace)
-        self._sup.record.add(self.spec.name, proc.pid, self.argv)
+            why = f"cannot run {self.argv[0]}: {exc.strerror or exc}"
+            self.log.event(why)
+            self.log.tail.append(why)
+            return 0.0, None
+        self._proc, self.started_at = proc, self.clock.time()
+        if self._stopping is not None:  # stop() came while the fork was under way
+            await procs.stop(proc, self.settings.grace)
+        self._record_child(proc.pid)
         self._ps = None
-        self.log.event(f"started FFmpeg pid {proc.pid}")
-        started = time.monotonic()
+        where = f", writing {mask_credentials(target)}" if target != self.target else ""
+        self.log.event(f"started FFmpeg (pid {proc.pid}){where}")
+        started = self.clock.monotonic()
         assert proc.stdout is not None and proc.stderr is not None
-        await asyncio.gather(self._read_progress(proc.stdout), self._read_log(proc.stderr))
-        code = await proc.wait()
-        self._sup.record.discard(self.spec.name)
-        self.log.event(f"FFmpeg pid {proc.pid} exited with code {code}")
-        return time.monotonic() - started, code
+        await asyncio.gather(
+            self._read_progress(proc.stdout), _read_lines(proc.stderr, self.log.ffmpeg)
+        )
+        returncode = await proc.wait()
+        self._forget_child()
+        code = None if returncode < 0 else returncode
+        if self._stopping is not None:
+            # Our own SIGTERM: FFmpeg's 255 (or the signal) is the stop, not an error.
+            self.log.event(f"FFmpeg (pid {proc.pid}) ended: {self._stopping}")
+            self._note_exit(code, self._stopping)
+        elif not self._past_deadline(margin=1.0):
+            self.log.event(f"FFmpeg (pid {proc.pid}) {_exit_words(returncode)}")
+        return self.clock.monotonic() - started, code
+
+    def _note_exit(self, code: int | None, reason: str) -> None:
+        self.exits.append({"at": self.clock.time(), "code": code, "reason": reason})
+
+    def _record_child(self, pid: int) -> None:
+        if self._record is None:
+            return
+        try:
+            self._record.add(self.spec.name, pid, self.argv)
+        except OSError as exc:  # a full disk: the stream matters more than the record
+            log.warning("%s: cannot record FFmpeg pid %d: %s", self.spec.name, pid, exc)
+
+    def _forget_child(self) -> None:
+        if self._record is None:
+            return
+        try:
+            self._record.discard(self.spec.name)
+        except OSError as exc:
+            log.warning("%s: cannot update the children record: %s", self.spec.name, exc)
+
+    async def _kill_quietly(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(Exception):
+                procs.signal_group(proc.pid, signal.SIGKILL)
+                await asyncio.wait_for(proc.wait(), self.settings.grace)
+        self._forget_child()
 
     async def _read_progress(self, stream: asyncio.StreamReader) -> None:
         parser = ProgressParser()
-        while data := await stream.read(1 << 16):
+        while data := await stream.read(READ_CHUNK):
             block = parser.feed(data)
             if block is None:
                 continue
             previous, self.progress = self.progress, block
             if (block.frames, block.out_time_us) != (previous.frames, previous.out_time_us):
-                self._progress_at = time.monotonic()
-            if self.status == "starting" and not self._stopping:
+                self._progress_at = self.clock.monotonic()
+            if self.status == "starting" and self._stopping is None:
                 self.status = "running"
                 self.last_error = None
                 self._confirm(None)
 
-    async def _read_log(self, stream: asyncio.StreamReader) -> None:
-        async for raw in stream:
-            line = raw.decode(errors="replace").strip()
-            if line:
-                self.log.ffmpeg(line)
-
-    def _failure_reason(self, code: int) -> str | None:
-        if self._stalled:
-            return f"stalled: no progress for {self._sup.stall_timeout:g}s"
-        if code == 0:
-            return None
-        cause = root_cause(list(self.log.tail))
-        return explain_failure(cause, self.target) if cause else f"FFmpeg exited with code {code}"
-
     def _end(self, status: str, why: str) -> None:
         self.status = status
-        self.log.event(f"{status}: {why}")
-        self._sup.ended(self)
+        if why == DURATION_REACHED:
+            self.log.event(f"finished: {why}")
+        else:
+            self.log.event(f"{status}: {why}; not restarting (--restart {self.spec.restart})")
+        self.output.end()
+        try:
+            self._on_end(self)
+        except Exception:
+            log.exception("%s: handling the end of the stream failed", self.spec.name)
+
+    # -- called by the supervisor ----------------------------------------------------
 
     def check(self, now: float, mono: float) -> None:
-        """Called every second: enforce the deadline and catch stalled FFmpeg."""
+        """Called every tick: enforce the deadline and catch stalled FFmpeg."""
         pid = self.pid
         if self.deadline is not None and now >= self.deadline and self.active:
             if pid is not None:
@@ -247,24 +361,31 @@ class Stream:
             self._wake.set()
         elif (
             pid is not None
-            and not (self._stalled or self._stopping)
-            and mono - self._progress_at > self._sup.stall_timeout
+            and not self._stalled
+            and self._stopping is None
+            and mono - self._progress_at > self.settings.stall_timeout
         ):
             self._stalled = True
-            self.log.event(f"no progress for {self._sup.stall_timeout:g}s: killing FFmpeg")
+            self.log.event(
+                f"no progress for {self.settings.stall_timeout:g}s: killing FFmpeg (pid {pid})"
+            )
             procs.signal_group(pid, signal.SIGKILL)
 
-    async def stop(self, grace: float) -> None:
-        self._stopping = True
+    def forgive_pause(self, mono: float) -> None:
+        """The daemon was not running until ``mono``: restart the stall clock from now."""
+        self._progress_at = max(self._progress_at, mono)
+
+    async def stop(self, reason: str) -> None:
+        self._stopping = reason
         if self.active:
             self.status = "stopping"
         self._wake.set()
         if self._proc is not None:
-            await procs.stop(self._proc, grace)
+            await procs.stop(self._proc, self.settings.grace)
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
-        self.log.event("stopped")
-        self.log.close()
+        self.log.event(reason)
+        self.output.end()
 
     def usage(self) -> tuple[float | None, float | None]:
         """CPU percent since the last call, and resident memory in MiB."""
@@ -279,8 +400,12 @@ class Stream:
         except psutil.Error:
             return None, None
 
+    def history(self) -> list[dict[str, Any]]:
+        """The last exits of FFmpeg, oldest first: when, exit code (None: a signal), why."""
+        return [dict(e, reason=mask_credentials(e["reason"])) for e in self.exits]
+
     def snapshot(self) -> dict[str, Any]:
-        now = time.time()
+        now = self.clock.time()
         cpu, mem = self.usage()
         running = self.pid is not None and self.started_at is not None
         return {
@@ -290,6 +415,7 @@ class Stream:
             "source": mask_credentials(self.spec.source) if self.spec.source else "testsrc",
             "source_type": self.spec.source_type,
             "output": mask_credentials(self.target),
+            "current_output": mask_credentials(self.current_output),
             "codec": self.spec.codec,
             "encoder": self.encoder,
             "restart": self.spec.restart,
@@ -308,7 +434,18 @@ class Stream:
             "memory_mb": None if mem is None else round(mem, 1),
             "last_error": self.last_error,
             "log_file": str(self.log.path),
+            "exits": self.history(),
         }
+
+
+def _exit_words(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    return f"exited with code {returncode}"
 
 
 class Supervisor:
@@ -322,56 +459,119 @@ class Supervisor:
         stall_timeout: float,
         on_end: Callable[[Stream], None],
         grace: float = 5.0,
+        log_max_bytes: int = LOG_MAX_BYTES,
+        log_backups: int = LOG_BACKUPS,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 60.0,
+        clock: Clock | None = None,
+        spawn: Spawner = procs.spawn,
         rand: random.Random | None = None,
+        tick_every: float | None = TICK,
     ) -> None:
+        """``tick_every`` None: no ticker runs; the caller (a test) calls ``tick``."""
         self.record = record
         self.log_dir = log_dir
-        self.stall_timeout = stall_timeout
-        self.grace = grace
+        self.settings = StreamSettings(
+            stall_timeout=stall_timeout,
+            grace=grace,
+            log_max_bytes=log_max_bytes,
+            log_backups=log_backups,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+        )
+        self.clock = clock or SystemClock()
         self.rand = rand or random.Random()
         self.streams: dict[str, Stream] = {}
+        self._spawn = spawn
         self._on_end = on_end
         self._ticker: asyncio.Task[None] | None = None
+        self._tick_every = tick_every
+        self._last_tick: float | None = None
+
+    @property
+    def stall_timeout(self) -> float:
+        return self.settings.stall_timeout
+
+    @property
+    def grace(self) -> float:
+        return self.settings.grace
 
     def log_path(self, name: str) -> Path:
         return self.log_dir / "streams" / f"{name}.log"
 
+    def stream_log(self, name: str) -> StreamLog:
+        return StreamLog(
+            self.log_path(name), self.settings.log_max_bytes, self.settings.log_backups
+        )
+
+    def note(self, name: str, text: str) -> None:
+        """Append a lifecycle line to a stream's log, running or not (a restore skip)."""
+        self.stream_log(name).event(text)
+
     def launch(
-        self, spec: StreamSpec, *, saved_at: float, encoder: str, argv: Sequence[str], target: str
+        self,
+        spec: StreamSpec,
+        *,
+        saved_at: float,
+        encoder: str,
+        target: str,
+        argv_for: Callable[[str], list[str]],
     ) -> Stream:
-        """Begin supervising a stream; the caller awaits ``Stream.confirmed``."""
-        if self._ticker is None:
-            self._ticker = asyncio.create_task(self._tick(), name="supervisor-tick")
+        """Begin supervising a new start of a stream; the caller awaits ``Stream.confirmed``.
+
+        ``argv_for`` builds FFmpeg's command line for the file it is to write, once per
+        spawn: a restarted recording goes to the next numbered file. Refuses a name
+        that is still active: stop it first.
+        """
+        current = self.streams.get(spec.name)
+        if current is not None and current.active:
+            raise StreamExists(f"stream {spec.name!r} is already running (pid {current.pid})")
+        if self._tick_every is not None and (self._ticker is None or self._ticker.done()):
+            self._last_tick = self.clock.monotonic()
+            self._ticker = asyncio.create_task(self._tick(self._tick_every), name="tick")
         stream = Stream(
             spec,
             saved_at=saved_at,
             encoder=encoder,
-            argv=argv,
             target=target,
-            log=StreamLog(self.log_path(spec.name)),
-            supervisor=self,
+            argv_for=argv_for,
+            log=self.stream_log(spec.name),
+            settings=self.settings,
+            on_end=self._on_end,
+            record=self.record,
+            clock=self.clock,
+            spawn=self._spawn,
+            rand=self.rand,
         )
-        previous = self.streams.get(spec.name)
-        if previous is not None:
-            previous.log.close()  # a finished or failed run of the same name
+        stream.output.begin()
         self.streams[spec.name] = stream
         return stream
 
-    def ended(self, stream: Stream) -> None:
-        self._on_end(stream)
-
-    async def stop(self, name: str) -> None:
+    async def stop(self, name: str, reason: str = USER_STOP) -> None:
         stream = self.streams.pop(name)
-        await stream.stop(self.grace)
+        await stream.stop(reason)
 
-    async def stop_all(self) -> None:
-        await asyncio.gather(*(self.stop(name) for name in list(self.streams)))
+    async def stop_all(self, reason: str = SHUTDOWN) -> None:
+        await asyncio.gather(*(self.stop(name, reason) for name in list(self.streams)))
         if self._ticker is not None:
             self._ticker.cancel()
 
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            now, mono = time.time(), time.monotonic()
-            for stream in list(self.streams.values()):
+    def tick(self) -> None:
+        """One round of deadline and stall checks (the ticker calls it every second)."""
+        now, mono = self.clock.time(), self.clock.monotonic()
+        paused = self._last_tick is not None and mono - self._last_tick > PAUSE_GAP
+        self._last_tick = mono
+        for stream in list(self.streams.values()):
+            if paused:
+                stream.forgive_pause(mono)
+            try:
                 stream.check(now, mono)
+            except Exception:  # one stream's trouble must not stop the others' checks
+                log.exception("%s: check failed", stream.spec.name)
+        if paused:
+            log.warning("the daemon was paused; stall clocks restarted")
+
+    async def _tick(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            self.tick()

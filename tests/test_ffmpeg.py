@@ -290,7 +290,9 @@ def test_copy_maps_video_and_optional_audio_without_filters() -> None:
 def test_no_audio_and_a_file_output() -> None:
     argv = argv_text({"file": "/v/a.mp4", "output": "/tmp/rec.mp4"})
     assert "-map 0:v:0 -vf" in argv and " -an " in argv
-    assert argv.endswith("-f mp4 -movflags +frag_keyframe+empty_moov -y file:/tmp/rec.mp4")
+    assert argv.endswith(
+        "-f mp4 -movflags +frag_keyframe+empty_moov -flush_packets 1 -n file:/tmp/rec.mp4"
+    )
 
 
 @pytest.mark.parametrize(
@@ -304,11 +306,11 @@ def test_no_audio_and_a_file_output() -> None:
         (
             "hls",
             "-f hls -hls_time 2 -hls_list_size 6 -hls_delete_threshold 3 "
-            "-hls_flags delete_segments+omit_endlist "
-            "-hls_segment_filename file:/srv/hls/cam/segment_%05d.ts file:/srv/hls/cam/index.m3u8",
+            "-hls_flags delete_segments+omit_endlist+append_list "
+            "-hls_segment_filename /srv/hls/cam/segment_%05d.ts /srv/hls/cam/index.m3u8",
         ),
-        ("/tmp/x.ts", "-f mpegts -y file:/tmp/x.ts"),
-        ("/tmp/x.mkv", "-f matroska -y file:/tmp/x.mkv"),
+        ("/tmp/x.ts", "-f mpegts -flush_packets 1 -n file:/tmp/x.ts"),
+        ("/tmp/x.mkv", "-f matroska -flush_packets 1 -n file:/tmp/x.mkv"),
     ],
 )
 def test_output_formats(output: str, tail: str) -> None:

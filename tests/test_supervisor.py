@@ -1,22 +1,120 @@
-"""Restarts, backoff and stall detection, with real FFmpeg and a receiver that comes and goes."""
+"""The supervisor in-process: a stub FFmpeg script, a fake clock, no daemon. Seconds in all."""
 
 from __future__ import annotations
 
-import os
+import asyncio
+import errno
 import random
-import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from conftest import Daemon, RtspReceiver, cli, cli_json, wait_for
-from streamalchemy.supervisor import Backoff, should_restart
+from streamalchemy import procs
+from streamalchemy.backoff import Backoff
+from streamalchemy.errors import StreamExists
+from streamalchemy.spec import StreamSpec
+from streamalchemy.supervisor import (
+    DURATION_REACHED,
+    SHUTDOWN,
+    USER_STOP,
+    Spawner,
+    Stream,
+    Supervisor,
+    should_restart,
+)
+
+STUB = Path(__file__).with_name("stub_ffmpeg.py")
+STALL = 5.0
 
 
-def stream(name: str) -> dict[str, object]:
-    code, doc = cli_json("list")
-    assert code == 0
-    return next(s for s in doc["streams"] if s["name"] == name)
+class FakeClock:
+    def __init__(self) -> None:
+        self.wall = 1_800_000_000.0
+        self.mono = 1000.0
+
+    def time(self) -> float:
+        return self.wall
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mono += seconds
+
+
+def stub(*args: str) -> Callable[[str], list[str]]:
+    return lambda target: [sys.executable, str(STUB), *args]
+
+
+def spec(
+    name: str = "s", source_type: str = "testsrc", output: str = "null", **kw: Any
+) -> StreamSpec:
+    source = {"testsrc": "", "rtsp": "http://127.0.0.1:9/clip.mp4", "file": "/v.mp4"}
+    return StreamSpec(
+        name=name, source_type=source_type, source=source[source_type], output=output, **kw
+    )
+
+
+class Harness:
+    def __init__(self, tmp: Path, spawn: Spawner = procs.spawn, **settings: Any) -> None:
+        self.clock = FakeClock()
+        self.ended: list[Stream] = []
+        self.sup = Supervisor(
+            record=procs.ChildRecord(tmp / "children.json"),
+            log_dir=tmp,
+            stall_timeout=STALL,
+            on_end=self.ended.append,
+            grace=2.0,
+            backoff_base=0.01,
+            backoff_cap=0.05,
+            clock=self.clock,
+            spawn=spawn,
+            rand=random.Random(1),
+            tick_every=None,
+            **settings,
+        )
+
+    def launch(
+        self, s: StreamSpec, argv_for: Callable[[str], list[str]], target: str = "null"
+    ) -> Stream:
+        return self.sup.launch(
+            s, saved_at=self.clock.time(), encoder="libx264", target=target, argv_for=argv_for
+        )
+
+    async def ticks(self, seconds: int) -> None:
+        """Advance the clock second by second, letting the streams read FFmpeg in between."""
+        for _ in range(seconds):
+            self.clock.advance(1)
+            self.sup.tick()
+            await asyncio.sleep(0.05)
+
+
+async def until(predicate: Callable[[], object], what: str, timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+def run(tmp: Path, test: Callable[[Harness], Awaitable[None]], **kw: Any) -> None:
+    async def main() -> None:
+        h = Harness(tmp, **kw)
+        try:
+            await asyncio.wait_for(test(h), 20)
+        finally:
+            await h.sup.stop_all()
+
+    asyncio.run(main())
+
+
+def log_text(stream: Stream) -> str:
+    return stream.log.path.read_text()
+
+
+# -- pure rules -----------------------------------------------------------------------
 
 
 def test_backoff_doubles_to_a_cap_with_jitter_and_resets_when_healthy() -> None:
@@ -30,65 +128,232 @@ def test_backoff_doubles_to_a_cap_with_jitter_and_resets_when_healthy() -> None:
 
 def test_restart_policies() -> None:
     assert should_restart("on-failure", 1, stalled=False)
+    assert should_restart("on-failure", None, stalled=False)
     assert should_restart("on-failure", 0, stalled=True)
     assert not should_restart("on-failure", 0, stalled=False)
     assert should_restart("always", 0, stalled=False)
     assert not should_restart("never", 1, stalled=True)
 
 
-def test_receiver_goes_away_and_comes_back(daemon: Daemon) -> None:
-    receiver = RtspReceiver()
-    try:
-        proc = cli(
-            "start",
-            "cam",
-            "--testsrc",
-            "--resolution",
-            "480",
-            "--fps",
-            "10",
-            "--output",
-            receiver.url,
-        )
-        assert proc.returncode == 0, proc.stderr
-        wait_for(lambda: receiver.frames > 5, 20, "frames at the first receiver")
-    finally:
-        receiver.stop()
-    wait_for(lambda: stream("cam")["restarts"] >= 2, 30, "the stream to retry")
-    assert stream("cam")["status"] in ("retrying", "starting")
-    assert stream("cam")["last_error"]
-
-    receiver = RtspReceiver(port=receiver.port)
-    try:
-        wait_for(lambda: receiver.frames > 5, 40, "frames at the receiver that came back")
-        wait_for(lambda: stream("cam")["status"] == "running", 10, "running again")
-    finally:
-        receiver.stop()
+# -- the restart loop ---------------------------------------------------------------------
 
 
-def test_stalled_ffmpeg_is_restarted(tmp_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("STREAMALCHEMY_STALL_TIMEOUT", "2")
-    d = Daemon(tmp_home)
-    try:
-        assert (
-            cli("start", "st", "--testsrc", "--resolution", "480", "--output", "null").returncode
-            == 0
-        )
-        pid = stream("st")["pid"]
-        assert isinstance(pid, int)
-        os.kill(pid, signal.SIGSTOP)  # frozen: alive, but no progress
-        wait_for(lambda: stream("st")["restarts"] >= 1, 20, "the stalled stream to restart")
-        wait_for(lambda: stream("st")["status"] == "running", 20, "running again")
-        assert stream("st")["pid"] != pid
-        assert "stalled" in cli("logs", "st").stdout
-    finally:
-        d.stop()
+def test_failing_ffmpeg_restarts_with_backoff_and_keeps_its_last_ten_exits(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        s = h.launch(spec(), stub("--blocks", "1", "--exit", "1", "--say", "Connection refused"))
+        await until(lambda: s.restarts >= 12, "a dozen restarts")
+        exits = s.history()
+        assert len(exits) == 10
+        assert all(e["code"] == 1 and e["reason"] == "Connection refused" for e in exits)
+        assert s.last_error == "Connection refused" and s.active and not h.ended
+        assert "restarting in 0.0s: Connection refused" in log_text(s)
+
+    run(tmp_path, test)
 
 
-def test_duration_ends_stream_and_leaves_file(daemon: Daemon, tmp_home: Path) -> None:
-    proc = cli(
-        "start", "short", "--testsrc", "--resolution", "480", "--output", "null", "--duration", "3s"
-    )
-    assert proc.returncode == 0, proc.stderr
-    wait_for(lambda: stream("short")["status"] == "finished", 15, "the stream to finish")
-    assert cli_json("saved")[1]["streams"] == {}
+def test_clean_exit_of_a_looping_source_finishes_it(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        s = h.launch(spec(), stub("--blocks", "2"))
+        await until(lambda: h.ended, "the end")
+        assert s.status == "finished" and s.restarts == 0
+        assert s.history()[-1]["code"] == 0
+
+    run(tmp_path, test)
+
+
+@pytest.mark.parametrize("policy", ["on-failure", "always"])
+def test_url_source_that_ends_cleanly_is_an_interruption(tmp_path: Path, policy: str) -> None:
+    async def test(h: Harness) -> None:
+        s = h.launch(spec(source_type="rtsp", restart=policy), stub("--blocks", "2"))
+        await until(lambda: s.restarts >= 2, "restarts of the relay")
+        assert not h.ended and s.active
+        assert "source ended" in s.history()[0]["reason"]
+        assert "restarting in" in log_text(s)
+
+    run(tmp_path, test)
+
+
+def test_url_source_under_restart_never_ends_for_good(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        s = h.launch(spec(source_type="rtsp", restart="never"), stub("--blocks", "2"))
+        await until(lambda: h.ended, "the end")
+        assert s.restarts == 0 and not s.active
+
+    run(tmp_path, test)
+
+
+def test_deadline_ends_the_stream_as_finished(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        s = h.launch(spec(duration=10.0), stub())
+        await until(lambda: s.status == "running", "running")
+        await h.ticks(10)
+        await until(lambda: h.ended, "the end")
+        assert s.status == "finished" and s.restarts == 0
+        assert s.history()[-1] == {"at": h.clock.wall, "code": 255, "reason": DURATION_REACHED}
+        assert "finished: duration reached" in log_text(s)
+        assert "code 255" not in log_text(s)
+
+    run(tmp_path, test)
+
+
+def test_stalled_ffmpeg_is_killed_and_restarted(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        s = h.launch(spec(), stub("--blocks", "3", "--freeze"))
+        await until(lambda: s.progress.frames == 3, "three frames")
+        pid = s.pid
+        await h.ticks(int(STALL) + 1)
+        await until(lambda: s.restarts == 1 and s.pid not in (None, pid), "a new FFmpeg")
+        assert s.history()[0]["code"] is None and "stalled" in s.history()[0]["reason"]
+        assert "no progress for 5s: killing FFmpeg" in log_text(s)
+
+    run(tmp_path, test)
+
+
+def test_a_paused_daemon_does_not_count_its_pause_as_a_stall(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        s = h.launch(spec(), stub("--blocks", "3", "--freeze"))
+        await until(lambda: s.progress.frames == 3, "three frames")
+        pid = s.pid
+        h.sup.tick()
+        h.clock.advance(30)  # SIGSTOP of the daemon, then SIGCONT
+        h.sup.tick()
+        await h.ticks(int(STALL) - 1)
+        await asyncio.sleep(0.2)
+        assert s.pid == pid and s.restarts == 0
+        await h.ticks(2)  # a real stall after the pause is still caught
+        await until(lambda: s.restarts == 1, "the stall restart")
+
+    run(tmp_path, test)
+
+
+def test_launch_refuses_a_name_that_is_running(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        s = h.launch(spec(), stub())
+        with pytest.raises(StreamExists):
+            h.launch(spec(), stub())
+        assert h.sup.streams["s"] is s
+
+    run(tmp_path, test)
+
+
+def test_stop_says_why_and_sigterm_exit_is_no_error(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        s = h.launch(spec(), stub())
+        await until(lambda: s.status == "running", "running")
+        await h.sup.stop("s", USER_STOP)
+        text = log_text(s)
+        assert "stopped by the user" in text and "exited with code" not in text
+        assert s.history()[-1]["code"] == 255 and s.history()[-1]["reason"] == USER_STOP
+        t = h.launch(spec(name="t"), stub())
+        await until(lambda: t.status == "running", "running")
+        await h.sup.stop_all()
+        assert SHUTDOWN in log_text(t)
+        assert not h.ended  # a stop is not an end by itself: the stream stays saved or not
+
+    run(tmp_path, test)
+
+
+# -- a task that never dies -------------------------------------------------------------
+
+
+def test_an_exception_in_a_spawn_becomes_a_retry_with_last_error(tmp_path: Path) -> None:
+    calls = []
+
+    def argv_for(target: str) -> list[str]:
+        calls.append(target)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return stub()(target)
+
+    async def test(h: Harness) -> None:
+        s = h.launch(spec(), argv_for)
+        await until(lambda: s.status == "running", "running after the error")
+        assert s.restarts == 1 and s.history()[0]["reason"] == "internal error: boom"
+        assert not s.task.done()
+
+    run(tmp_path, test)
+
+
+def test_a_spawn_error_on_a_full_disk_is_retried(tmp_path: Path) -> None:
+    failures = [OSError(errno.ENOSPC, "No space left on device")]
+
+    async def spawn(argv: Sequence[str]) -> asyncio.subprocess.Process:
+        if failures:
+            raise failures.pop()
+        return await procs.spawn(argv)
+
+    async def test(h: Harness) -> None:
+        s = h.launch(spec(), stub())
+        await until(lambda: s.status == "running", "running after the full disk")
+        assert s.history()[0]["code"] is None
+        assert "No space left on device" in s.history()[0]["reason"]
+
+    run(tmp_path, test, spawn=spawn)
+
+
+def test_an_on_end_that_raises_leaves_a_finished_stream(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        def broken(_: Stream) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        h.sup._on_end = broken
+        s = h.launch(spec(), stub("--blocks", "1"))
+        await asyncio.wait_for(s.task, 10)
+        assert s.status == "finished" and s.task.exception() is None
+
+    run(tmp_path, test)
+
+
+def test_an_ffmpeg_line_longer_than_64k_is_cut_not_fatal(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        args = ("--long-line", "300000", "--blocks", "3", "--exit", "1", "--say", "I/O error")
+        s = h.launch(spec(), stub(*args))
+        await until(lambda: s.restarts >= 1, "a restart")
+        assert s.history()[0]["reason"] == "I/O error"
+        assert "more characters" in log_text(s)
+        await h.sup.stop("s")
+        assert s.task.exception() is None
+
+    run(tmp_path, test)
+
+
+# -- what a stream leaves on disk -----------------------------------------------------------
+
+
+def test_each_spawn_of_a_recording_writes_the_next_numbered_file(tmp_path: Path) -> None:
+    rec = tmp_path / "rec.mp4"
+
+    def argv_for(target: str) -> list[str]:
+        return stub("--out", target, "--blocks", "2", "--exit", "1")(target)
+
+    async def test(h: Harness) -> None:
+        s = h.launch(spec(output=str(rec)), argv_for, target=str(rec))
+        await until(lambda: s.restarts >= 2 and s.status == "running", "two restarts")
+        names = sorted(p.name for p in tmp_path.glob("rec*.mp4"))
+        assert names[:3] == ["rec.1.mp4", "rec.2.mp4", "rec.mp4"]
+        assert s.snapshot()["output"] == str(rec)
+        assert s.snapshot()["current_output"] in {str(tmp_path / n) for n in names}
+        assert all(p.read_text() == "recording\n" for p in tmp_path.glob("rec*.mp4"))
+        assert "File" not in " ".join(e["reason"] for e in s.history())  # nothing refused
+
+    run(tmp_path, test)
+
+
+def test_log_stays_capped_under_a_stream_failing_in_a_loop(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        say = "Connection refused " + "x" * 300
+        s = h.launch(spec(), stub("--blocks", "0", "--exit", "1", "--say", say))
+        await until(lambda: s.restarts >= 20, "twenty restarts")
+        logs = sorted(p.name for p in (tmp_path / "streams").iterdir())
+        assert logs == ["s.log", "s.log.1", "s.log.2"]
+        assert all(p.stat().st_size <= 2048 for p in (tmp_path / "streams").iterdir())
+
+    run(tmp_path, test, log_max_bytes=2048, log_backups=2)
+
+
+def test_a_note_reaches_the_log_of_a_stream_that_is_not_running(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        h.sup.note("cam", "restore skipped: file /v.mp4 is missing")
+        assert "restore skipped" in h.sup.log_path("cam").read_text()
+
+    run(tmp_path, test)

@@ -1,0 +1,360 @@
+"""Soak: a mix of streams left running, with random FFmpeg kills and daemon restarts.
+
+Streams: a test pattern to HLS, a test pattern recorded to an MP4 file, a short clip
+served by a local HTTP server relayed by URL (it ends every few seconds), and a test
+pattern pushed to an FFmpeg RTSP receiver in listen mode (which exits with each
+client, and is started again). Every ``--event-every`` seconds, at random, one
+stream's FFmpeg is SIGKILLed or the daemon is restarted (SIGTERM, then a new
+``daemon run`` that restores the streams).
+
+Every sample reports the disk used by the home (state, logs, HLS; recordings are
+written outside it), the files in the HLS directory, the daemon's resident memory,
+the streams missing from the state file, and the recording files; the end checks
+that no recording lost a byte and every one plays.
+
+    python -m bench.soak                 # 4 minutes
+    python -m bench.soak --hours 24      # a day
+    python -m bench.soak --markdown out.md
+
+Every process it starts is stopped by PID; nothing is written outside its
+temporary directories (except ``--markdown``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import http.server
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench.common import FFMPEG, PYTHON, BenchError, Daemon, env_for, log, make_clip, temp_home
+
+FFPROBE = FFMPEG.replace("ffmpeg", "ffprobe") if "ffmpeg" in FFMPEG else "ffprobe"
+SMALL = ["--resolution", "480", "--fps", "10"]
+LOG_MAX_BYTES = 256 << 10  # small enough that the soak sees rotation in minutes
+
+
+def cli(home: Path, *args: str, timeout: float = 60) -> tuple[int, dict[str, Any]]:
+    proc = subprocess.run(
+        [PYTHON, "-m", "streamalchemy", *args, "--json"],
+        env={**env_for(home), "STREAMALCHEMY_LOG_MAX_BYTES": str(LOG_MAX_BYTES)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        return proc.returncode, json.loads(proc.stdout or "{}")
+    except ValueError:
+        return proc.returncode, {"message": proc.stdout + proc.stderr}
+
+
+@contextlib.contextmanager
+def http_server(directory: Path) -> Iterator[str]:
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class Receiver:
+    """``ffmpeg -rtsp_flags listen``: one client at a time, so started again when it exits."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"rtsp://127.0.0.1:{port}/x"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.proc = subprocess.Popen(
+                [
+                    *(FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error"),
+                    *("-rtsp_flags", "listen", "-timeout", "600", "-i", self.url),
+                    *("-f", "null", "-"),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            self.starts += 1
+            while self.proc.poll() is None and not self._stop.is_set():
+                time.sleep(0.2)
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self._thread.join(10)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def disk_kib(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, f)).st_blocks * 512
+    return total // 1024
+
+
+@dataclass
+class Soak:
+    home: Path
+    recdir: Path
+    names: list[str]
+    rand: random.Random
+    markers: dict[str, str] = field(default_factory=dict)  # name -> a piece of its argv
+    daemon: Daemon | None = None
+    events: list[str] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    # Each recording file's largest size seen while it was no longer being written.
+    closed_sizes: dict[str, int] = field(default_factory=dict)
+    ffmpeg_kills: int = 0
+    daemon_restarts: int = 0
+    missing_worst: int = 0
+    duplicates_worst: int = 0
+
+    def start_daemon(self) -> None:
+        os.environ["STREAMALCHEMY_LOG_MAX_BYTES"] = str(LOG_MAX_BYTES)
+        self.daemon = Daemon(self.home)
+        self.daemon.wait_ready()
+
+    def restart_daemon(self) -> None:
+        assert self.daemon is not None
+        self.daemon.stop()
+        self.start_daemon()
+        self.daemon_restarts += 1
+
+    def streams(self) -> dict[str, dict[str, Any]]:
+        assert self.daemon is not None
+        return {s["name"]: s for s in self.daemon.streams()}
+
+    def kill_one(self) -> None:
+        name = self.rand.choice(self.names)
+        pid = self.streams().get(name, {}).get("pid")
+        if isinstance(pid, int):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            self.ffmpeg_kills += 1
+
+    def sample(self, t: float) -> dict[str, Any]:
+        assert self.daemon is not None
+        running = self.streams()
+        saved = json.loads((self.home / "active_streams.json").read_text() or "{}")
+        missing = [n for n in self.names if n not in saved]
+        counts = dict.fromkeys(self.names, 0)
+        for child in self.daemon.children():
+            with contextlib.suppress(psutil.Error):
+                cmd = " ".join(child.cmdline())
+                for name, marker in self.markers.items():
+                    counts[name] += marker in cmd
+        self.missing_worst = max(self.missing_worst, len(missing))
+        self.duplicates_worst = max(self.duplicates_worst, max(counts.values(), default=0))
+        current = running.get("rec", {}).get("current_output")
+        recs = sorted(self.recdir.glob("rec*.mp4"))
+        for f in recs:
+            if str(f) != current:
+                size = f.stat().st_size
+                self.closed_sizes[f.name] = max(self.closed_sizes.get(f.name, 0), size)
+        try:
+            rss = psutil.Process(self.daemon.pid).memory_info().rss / 2**20
+        except psutil.Error:
+            rss = float("nan")
+        row = {
+            "t": t,
+            "home_kib": disk_kib(self.home),
+            "logs_kib": disk_kib(self.home / "logs"),
+            "hls_files": len(list((self.home / "hls" / "hls").glob("*"))),
+            "rec_files": len(recs),
+            "rec_mib": sum(f.stat().st_size for f in recs) / 2**20,
+            "rss_mib": rss,
+            "running": sum(1 for s in running.values() if s.get("status") == "running"),
+            "missing": len(missing),
+            "kills": self.ffmpeg_kills,
+            "restarts": self.daemon_restarts,
+        }
+        self.samples.append(row)
+        return row
+
+
+def playable(path: Path) -> bool:
+    proc = subprocess.run(
+        [
+            *(FFPROBE, "-v", "error", "-count_packets", "-select_streams", "v:0"),
+            *("-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", str(path)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return proc.returncode == 0 and int((proc.stdout.strip() or "0").split(",")[0]) > 0
+
+
+def run(seconds: float, sample_every: float, event_every: float, seed: int) -> str:
+    rand = random.Random(seed)
+    with temp_home("soak") as home, temp_home("soak-rec") as recdir, temp_home("soak-www") as www:
+        clip = make_clip(www, seconds=8)
+        receiver = Receiver(free_port())
+        soak = Soak(home, recdir, ["hls", "rec", "relay", "push"], rand)
+        try:
+            with http_server(www) as base:
+                soak.start_daemon()
+                starts = {
+                    "hls": ["--testsrc", *SMALL, "--output", "hls"],
+                    "rec": ["--testsrc", *SMALL, "--output", str(recdir / "rec.mp4")],
+                    "relay": [
+                        "--url",
+                        f"{base}/{clip.name}",
+                        "--codec",
+                        "copy",
+                        "--output",
+                        "null",
+                    ],
+                    "push": ["--testsrc", *SMALL, "--output", receiver.url],
+                }
+                soak.markers = {
+                    "hls": str(home / "hls" / "hls"),
+                    "rec": str(recdir),
+                    "relay": f"{base}/{clip.name}",
+                    "push": receiver.url,
+                }
+                for name, args in starts.items():
+                    code, doc = cli(home, "start", name, *args)
+                    if code != 0:
+                        raise BenchError(f"start {name} failed ({code}): {doc.get('message')}")
+                log(f"soak: 4 streams up; running {seconds:g}s")
+                t0 = time.monotonic()
+                next_sample, next_event = 0.0, event_every
+                while (now := time.monotonic() - t0) < seconds:
+                    if now >= next_event:
+                        if rand.random() < 0.25:
+                            soak.restart_daemon()
+                            soak.events.append(f"{now:.0f}s daemon restart")
+                        else:
+                            soak.kill_one()
+                        next_event = now + event_every * rand.uniform(0.5, 1.5)
+                    if now >= next_sample:
+                        row = soak.sample(now)
+                        log(
+                            f"soak t={now:5.0f}s home={row['home_kib']} KiB "
+                            f"hls={row['hls_files']} rss={row['rss_mib']:.1f} MiB "
+                            f"missing={row['missing']} rec={row['rec_files']}"
+                        )
+                        next_sample = now + sample_every
+                    time.sleep(0.5)
+                soak.sample(time.monotonic() - t0)
+                assert soak.daemon is not None
+                soak.daemon.stop()
+        finally:
+            receiver.stop()
+            if soak.daemon is not None:
+                soak.daemon.stop()
+        recs = sorted(recdir.glob("rec*.mp4"))
+        final = {f.name: f.stat().st_size for f in recs}
+        lost = sum(max(0, size - final.get(name, 0)) for name, size in soak.closed_sizes.items())
+        unplayable = [f.name for f in recs if not playable(f)]
+        return report(soak, seconds, lost, unplayable, len(recs), receiver.starts)
+
+
+def report(
+    soak: Soak, seconds: float, lost: int, unplayable: list[str], recs: int, receivers: int
+) -> str:
+    rows = soak.samples
+    step = max(1, len(rows) // 12)
+    shown = rows[::step] + ([rows[-1]] if (len(rows) - 1) % step else [])
+    warm = [r for r in rows if r["t"] >= min(60.0, seconds / 3)] or rows
+    lines = [
+        f"Soak of {seconds / 60:g} min: 4 streams (HLS, MP4 recording, HTTP clip relay, RTSP "
+        f"push to a listen-mode receiver), {soak.ffmpeg_kills} FFmpeg SIGKILLs and "
+        f"{soak.daemon_restarts} daemon restarts at random; log cap "
+        f"{LOG_MAX_BYTES // 1024} KiB x 3 copies.",
+        "",
+        "| time | home on disk | of which logs | files in the HLS dir "
+        "| recordings (files, MiB) | daemon RSS | streams running "
+        "| missing from state file | FFmpeg kills | daemon restarts |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in shown:
+        lines.append(
+            f"| {r['t']:.0f} s | {r['home_kib']} KiB | {r['logs_kib']} KiB | {r['hls_files']} "
+            f"| {r['rec_files']}, {r['rec_mib']:.1f} | {r['rss_mib']:.1f} MiB | {r['running']}/4 "
+            f"| {r['missing']} | {r['kills']} | {r['restarts']} |"
+        )
+    lines += [
+        "",
+        "| check | result | target |",
+        "|---|---|---|",
+        f"| home on disk once warm (after {warm[0]['t']:.0f} s), min-max "
+        f"| {min(r['home_kib'] for r in warm)}-{max(r['home_kib'] for r in warm)} KiB | flat |",
+        f"| most files in the HLS directory | {max(r['hls_files'] for r in rows)} | <= 6 + 6 |",
+        f"| bytes lost from recordings | {lost} | 0 |",
+        f"| recording files that do not play (ffprobe) | {len(unplayable)} of {recs} | 0 |",
+        f"| streams missing from the state file (worst sample) | {soak.missing_worst} | 0 |",
+        f"| most FFmpeg per stream name (worst sample) | {soak.duplicates_worst} | 1 |",
+        f"| daemon RSS once warm, min-max | {min(r['rss_mib'] for r in warm):.1f}-"
+        f"{max(r['rss_mib'] for r in warm):.1f} MiB | flat |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--minutes", type=float, default=4.0, help="how long (default 4)")
+    p.add_argument("--hours", type=float, default=None, help="how long, in hours")
+    p.add_argument("--sample-every", type=float, default=None, help="seconds between samples")
+    p.add_argument("--event-every", type=float, default=20.0, help="mean seconds between faults")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--markdown", type=Path, default=None, help="also write the tables here")
+    args = p.parse_args()
+    seconds = args.hours * 3600 if args.hours is not None else args.minutes * 60
+    sample_every = args.sample_every or max(10.0, seconds / 60)
+    try:
+        text = run(seconds, sample_every, args.event_every, args.seed)
+    except BenchError as exc:
+        print(f"soak: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

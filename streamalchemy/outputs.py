@@ -1,0 +1,143 @@
+"""What a stream leaves on disk over days: HLS directories and numbered recordings.
+
+- HLS: a new start of a name clears the name's directory; every spawn of FFmpeg
+  removes the segments its playlist no longer lists (FFmpeg deletes only the ones
+  it wrote itself) and continues the playlist's numbering (``append_list``); a stop
+  ends the playlist with ``#EXT-X-ENDLIST``.
+- Files: nothing is ever overwritten. The first spawn writes the path given; each
+  later one the next free numbered file beside it (rec.mp4, rec.1.mp4, rec.2.mp4).
+
+Nothing here starts processes or decides about streams.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from pathlib import Path
+
+from streamalchemy.errors import InvalidInput
+from streamalchemy.spec import output_muxer
+
+HLS_SEGMENT = "segment_%05d.ts"
+_SEGMENT = re.compile(r"segment_\d+\.ts")
+ENDLIST = "#EXT-X-ENDLIST"
+
+
+def numbered(path: Path, n: int) -> Path:
+    """rec.mp4 for 0, rec.3.mp4 for 3."""
+    return path if n == 0 else path.with_name(f"{path.stem}.{n}{path.suffix}")
+
+
+def next_free_file(path: Path) -> Path:
+    """``path`` if it does not exist, else the numbered file after the highest one there."""
+    if not path.exists():
+        return path
+    pattern = re.compile(re.escape(path.stem) + r"\.(\d{1,9})" + re.escape(path.suffix))
+    try:
+        taken = [int(m[1]) for f in path.parent.iterdir() if (m := pattern.fullmatch(f.name))]
+    except OSError:
+        taken = []
+    n = max(taken, default=0) + 1
+    while numbered(path, n).exists():
+        n += 1
+    return numbered(path, n)
+
+
+def refuse_existing_file(output: str, overwrite: bool) -> None:
+    """A ``start`` to a file that exists is refused unless ``overwrite``, which removes it.
+
+    Only the file named goes: numbered files of earlier runs stay where they are.
+    """
+    if not output.startswith("/"):
+        return
+    path = Path(output)
+    if not (path.exists() or path.is_symlink()):
+        return
+    if not overwrite:
+        raise InvalidInput(
+            f"output file {output} already exists: use --overwrite to replace it, "
+            "or choose another path"
+        )
+    if path.is_dir():
+        raise InvalidInput(f"output {output} is a directory; choose a file path")
+    path.unlink()
+
+
+def hls_files(directory: Path) -> list[Path]:
+    try:
+        return [f for f in directory.iterdir() if _SEGMENT.fullmatch(f.name)]
+    except OSError:
+        return []
+
+
+def clear_hls(playlist: Path) -> None:
+    """Remove a name's old segments and playlist: a new start begins a new stream."""
+    for f in [*hls_files(playlist.parent), playlist, playlist.with_name(playlist.name + ".tmp")]:
+        with contextlib.suppress(FileNotFoundError):
+            f.unlink()
+
+
+def listed_segments(playlist: Path) -> set[str]:
+    try:
+        text = playlist.read_text(errors="replace")
+    except OSError:
+        return set()
+    return {line.strip() for line in text.splitlines() if _SEGMENT.fullmatch(line.strip())}
+
+
+def prune_hls(playlist: Path) -> None:
+    """Remove the segments the playlist does not list: left by an FFmpeg that was killed."""
+    keep = listed_segments(playlist)
+    for f in hls_files(playlist.parent):
+        if f.name not in keep:
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
+    with contextlib.suppress(FileNotFoundError):
+        playlist.with_name(playlist.name + ".tmp").unlink()
+
+
+def end_playlist(playlist: Path) -> None:
+    """Mark the playlist ended, so players stop waiting for more (FFmpeg runs with omit_endlist)."""
+    try:
+        text = playlist.read_text(errors="replace")
+    except OSError:
+        return
+    if not text.strip() or ENDLIST in text:
+        return
+    tmp = playlist.with_name(playlist.name + ".end")
+    with contextlib.suppress(OSError):
+        tmp.write_text(text.rstrip("\n") + f"\n{ENDLIST}\n")
+        os.replace(tmp, playlist)
+
+
+class OutputFiles:
+    """The files one run of a stream writes, across every spawn of its FFmpeg."""
+
+    def __init__(self, output: str, target: str) -> None:
+        self.muxer = output_muxer(output)
+        self.target = target
+        self.current = target
+        self.is_file = output.startswith("/")
+        self.is_hls = self.muxer == "hls"
+
+    def begin(self) -> None:
+        """A new start of the name (start, replace, restart, restore)."""
+        if self.is_hls:
+            with contextlib.suppress(OSError):
+                Path(self.target).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            clear_hls(Path(self.target))
+
+    def next_spawn(self) -> str:
+        """Where the next FFmpeg writes; called right before each spawn."""
+        if self.is_file:
+            self.current = str(next_free_file(Path(self.target)))
+        elif self.is_hls:
+            prune_hls(Path(self.target))
+        return self.current
+
+    def end(self) -> None:
+        """The stream is over (stopped, or ended for good): close what players read."""
+        if self.is_hls:
+            end_playlist(Path(self.target))

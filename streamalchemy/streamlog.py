@@ -1,0 +1,136 @@
+"""Size-capped, rotated log files: one per stream, MediaMTX's, and the daemon's own.
+
+Every write opens, appends and closes, so that the stream's supervisor, the
+controller (a restore skip for a stream that is not running) and a rotation by
+either never disagree on which file is current or how big it is. A write that
+fails (a full disk) is dropped and counted, never raised: a log must not take a
+stream or the daemon down with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import time
+from collections import deque
+from pathlib import Path
+
+from streamalchemy.progress import clean_line
+from streamalchemy.spec import mask_credentials
+
+LOG_MAX_BYTES = 10 << 20
+LOG_BACKUPS = 3
+# Longer FFmpeg lines are cut in the log: one line never fills a capped file alone,
+# and masking (whose cost grows with the square of a line's length) stays cheap.
+LINE_MAX_CHARS = 2000
+# A URL the cut ends inside: dropped, lest half a password escape its mask.
+_CUT_URL = re.compile(r"\S*://\S*$")
+
+
+def _stamp(at: float) -> str:
+    local = time.localtime(at)
+    return time.strftime("%Y-%m-%d %H:%M:%S", local) + f",{int(at % 1 * 1000):03d}"
+
+
+class CappedFile:
+    """Appends lines to ``path``; past ``max_bytes`` it becomes ``path.1`` (``.2``, ...)."""
+
+    def __init__(self, path: Path, max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_BACKUPS):
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.errors = 0
+
+    def write(self, text: str) -> None:
+        data = (text + "\n").encode(errors="replace")
+        if len(data) > self.max_bytes:
+            data = data[: self.max_bytes - 1] + b"\n"
+        try:
+            self._append(data)
+        except OSError:
+            self.errors += 1  # a full or read-only disk: the stream runs on regardless
+
+    def _append(self, data: bytes) -> None:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.path, flags, 0o600)
+        try:
+            if os.fstat(fd).st_size + len(data) > self.max_bytes:
+                os.close(fd)
+                fd = -1
+                self._rotate()
+                fd = os.open(self.path, flags, 0o600)
+            os.write(fd, data)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _rotate(self) -> None:
+        if self.backups == 0:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            return
+        for n in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{n}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{n + 1}"))
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+
+
+class StreamLog:
+    """One capped, rotated log per stream: FFmpeg's lines and lifecycle events."""
+
+    def __init__(self, path: Path, max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_BACKUPS):
+        self.path = path
+        self.tail: deque[str] = deque(maxlen=40)
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._file = CappedFile(path, max_bytes, backups)
+
+    def _write(self, text: str) -> None:
+        self._file.write(f"{_stamp(time.time())} {text}")
+
+    def ffmpeg(self, line: str) -> None:
+        line = clean_line(line)
+        if len(line) > LINE_MAX_CHARS:
+            more = len(line) - LINE_MAX_CHARS
+            line = f"{_CUT_URL.sub('', line[:LINE_MAX_CHARS])}... ({more} more characters)"
+        line = mask_credentials(line)
+        self.tail.append(line)
+        self._write(line)
+
+    def event(self, text: str) -> None:
+        self._write(f"[streamalchemy] {mask_credentials(text)}")
+
+    def close(self) -> None:
+        """Nothing stays open between writes; kept so callers need not know."""
+
+
+def append_event(
+    path: Path, text: str, max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_BACKUPS
+) -> None:
+    """Add one lifecycle line to a stream's log when no stream object is there to do it.
+
+    A restore that skips a stream says so in ``logs NAME`` as well as in the daemon log.
+    """
+    StreamLog(path, max_bytes, backups).event(text)
+
+
+class CappedHandler(logging.Handler):
+    """A logging handler writing through a CappedFile: the daemon log obeys the same cap.
+
+    (The standard RotatingFileHandler never rotates when asked to keep 0 copies.)
+    """
+
+    def __init__(self, path: Path, max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_BACKUPS):
+        super().__init__()
+        self._file = CappedFile(path, max_bytes, backups)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+        except Exception:  # a bad format argument: the handler must not raise
+            self.handleError(record)
+            return
+        self._file.write(text)
