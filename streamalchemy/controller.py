@@ -306,9 +306,12 @@ class Controller:
         with self._reserve([name]):
             await asyncio.to_thread(check_source, spec, self.settings.ffprobe)
             encoder = self.choose_encoder(spec)
-            if name in self.supervisor.streams:
+            previous = self.supervisor.streams.get(name)
+            if previous is not None:
                 await self.supervisor.stop(name, USER_RESTART)
             stream = self._launch(spec, saved_at, encoder)
+            if previous is not None:  # show keeps the history across the user's restart
+                stream.exits.extendleft(reversed(previous.exits))
             failure = await stream.confirmed(CONFIRM_WINDOW)
         if failure is not None:
             # Still saved: it keeps retrying under its restart policy, as after a restore.

@@ -61,6 +61,8 @@ def test_restart_keeps_the_deadline_and_show_tells_everything(
     assert doc["stream"]["saved_at"] == saved_at  # the deadline is kept
     assert saved(tmp_home)["cam"]["saved_at"] == saved_at
     assert 0 < doc["stream"]["remaining_seconds"] <= 120
+    (last,) = doc["exits"]
+    assert last["reason"] == "restarted by the user" and last["at"] > saved_at
 
     code, doc = cli_json("restart", "--all")
     assert (code, sorted(doc["restarted"])) == (0, ["cam", "other"])
