@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the benchmarks and write docs/benchmarks.md (see bench/run.py for options).
 # Usage: bash bench/run.sh [--quick] [--only store|cli|footprint|restore ...] [--no-profile]
+#    or: bash bench/run.sh load [--batch 100] [--batches 2] [--hold 20]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,4 +30,5 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 unset PYTHONDONTWRITEBYTECODE
 # Streams that run for days (bench/soak.py): bash bench/run.sh --soak [--minutes N | --hours N]
 if [ "${1:-}" = "--soak" ]; then shift; exec "$py" -m bench.soak "$@"; fi
+if [ "${1:-}" = load ]; then shift; exec "$py" -m bench.load "$@"; fi  # bench/load.py
 exec "$py" -m bench.run "$@"

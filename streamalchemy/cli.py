@@ -256,6 +256,7 @@ def logs(
             lambda r: print("\n".join(r["lines"])) if r["lines"] else None,
         )
         paths = {name: result["path"]}
+        offsets = {name: result["offset"]}
     else:
         tails = _emit(
             as_json,
@@ -263,10 +264,11 @@ def logs(
             lambda r: _print_prefixed({n: t["lines"] for n, t in r["logs"].items()}),
         )
         paths = {n: t["path"] for n, t in tails["logs"].items()}
+        offsets = {n: t["offset"] for n, t in tails["logs"].items()}
     if follow:
         width = max(map(len, paths), default=0)
         try:
-            for stream, line in commands.follow(paths):
+            for stream, line in commands.follow(paths, offsets=offsets):
                 print(_prefixed(stream, line, width) if name is None else line, flush=True)
         except KeyboardInterrupt:
             pass

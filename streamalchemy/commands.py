@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 
 from streamalchemy.client import Client
-from streamalchemy.errors import DaemonUnreachable, InvalidInput, StreamNotFound
+from streamalchemy.errors import DaemonUnreachable, InvalidInput, OperationFailed, StreamNotFound
 from streamalchemy.names import validate_name
 from streamalchemy.settings import Settings, load_settings
 
@@ -260,14 +260,22 @@ def daemon_status() -> StatusResult:
     return cast("StatusResult", client().request("GET", "/status", autostart=False))
 
 
+STOP_WAIT = 30.0  # seconds `daemon stop` waits for the daemon to exit
+
+
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs; a zombie (exited, not yet reaped by its parent) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): kill(0) is all there is
 
 
 def daemon_stop() -> MessageResult:
@@ -276,9 +284,14 @@ def daemon_stop() -> MessageResult:
     if not c.reachable():
         return {"success": True, "message": "the daemon is not running"}
     pid = int(c.request("POST", "/shutdown", autostart=False)["pid"])
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + STOP_WAIT
     while time.monotonic() < deadline and _alive(pid):
         time.sleep(0.05)
+    if _alive(pid):
+        raise OperationFailed(
+            f"the daemon (pid {pid}) is still running {STOP_WAIT:g}s after it was asked to stop;"
+            f" see its log, or end it with kill {pid}"
+        )
     return {"success": True, "message": f"daemon (pid {pid}) stopped", "pid": pid}
 
 
@@ -309,14 +322,17 @@ def service_uninstall(user: bool | None, no_systemctl: bool) -> dict[str, Any]:
     return service.uninstall(flavour, os.environ, use_systemctl=use)
 
 
-def follow(paths: dict[str, str], interval: float = 0.5) -> Iterator[tuple[str, str]]:
+def follow(
+    paths: dict[str, str], interval: float = 0.5, offsets: dict[str, int] | None = None
+) -> Iterator[tuple[str, str]]:
     """Yield (name, line) for lines appended to each log, following rotation like ``tail -F``.
 
     Runs until the caller stops iterating (Ctrl-C); starts at the end of each file.
     """
     from streamalchemy.logfollow import Follower
 
-    followers = {name: Follower(path) for name, path in paths.items()}
+    offsets = offsets or {}
+    followers = {name: Follower(path, offsets.get(name)) for name, path in paths.items()}
     while True:
         quiet = True
         for name, follower in followers.items():

@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from streamalchemy.details import running_details, saved_details
 from streamalchemy.errors import (
     InvalidInput,
     OperationFailed,
+    StateFileError,
     StreamAlchemyError,
     StreamExists,
     StreamNotFound,
@@ -33,7 +34,7 @@ from streamalchemy.errors import (
 from streamalchemy.ffmpeg import STATS_PERIOD, build_argv, output_target
 from streamalchemy.httpserver import Reply
 from streamalchemy.outputs import refuse_existing_file
-from streamalchemy.persist import StateStore, new_entry
+from streamalchemy.persist import StateStore, StateWriter, new_entry
 from streamalchemy.procs import ChildRecord
 from streamalchemy.restore import Step, dry_run_results, plan
 from streamalchemy.settings import Settings
@@ -45,12 +46,58 @@ from streamalchemy.spec import (
     spec_from_request,
     validate_name,
 )
-from streamalchemy.supervisor import REPLACED, USER_RESTART, Stream, Supervisor
+from streamalchemy.supervisor import REPLACED, USER_RESTART, USER_STOP, Stream, Supervisor
 
 log = logging.getLogger("streamalchemy.daemon")
 
 CONFIRM_WINDOW = 5.0  # seconds a start waits for FFmpeg's first progress report
 RESTORE_PARALLEL = 16  # FFmpeg processes starting at once during a restore
+WRITE_RETRY = 2.0  # seconds between retries of a state write that failed
+
+
+Results = dict[str, dict[str, str]]
+
+
+@dataclass(frozen=True)
+class StopResult:
+    """What a stop did: the names stopped, those unknown, and a state write that failed."""
+
+    stopped: list[str]
+    unknown: list[str]
+    write_error: str | None = None
+
+    def reply(self) -> Reply:
+        if self.write_error is not None:
+            return 500, {
+                "success": False,
+                "message": f"stopped {', '.join(self.stopped)}, but {self.write_error}; "
+                "they will not be restored, and the write is retried",
+                "stopped": self.stopped,
+            }
+        if self.unknown:
+            done = f" (stopped: {', '.join(self.stopped)})" if self.stopped else ""
+            return 404, {
+                "success": False,
+                "message": f"no such stream: {', '.join(self.unknown)}{done}",
+                "stopped": self.stopped,
+            }
+        return 200, {"success": True, "stopped": self.stopped}
+
+
+async def _all_done(jobs: list[Coroutine[Any, Any, None]]) -> None:
+    """Run ``jobs`` together and wait for every one; then raise the first error, if any."""
+    outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
+@dataclass
+class _Snapshot:
+    """The state file as a restore last read it, and its version just before that read."""
+
+    version: object
+    saved: dict[str, dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -65,7 +112,15 @@ class Request:
 
 
 class Controller:
-    """The daemon's decisions: what each request does to the streams and the state file."""
+    """The daemon's decisions: what each request does to the streams and the state file.
+
+    One owner per name: every start, stop, restart, restore and apply of a name runs
+    under that name's lock (``owning``), so a command that meets another on the same
+    name waits its turn and then succeeds or fails on its own merits, and a launch
+    re-checks, at the moment it starts, that the stream is still wanted and not
+    running. The public API that everything goes through: ``start_spec``,
+    ``stop_names``, ``restart_name`` and ``restore``.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -74,6 +129,7 @@ class Controller:
             backup_count=settings.backup_count,
             enabled=settings.persistence_enabled,
         )
+        self.writer = StateWriter(self.store)
         self.supervisor = Supervisor(
             record=ChildRecord(settings.data_dir / "children.json"),
             log_dir=settings.log_dir,
@@ -85,24 +141,37 @@ class Controller:
         self.started = time.time()
         self.not_restored: dict[str, str] = {}  # saved streams left out, and why
         self.shutdown = asyncio.Event()
-        self._busy: set[str] = set()
         self.choose_encoder = encoders.Chooser(settings.ffmpeg, settings.data_dir)
+        self.check_source: Callable[[StreamSpec, str], None] = check_source
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._waiting: dict[str, int] = {}
+        self._restoring: asyncio.Task[Results] | None = None
+        self._retrying: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
-    # -- helpers -----------------------------------------------------------------
+    # -- one owner per name --------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _reserve(self, names: list[str]) -> Iterator[None]:
-        """Keep two requests from working on the same stream at once."""
-        clash = [n for n in names if n in self._busy]
-        if clash:
-            raise StreamExists(f"stream {clash[0]!r} is being started or stopped; try again")
-        self._busy.update(names)
+    @contextlib.asynccontextmanager
+    async def owning(self, name: str) -> AsyncIterator[None]:
+        """Hold ``name``'s lifecycle: the caller is the only one starting or stopping it."""
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        self._waiting[name] = self._waiting.get(name, 0) + 1
         try:
-            yield
+            async with lock:
+                yield
         finally:
-            self._busy.difference_update(names)
+            self._waiting[name] -= 1
+            if not self._waiting[name]:
+                del self._waiting[name], self._locks[name]
+
+    def _active(self, name: str) -> Stream | None:
+        stream = self.supervisor.streams.get(name)
+        return stream if stream is not None and stream.active else None
 
     def _launch(self, spec: StreamSpec, saved_at: float, encoder: str) -> Stream:
+        """Start supervising ``spec``; the caller owns the name and has checked it is free."""
+        if self._active(spec.name) is not None:  # never a second FFmpeg for a name
+            raise StreamExists(f"stream {spec.name!r} is already running")
         target = output_target(spec, self.settings.rtsp_url, self.settings.hls_dir)
 
         def argv_for(current: str) -> list[str]:
@@ -122,118 +191,271 @@ class Controller:
             spec, saved_at=saved_at, encoder=encoder, target=target, argv_for=argv_for
         )
 
+    async def _stop_stream(self, name: str, reason: str) -> None:
+        if name in self.supervisor.streams:
+            await self.supervisor.stop(name, reason)
+
     def _on_end(self, stream: Stream) -> None:
         log.info("%s %s: %s", stream.spec.name, stream.status, stream.last_error or "done")
         if stream.status == "finished":
             # Ended by itself (duration reached or a clean exit): nothing to bring back.
-            self.store.remove(stream.spec.name)
+            self._spawn(self._forget_finished(stream))
 
-    # -- requests ----------------------------------------------------------------
+    async def _forget_finished(self, stream: Stream) -> None:
+        name = stream.spec.name
+        async with self.owning(name):
+            if self.supervisor.streams.get(name) is not stream:
+                return  # started again meanwhile: that run is saved
+            with contextlib.suppress(StateFileError):  # status shows it; retried below
+                await self.writer.remove(name)
+        self._keep_retrying()
 
-    async def start(self, body: dict[str, Any]) -> Reply:
-        spec = spec_from_request(body)
-        replace = body.get("replace", False)
-        if not isinstance(replace, bool):
-            raise InvalidInput(f"replace must be true or false, not {replace!r}")
-        overwrite = body.get("overwrite", False)
-        if not isinstance(overwrite, bool):
-            raise InvalidInput(f"overwrite must be true or false, not {overwrite!r}")
-        with self._reserve([spec.name]):
-            current = self.supervisor.streams.get(spec.name)
-            if current is not None and current.active and not replace:
-                raise StreamExists(
-                    f"stream {spec.name!r} already exists (pid {current.pid}); "
-                    "use --replace or stop it first"
-                )
-            await asyncio.to_thread(check_source, spec, self.settings.ffprobe)
-            refuse_existing_file(spec.output, overwrite)
-            encoder = self.choose_encoder(spec)
-            previous = current if current is not None and current.active else None
-            if current is not None:
-                await self.supervisor.stop(spec.name, REPLACED)
-            stream = self._launch(spec, time.time(), encoder)
-            failure = await stream.confirmed(CONFIRM_WINDOW)
-            if failure is not None:
-                await self.supervisor.stop(spec.name, f"FFmpeg failed to start: {failure}")
-                message = f"{spec.name}: FFmpeg failed to start: {failure}"
-                if previous is not None:
-                    # As a bad configuration reload leaves the old one serving: what
-                    # runs stays what the state file says.
-                    self._launch(previous.spec, previous.saved_at, previous.encoder)
-                    message += "; the stream it was to replace runs again"
-                raise OperationFailed(message)
-            self.store.save(spec.name, new_entry(spec.to_config(), stream.saved_at))
-            return 200, {"success": True, "stream": stream.snapshot()}
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
-    async def stop(self, names: list[str], all_streams: bool) -> Reply:
-        saved = self.store.load()
-        if all_streams:
-            names = sorted(set(self.supervisor.streams) | set(saved))
-        known = [n for n in dict.fromkeys(names) if n in self.supervisor.streams or n in saved]
-        unknown = [n for n in names if n not in known]
-        while self._busy.intersection(known):
-            await asyncio.sleep(0.05)  # a start or restore of it is confirming: bounded
-        with self._reserve(known):
-            self.store.remove(*known)
-            await asyncio.gather(
-                *(self.supervisor.stop(n) for n in known if n in self.supervisor.streams)
+    def _keep_retrying(self) -> None:
+        """After a failed write, retry until the pending removals are written."""
+        if self.writer.pending and (self._retrying is None or self._retrying.done()):
+            self._retrying = asyncio.create_task(self._retry_writes())
+
+    async def _retry_writes(self) -> None:
+        while self.writer.pending:
+            await asyncio.sleep(WRITE_RETRY)
+            try:
+                await self.writer.flush()
+            except StateFileError as exc:
+                log.debug("state file still not writable: %s", exc)
+            else:
+                if self.writer.ok:
+                    log.info("the state file is writable again; pending removals written")
+
+    # -- the lifecycle API: everything that starts or stops a stream goes through here
+
+    async def start_spec(
+        self,
+        spec: StreamSpec,
+        *,
+        replace: bool = False,
+        overwrite: bool = False,
+        saved_at: float | None = None,
+    ) -> Stream:
+        """Start ``spec`` and save it: all or nothing.
+
+        Waits for any other command on the name. Raises StreamExists if the name runs
+        and ``replace`` is false. If FFmpeg fails, or the stream cannot be saved, its
+        FFmpeg is stopped, a replaced stream runs again, and the error says why.
+        """
+        async with self.owning(spec.name):
+            return await self._start(spec, replace=replace, overwrite=overwrite, saved_at=saved_at)
+
+    async def _start(
+        self, spec: StreamSpec, *, replace: bool, saved_at: float | None, overwrite: bool = False
+    ) -> Stream:
+        name = spec.name
+        previous = self._active(name)
+        if previous is not None and not replace:
+            raise StreamExists(
+                f"stream {name!r} already exists (pid {previous.pid}); "
+                "use --replace or stop it first"
             )
-        for name in known:
-            self.not_restored.pop(name, None)
-            log.info("stopped %s", name)
-        if unknown:
-            done = f" (stopped: {', '.join(known)})" if known else ""
-            return 404, {
-                "success": False,
-                "message": f"no such stream: {', '.join(unknown)}{done}",
-                "stopped": known,
-            }
-        return 200, {"success": True, "stopped": known}
+        await asyncio.to_thread(self.check_source, spec, self.settings.ffprobe)
+        if saved_at is None:  # a restart continues into the next numbered file instead
+            refuse_existing_file(spec.output, overwrite)
+        encoder = await self.choose_encoder.choose_async(spec)
+        await self._stop_stream(name, REPLACED)
+        stream = self._launch(spec, time.time() if saved_at is None else saved_at, encoder)
+        failure = await stream.confirmed(CONFIRM_WINDOW)
+        if failure is None:
+            try:
+                await self.writer.save(name, new_entry(spec.to_config(), stream.saved_at))
+            except StateFileError as exc:
+                failure = f"it could not be saved, so its FFmpeg was stopped: {exc}"
+            else:
+                return stream
+        else:
+            failure = f"FFmpeg failed to start: {failure}"
+        await self._stop_stream(name, failure)
+        message = f"{name}: {failure}"
+        if previous is not None:
+            # As a bad configuration reload leaves the old one serving: what runs
+            # stays what the state file says.
+            self._launch(previous.spec, previous.saved_at, previous.encoder)
+            message += "; the stream it was to replace runs again"
+        raise OperationFailed(message)
 
-    async def restore(self, dry_run: bool) -> dict[str, dict[str, str]]:
-        steps = plan(
-            self.store.load(),
-            running={n for n, s in self.supervisor.streams.items() if s.active} | self._busy,
-            choose_encoder=self.choose_encoder,
-        )
+    async def stop_names(self, names: list[str]) -> StopResult:
+        """Stop each name (known to the daemon or saved) and remove it from the state file.
+
+        The process is always stopped; a removal that cannot be written is reported
+        in ``write_error``, kept pending (a restore or the next launch will not bring
+        the stream back) and retried.
+        """
+        saved = await self.writer.load()
+        names = list(dict.fromkeys(names))
+        stopped: list[str] = []
+        errors: list[str] = []
+
+        async def stop_one(name: str) -> None:
+            async with self.owning(name):
+                # Known now, or saved before we waited: a start we waited for counts too.
+                if name not in self.supervisor.streams and name not in saved:
+                    return
+                await self._stop_stream(name, USER_STOP)
+                self.not_restored.pop(name, None)
+                stopped.append(name)
+                log.info("stopped %s", name)
+                try:
+                    await self.writer.remove(name)
+                except StateFileError as exc:
+                    errors.append(str(exc))
+
+        await _all_done([stop_one(n) for n in names])
+        if errors:
+            self._keep_retrying()
+        stopped.sort(key=names.index)
+        unknown = [n for n in names if n not in stopped]
+        return StopResult(stopped, unknown, errors[0] if errors else None)
+
+    async def stop_all(self) -> StopResult:
+        saved = await self.writer.load()
+        return await self.stop_names(sorted(set(self.supervisor.streams) | set(saved)))
+
+    async def restart_name(self, name: str) -> Stream:
+        """Stop ``name`` and start it again with its saved spec; its deadline is kept.
+
+        Waits for any other command on the name. A restart whose FFmpeg fails leaves
+        the stream saved and retrying under its restart policy, as after a restore.
+        """
+        name = validate_name(name)
+        async with self.owning(name):
+            entry = (await self.writer.load()).get(name)
+            current = self.supervisor.streams.get(name)
+            if entry is not None:
+                view = read_saved(name, entry)
+                if view.spec is None:
+                    raise OperationFailed(f"{name}: cannot restart it: {view.error}")
+                spec, saved_at = view.spec, view.saved_at
+            elif current is not None and current.active:  # persistence off: what runs
+                spec, saved_at = current.spec, current.saved_at
+            else:
+                raise StreamNotFound(f"no such stream: {name}")
+            if spec.duration and time.time() >= saved_at + spec.duration:
+                raise OperationFailed(
+                    f"{name}: its duration has ended; start it again to run it anew"
+                )
+            await asyncio.to_thread(self.check_source, spec, self.settings.ffprobe)
+            encoder = await self.choose_encoder.choose_async(spec)
+            previous = self.supervisor.streams.get(name)
+            await self._stop_stream(name, USER_RESTART)
+            stream = self._launch(spec, saved_at, encoder)
+            if previous is not None:  # show keeps the history across the user's restart
+                stream.exits.extendleft(reversed(previous.exits))
+            failure = await stream.confirmed(CONFIRM_WINDOW)
+        if failure is not None:
+            raise OperationFailed(f"{name}: FFmpeg failed to start again: {failure}")
+        log.info("restarted %s", name)
+        return stream
+
+    async def restore(self, dry_run: bool = False) -> Results:
+        """Restore every saved stream not running; overlapping restores share one run."""
         if dry_run:
-            return dry_run_results(steps)
-        expired = [s.name for s in steps if s.expired]
-        self.store.remove(*expired)
-        for step in steps:
-            if step.result != "restored":
-                self.not_restored[step.name] = step.reason
-                log.info("restore %s: %s (%s)", step.name, step.result, step.reason)
-                self.supervisor.note(step.name, f"restore {step.result}: {step.reason}")
-        for name in expired:
-            self.not_restored.pop(name, None)
+            saved = await self.writer.load()
+            await self._encoders_for(saved)
+            running = {n for n in self.supervisor.streams if self._active(n)}
+            return dry_run_results(plan(saved, running=running, choose_encoder=self.choose_encoder))
+        if self._restoring is None or self._restoring.done():
+            self._restoring = asyncio.create_task(self._restore(), name="restore")
+        return await asyncio.shield(self._restoring)
+
+    async def _encoders_for(self, saved: dict[str, dict[str, Any]]) -> None:
+        """Probe the encoders off the loop, unless every saved stream is a copy."""
+        codecs = {str(e.get("config", {}).get("video_codec", "h264")) for e in saved.values()}
+        if codecs - {"copy"}:
+            await self.choose_encoder.ready()
+
+    async def _restore(self) -> Results:
+        # The file as this restore read it, and how it looked before: a launch re-reads
+        # it only when it changed since (a stat, not a read, per stream).
+        snapshot = _Snapshot(self.store.version(), {})
+        snapshot.saved = saved = await self.writer.load()
+        await self._encoders_for(saved)
+        running = {n for n in self.supervisor.streams if self._active(n)}
+        steps = plan(saved, running=running, choose_encoder=self.choose_encoder)
         results = {s.name: {"result": s.result, "reason": s.reason} for s in steps}
-        to_start = [s for s in steps if s.result == "restored"]
         slots = asyncio.Semaphore(RESTORE_PARALLEL)
 
-        async def start_one(step: Step) -> None:
-            assert step.spec is not None
-            async with slots:
-                with self._reserve([step.name]):
-                    stream = self._launch(step.spec, step.saved_at, step.encoder)
-                    failure = await stream.confirmed(CONFIRM_WINDOW)
-            if failure is None:
-                results[step.name]["reason"] = "started"
+        async def settle(step: Step) -> None:
+            if step.result == "restored":
+                async with slots, self.owning(step.name):
+                    step = await self._replan(step.name, snapshot)
+                    if step.result == "restored":
+                        results[step.name] = await self._restore_one(step)
+                        return
+            results[step.name] = {"result": step.result, "reason": step.reason}
+            if step.expired:
+                async with self.owning(step.name):
+                    if self._active(step.name) is None:
+                        with contextlib.suppress(StateFileError):
+                            await self.writer.remove(step.name)
+                self.not_restored.pop(step.name, None)
             else:
-                # The stream stays saved and keeps retrying under its restart policy.
-                results[step.name] = {"result": "failed", "reason": failure}
-            log.info("restore %s: %s", step.name, results[step.name]["reason"])
+                self.not_restored[step.name] = step.reason
+            log.info("restore %s: %s (%s)", step.name, step.result, step.reason)
+            self.supervisor.note(step.name, f"restore {step.result}: {step.reason}")
 
-        await asyncio.gather(*(start_one(step) for step in to_start))
+        outcomes = await asyncio.gather(*(settle(s) for s in steps), return_exceptions=True)
+        for step, outcome in zip(steps, outcomes, strict=True):
+            if isinstance(outcome, BaseException):  # nothing escapes: it is that stream's failure
+                log.error("restore %s: %s", step.name, outcome)
+                results[step.name] = {"result": "failed", "reason": str(outcome)}
+        self._keep_retrying()
         return results
 
+    async def _replan(self, name: str, snapshot: _Snapshot) -> Step:
+        """Plan ``name`` again now that it is ours: it may have been stopped or started."""
+        version = self.store.version()
+        if version != snapshot.version:
+            snapshot.saved = await self.writer.load()
+            snapshot.version = version
+        entry = snapshot.saved.get(name)
+        if entry is None:
+            return Step(name, "skipped", "no longer saved (stopped meanwhile)")
+        running = {name} if self._active(name) else set()
+        return plan({name: entry}, running=running, choose_encoder=self.choose_encoder)[0]
+
+    async def _restore_one(self, step: Step) -> dict[str, str]:
+        assert step.spec is not None
+        stream = self._launch(step.spec, step.saved_at, step.encoder)
+        failure = await stream.confirmed(CONFIRM_WINDOW)
+        # A failure leaves the stream saved, retrying under its restart policy.
+        result = (
+            {"result": "failed", "reason": failure}
+            if failure
+            else {
+                "result": "restored",
+                "reason": "started",
+            }
+        )
+        log.info("restore %s: %s", step.name, result["reason"])
+        return result
+
     async def restore_at_launch(self) -> None:
-        # Probing encoders may run test encodes: keep the socket answering meanwhile.
-        try:
-            await asyncio.to_thread(self.choose_encoder.table)
-        except StreamAlchemyError as exc:
-            log.error("%s", exc)  # each stream's restore then reports it
         await self.restore(dry_run=False)
+
+    async def close(self) -> None:
+        """Stop every FFmpeg (the streams stay saved) and try once more any pending write."""
+        for task in (self._restoring, self._retrying, *self._background):
+            if task is not None:
+                task.cancel()
+        await self.supervisor.stop_all()
+        if self.writer.pending:
+            with contextlib.suppress(StateFileError):
+                await self.writer.flush()
+        self.writer.close()
+
+    # -- reports -------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         return {
@@ -247,14 +469,16 @@ class Controller:
             "streams": sum(1 for s in self.supervisor.streams.values() if s.active),
             "log_dir": str(self.settings.log_dir),
             "ffmpeg": self.settings.ffmpeg,
+            "state_write_ok": self.store.write_error is None,
+            "state_write_error": self.store.write_error,
             # Which home and which installation answer: a second install's CLI
             # would otherwise drive this daemon without knowing it.
             "home": str(self.settings.data_dir),
             "install_path": os.path.dirname(os.path.abspath(streamalchemy.__file__)),
         }
 
-    def list_streams(self) -> dict[str, Any]:
-        saved = self.store.load()
+    async def list_streams(self) -> dict[str, Any]:
+        saved = await self.writer.load()
         active = {n for n, s in self.supervisor.streams.items() if s.active}
         not_running = {
             name: self.not_restored.get(name, "not started since the daemon launched")
@@ -279,53 +503,26 @@ class Controller:
         if not path.exists() and name not in self.supervisor.streams:
             raise StreamNotFound(f"no such stream: {name}")
         try:
-            text = path.read_text(errors="replace")
+            data = path.read_bytes()
         except FileNotFoundError:
-            text = ""
-        tail = text.splitlines()[-count:] if count else []
-        return 200, {"success": True, "name": name, "path": str(path), "lines": tail}
+            data = b""
+        tail = data.decode(errors="replace").splitlines()[-count:] if count else []
+        # ``offset``: where a follower starts, so no line between this read and its own is lost.
+        return 200, {
+            "success": True,
+            "name": name,
+            "path": str(path),
+            "lines": tail,
+            "offset": len(data),
+        }
 
-    async def restart(self, name: str) -> Reply:
-        """Stop and start ``name`` again with its saved spec, keeping its ``saved_at``."""
-        name = validate_name(name)
-        entry = self.store.load().get(name)
-        current = self.supervisor.streams.get(name)
-        if entry is not None:
-            view = read_saved(name, entry)
-            if view.spec is None:
-                raise OperationFailed(f"{name}: cannot restart it: {view.error}")
-            spec, saved_at = view.spec, view.saved_at
-        elif current is not None and current.active:  # persistence off: what runs
-            spec, saved_at = current.spec, current.saved_at
-        else:
-            raise StreamNotFound(f"no such stream: {name}")
-        if spec.duration and time.time() >= saved_at + spec.duration:
-            raise OperationFailed(f"{name}: its duration has ended; start it again to run it anew")
-        while name in self._busy:
-            await asyncio.sleep(0.05)  # a start, stop or restore of it is under way: bounded
-        with self._reserve([name]):
-            await asyncio.to_thread(check_source, spec, self.settings.ffprobe)
-            encoder = self.choose_encoder(spec)
-            previous = self.supervisor.streams.get(name)
-            if previous is not None:
-                await self.supervisor.stop(name, USER_RESTART)
-            stream = self._launch(spec, saved_at, encoder)
-            if previous is not None:  # show keeps the history across the user's restart
-                stream.exits.extendleft(reversed(previous.exits))
-            failure = await stream.confirmed(CONFIRM_WINDOW)
-        if failure is not None:
-            # Still saved: it keeps retrying under its restart policy, as after a restore.
-            raise OperationFailed(f"{name}: FFmpeg failed to start again: {failure}")
-        log.info("restarted %s", name)
-        return 200, {"success": True, "restarted": [name], "stream": stream.snapshot()}
-
-    def details(self, name: str) -> Reply:
+    async def details(self, name: str) -> Reply:
         """``show NAME``: a stream the supervisor has, or a saved one that does not run."""
         name = validate_name(name)
         stream = self.supervisor.streams.get(name)
         if stream is not None:
             return 200, dict(running_details(stream.snapshot(), stream.spec))
-        entry = self.store.load().get(name)
+        entry = (await self.writer.load()).get(name)
         if entry is None:
             raise StreamNotFound(f"no such stream: {name}")
         settings = self.settings
@@ -338,11 +535,8 @@ class Controller:
         )
         return 200, dict(doc)
 
-    async def route_restart(self, req: Request) -> Reply:
-        return await self.restart(req.params["name"])
-
     async def route_details(self, req: Request) -> Reply:
-        return self.details(req.params["name"])
+        return await self.details(req.params["name"])
 
     # -- routes: one handler per (method, path pattern) of ROUTES --------------------
 
@@ -354,10 +548,20 @@ class Controller:
         return 200, {"success": True, "message": "shutting down", "pid": os.getpid()}
 
     async def route_list(self, req: Request) -> Reply:
-        return 200, self.list_streams()
+        return 200, await self.list_streams()
 
     async def route_start(self, req: Request) -> Reply:
         return await self.start(req.body)
+
+    async def start(self, body: dict[str, Any]) -> Reply:
+        """``POST /streams``: the request-shaped form of ``start_spec``."""
+        spec = spec_from_request(body)
+        flags = {key: body.get(key, False) for key in ("replace", "overwrite")}
+        for key, value in flags.items():
+            if not isinstance(value, bool):
+                raise InvalidInput(f"{key} must be true or false, not {value!r}")
+        stream = await self.start_spec(spec, replace=flags["replace"], overwrite=flags["overwrite"])
+        return 200, {"success": True, "stream": stream.snapshot()}
 
     async def route_stream(self, req: Request) -> Reply:
         stream = self.supervisor.streams.get(req.params["name"])
@@ -374,14 +578,29 @@ class Controller:
             raise InvalidInput("names must be a list of stream names")
         return await self.stop(names, req.body.get("all") is True)
 
+    async def stop(self, names: list[str], all_streams: bool) -> Reply:
+        """``POST /stop``: the request-shaped form of ``stop_names`` and ``stop_all``."""
+        result = await (self.stop_all() if all_streams else self.stop_names(names))
+        return result.reply()
+
+    async def restart(self, name: str) -> Reply:
+        """``POST /streams/NAME/restart``: the request-shaped form of ``restart_name``."""
+        stream = await self.restart_name(name)
+        return 200, {"success": True, "restarted": [name], "stream": stream.snapshot()}
+
+    async def route_restart(self, req: Request) -> Reply:
+        return await self.restart(req.params["name"])
+
     async def route_logs(self, req: Request) -> Reply:
-        return self.logs(req.params["name"], req.query.get("lines", "50"))
+        # A log of up to its size cap is read in a thread, off the event loop.
+        return await asyncio.to_thread(self.logs, req.params["name"], req.query.get("lines", "50"))
 
     async def route_saved(self, req: Request) -> Reply:
-        return 200, {"success": True, "streams": self.store.load(), "enabled": self.store.enabled}
+        saved = await self.writer.load()
+        return 200, {"success": True, "streams": saved, "enabled": self.store.enabled}
 
     async def route_clear(self, req: Request) -> Reply:
-        self.store.clear()
+        await self.writer.clear()
         return 200, {"success": True, "message": "All persistent streams cleared"}
 
     async def route_restore(self, req: Request) -> Reply:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from streamalchemy import __version__, mediamtx, systemd
+from streamalchemy import __version__, mediamtx, procs, systemd
 from streamalchemy.controller import Controller
 from streamalchemy.errors import OperationFailed
 from streamalchemy.httpserver import connection_handler
@@ -32,8 +33,20 @@ log = logging.getLogger("streamalchemy.daemon")
 
 
 def _hold_instance_lock(data_dir: Path) -> IO[str]:
-    """One daemon per home: a second one names the pid of the first and gives up."""
-    lock = (data_dir / "daemon.pid").open("a+")
+    """One daemon per home: a second one names the pid of the first and gives up.
+
+    ``daemon.pid`` is opened without following a symlink: one planted there is refused.
+    """
+    path = data_dir / "daemon.pid"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OperationFailed(
+                f"{path} is a symlink; remove it (rm {path}) and start the daemon again"
+            ) from None
+        raise OperationFailed(f"cannot open {path}: {exc.strerror}") from None
+    lock = os.fdopen(fd, "r+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -113,7 +126,7 @@ async def _serve(settings: Settings, restore: bool) -> None:
     server.close()
     if restoring is not None and not restoring.done():
         restoring.cancel()
-    await controller.supervisor.stop_all()
+    await controller.close()
     if rtsp_server is not None:
         await rtsp_server.stop()
     with contextlib.suppress(FileNotFoundError):
@@ -129,6 +142,7 @@ def run(settings: Settings, restore: bool = True) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = _hold_instance_lock(settings.data_dir)
     _setup_logging(settings)
+    procs.mark_children()
     try:
         asyncio.run(_serve(settings, restore))
     finally:

@@ -141,6 +141,7 @@ class LogsResult(TypedDict):
     name: str
     path: str
     lines: list[str]
+    offset: int  # the log's size when ``lines`` were read: where a follower starts
 
 
 class ShowResult(TypedDict):

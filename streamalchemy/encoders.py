@@ -9,21 +9,24 @@ presence is looked up on every call (it is cheap and a GPU can come and go).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from streamalchemy.errors import EncoderUnavailable, OperationFailed
+from streamalchemy.errors import EncoderUnavailable, OperationFailed, StreamAlchemyError
 from streamalchemy.ffmpeg import VAAPI_DEVICE, probe_argv
 
 if TYPE_CHECKING:
@@ -182,19 +185,54 @@ def choose(codec: str, hwaccel: str, table: Mapping[str, list[Encoder]]) -> str:
 
 
 class Chooser:
-    """One FFmpeg's encoder table, detected on first use, and the encoder a spec gets."""
+    """One FFmpeg's encoder table, detected once, and the encoder a spec gets.
+
+    The daemon calls ``ready`` first, which probes in a thread (concurrent callers
+    share one probe), so a slow or hanging FFmpeg never blocks its event loop. A
+    copy stream needs no encoder and never waits for a probe. A failed probe is
+    remembered for ``RETRY_AFTER`` seconds, then tried again.
+    """
+
+    RETRY_AFTER = 30.0
 
     def __init__(self, ffmpeg: str, cache_dir: Path | None) -> None:
         self.ffmpeg, self.cache_dir = ffmpeg, cache_dir
         self._table: Table | None = None
+        self._error: tuple[float, StreamAlchemyError] | None = None
+        self._probing: asyncio.Future[Table] | None = None
 
     def table(self) -> Table:
-        if self._table is None:
+        if self._table is not None:
+            return self._table
+        if self._error is not None and time.monotonic() - self._error[0] < self.RETRY_AFTER:
+            raise self._error[1]
+        try:
             self._table = detect(self.ffmpeg, self.cache_dir)
+        except StreamAlchemyError as exc:
+            self._error = (time.monotonic(), exc)
+            raise
         return self._table
 
+    async def ready(self) -> None:
+        """Detect off the event loop, once; a failure is raised by the next ``__call__``."""
+        if self._table is not None:
+            return
+        if self._probing is None or self._probing.done():
+            self._probing = asyncio.ensure_future(asyncio.to_thread(self.table))
+        with contextlib.suppress(StreamAlchemyError):
+            await asyncio.shield(self._probing)
+
     def __call__(self, spec: StreamSpec) -> str:
+        if spec.codec == "copy":
+            return "copy"
+        if self._table is None and self._error is not None:
+            raise self._error[1]  # probing again is ``ready``'s job, off the loop
         return choose(spec.codec, spec.hwaccel, self.table())
+
+    async def choose_async(self, spec: StreamSpec) -> str:
+        if spec.codec != "copy":
+            await self.ready()
+        return self(spec)
 
 
 def report(table: Mapping[str, list[Encoder]]) -> dict[str, Any]:
@@ -214,32 +252,47 @@ def report(table: Mapping[str, list[Encoder]]) -> dict[str, Any]:
     }
 
 
+def _run(argv: list[str], timeout: float) -> subprocess.CompletedProcess[bytes]:
+    """Run argv in its own process group; on timeout the whole group is killed.
+
+    A wrapper script that hangs (or whose child does) must not outlive its timeout.
+    """
+    with subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        process_group=0,
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
 def _list_encoders(ffmpeg: str, timeout: float) -> frozenset[str]:
     try:
-        done = subprocess.run(
-            [ffmpeg, "-hide_banner", "-encoders"],
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        done = _run([ffmpeg, "-hide_banner", "-encoders"], timeout)
+    except subprocess.TimeoutExpired:
+        raise OperationFailed(
+            f"{ffmpeg} -encoders did not answer within {timeout:g}s; check STREAMALCHEMY_FFMPEG"
+        ) from None
+    except OSError as exc:
         raise OperationFailed(f"cannot list the encoders of {ffmpeg}: {exc}") from exc
+    stdout = done.stdout.decode(errors="replace")
     if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
         raise OperationFailed(f"{ffmpeg} -encoders failed (exit {done.returncode}): {last}")
-    return parse_encoders(done.stdout) & _KNOWN
+    return parse_encoders(stdout) & _KNOWN
 
 
 def _test_encode(ffmpeg: str, encoder: str, timeout: float) -> bool:
     try:
-        done = subprocess.run(
-            probe_argv(ffmpeg, encoder),
-            capture_output=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
+        done = _run(probe_argv(ffmpeg, encoder), timeout)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return done.returncode == 0

@@ -12,8 +12,10 @@ from typing import IO
 class Follower:
     """One followed file: starts at its end, reopens it when it is rotated or truncated."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, offset: int | None = None) -> None:
+        """``offset``: where the lines already shown end (the daemon's ``logs`` says)."""
         self.path = path
+        self._offset = offset
         self._handle: IO[str] | None = None
         self._inode: int | None = None
         self._partial = ""
@@ -35,7 +37,10 @@ class Follower:
                 handle.close()
             handle = self._handle = open(self.path, errors="replace")  # noqa: SIM115
             self._inode = st.st_ino
-            if self._fresh:
+            if self._fresh and self._offset is not None and self._offset <= st.st_size:
+                # Lines written between the tail the daemon sent and now are not lost.
+                handle.seek(self._offset)
+            elif self._fresh:
                 handle.seek(0, os.SEEK_END)
             self._fresh = False
         return text + handle.read()

@@ -7,31 +7,44 @@ the new one, never half of either. Backups are hard links to earlier state files
 shifted with renames, so keeping them costs no copy and never touches the state
 file itself. Entries are kept as the file has them (the original StreamAlchemy's
 extra keys included); interpreting them is the restore's job, not this module's.
+
+A removal that cannot be written (a full disk) is not forgotten: it is kept as a
+marker beside the state file (an empty file costs no data block) and in memory,
+every reader hides the name, and the next write that succeeds applies it. The
+daemon runs every operation through ``StateWriter``: one thread, in order, off
+its event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
+import functools
 import glob
 import itertools
 import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from streamalchemy.errors import StateFileError
 
 log = logging.getLogger("streamalchemy.persist")
 
 Document = dict[str, Any]
+_MARKABLE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a stream name: safe as a file name
+T = TypeVar("T")
 
 _CAUSES = {
     errno.ENOSPC: "disk full",
@@ -82,6 +95,51 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _lock(path: Path, timeout: float) -> int:
+    """Take an exclusive flock on ``path`` (created 0600, never through a symlink).
+
+    A waiter sleeps in the kernel and is woken when the lock is released, instead of
+    polling: a writer in a loop cannot starve it. flock(2) has no timeout, so the
+    wait runs in a helper thread; a caller that gives up leaves it to take the lock
+    and drop it at once. Returns the descriptor; closing it releases the lock.
+    TimeoutError after ``timeout`` seconds.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except BlockingIOError:
+        pass
+    except BaseException:
+        os.close(fd)
+        raise
+    errors: list[OSError] = []
+    guard = threading.Lock()
+    taken, abandoned = threading.Event(), threading.Event()
+
+    def wait() -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            errors.append(exc)
+        with guard:
+            if abandoned.is_set():
+                os.close(fd)  # the caller gave up: drop the lock at once
+                return
+            taken.set()
+
+    threading.Thread(target=wait, name="state-lock-wait", daemon=True).start()
+    if not taken.wait(timeout):
+        with guard:
+            if not taken.is_set():
+                abandoned.set()
+                raise TimeoutError(path)
+    if errors:
+        os.close(fd)
+        raise errors[0]
+    return fd
+
+
 def _link(src: Path, dst: Path) -> None:
     """Make ``dst`` another name of ``src``; a copy where the filesystem has no hard links."""
     try:
@@ -91,30 +149,6 @@ def _link(src: Path, dst: Path) -> None:
     except OSError:
         shutil.copyfile(src, dst)
     os.chmod(dst, 0o600)
-
-
-def _flock(path: str, timeout: float, poll: float = 0.01) -> int:
-    """Open ``path`` (0600) and hold an exclusive flock on it; the caller closes the fd.
-
-    fcntl directly, not the filelock package, whose imports alone cost 20 ms of every
-    ``saved --json``. Each holder has its own descriptor, so threads exclude each other
-    too. flock is polled, not queued: a short interval keeps a waiter from starving
-    behind a process that saves in a loop.
-    """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                raise TimeoutError(path) from None
-            time.sleep(poll)
-        except OSError:
-            os.close(fd)
-            raise
 
 
 class StateStore:
@@ -128,11 +162,19 @@ class StateStore:
         enabled: bool = True,
         lock_timeout: float = 5.0,
     ) -> None:
-        self.path = Path(path)
+        # A state file the user made a symlink (to another disk, say) is resolved once:
+        # writes then go atomically beside its target, and the symlink survives.
+        self.path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
         self.backup_count = backup_count
         self.enabled = enabled
         self.lock_timeout = lock_timeout
-        self._lock_file = f"{self.path}.lock"
+        self._lock_path = Path(f"{self.path}.lock")
+        # Removals not written yet, for when even their marker could not be made.
+        self._unwritten: set[str] = set()
+        self._unwritten_lock = threading.Lock()  # the writer thread changes it, the loop reads
+        self.write_error: str | None = None  # why the last write failed; None once one succeeds
+        self.writes = 0  # writes attempted (for metrics), failed ones included
+        self.write_errors = 0
 
     # -- the public operations -------------------------------------------------------
 
@@ -142,8 +184,11 @@ class StateStore:
             return {}  # nothing saved yet: create nothing, not even the lock
         with self._locked(reading=True):
             doc = self._read()
+        hidden = self.pending_removals()
         entries = {}
         for name, entry in doc.items():
+            if name in hidden:
+                continue  # stopped by the user; the write of its removal is still pending
             problem = _problem(entry)
             if problem is None:
                 entries[name] = entry
@@ -160,7 +205,7 @@ class StateStore:
             doc[name] = entry
             return True
 
-        self._update(put, create=True)
+        self._update(put, create=True, keep=name)
 
     def remove(self, *names: str) -> list[str]:
         """Drop ``names`` from the file and return those that were in it."""
@@ -172,8 +217,16 @@ class StateStore:
                 del doc[n]
             return bool(present)
 
-        self._update(drop)
+        try:
+            self._update(drop)
+        except StateFileError:
+            self._mark_removed(names)
+            raise
         return present
+
+    def flush(self) -> None:
+        """Write the pending removals, if any; StateFileError while it still cannot."""
+        self._update(lambda doc: False)
 
     def clear(self) -> None:
         """Empty the file; the write rotates the previous contents into ``.backup.1``."""
@@ -187,21 +240,92 @@ class StateStore:
 
     # -- locking, reading, writing ---------------------------------------------------
 
-    def _update(self, change: Callable[[Document], bool], *, create: bool = False) -> None:
-        """Apply ``change`` to the document under the lock; write when it returns True."""
-        if not self.enabled or not (create or self.path.exists()):
-            return  # removing from or clearing a file that does not exist: touch nothing
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with self._locked():
-            doc = self._read()
-            if change(doc):
-                self._write(doc, rotate=True)
+    # -- removals whose write is pending ---------------------------------------------
+
+    @property
+    def _markers(self) -> Path:
+        return self.path.with_name(f".{self.path.name}.removed")
+
+    def pending_removals(self) -> set[str]:
+        """Names stopped by the user whose removal from the file is not written yet."""
+        try:
+            marked = set(os.listdir(self._markers))
+        except OSError:
+            marked = set()
+        with self._unwritten_lock:
+            return marked | self._unwritten
+
+    def version(self) -> tuple[object, ...]:
+        """What changes whenever the file or the pending removals do: a stat and a listdir."""
+        try:
+            st = os.stat(self.path)
+            key: tuple[int, ...] | None = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+        except OSError:
+            key = None
+        return key, frozenset(self.pending_removals())
+
+    def _mark_removed(self, names: tuple[str, ...]) -> None:
+        with self._unwritten_lock:
+            self._unwritten.update(names)
+        try:
+            self._markers.mkdir(mode=0o700, exist_ok=True)
+            # A name read from a hand-edited file may hold "/" or "..": memory only.
+            for name in filter(_MARKABLE.fullmatch, names):
+                flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                os.close(os.open(self._markers / name, flags, 0o600))
+        except OSError as exc:
+            log.warning("cannot record the pending removal of %s: %s", ", ".join(names), exc)
+
+    def _forget_removed(self, names: set[str]) -> None:
+        with self._unwritten_lock:
+            self._unwritten.difference_update(names)
+        for name in filter(_MARKABLE.fullmatch, names):
+            with contextlib.suppress(OSError):
+                (self._markers / name).unlink()
+        with contextlib.suppress(OSError):
+            self._markers.rmdir()  # only once empty
+
+    def _update(
+        self, change: Callable[[Document], bool], *, create: bool = False, keep: str = ""
+    ) -> None:
+        """Apply ``change`` to the document under the lock; write when it returns True.
+
+        Pending removals are applied first (all but ``keep``, the name being saved).
+        """
+        if not self.enabled:
+            return
+        pending = self.pending_removals()
+        if not (create or self.path.exists()):
+            # Removing from or clearing a file that does not exist: touch nothing.
+            self._forget_removed(pending)
+            return
+        wrote = False
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with self._locked():
+                doc = self._read()
+                dropped = [n for n in pending if n in doc and n != keep]
+                for name in dropped:
+                    del doc[name]
+                if change(doc) or dropped:
+                    self._write(doc, rotate=True)
+                    self.writes, wrote = self.writes + 1, True
+        except (OSError, StateFileError) as exc:
+            self.writes += 1
+            self.write_errors += 1
+            if isinstance(exc, OSError):
+                exc = StateFileError(f"{self.path.parent}: cannot write there ({_cause(exc)})")
+            self.write_error = str(exc)
+            raise exc from None
+        if wrote:
+            self.write_error = None
+        self._forget_removed(pending | {keep} if keep else pending)
 
     @contextlib.contextmanager
     def _locked(self, *, reading: bool = False) -> Iterator[None]:
-        lock = self._lock_file
+        lock = self._lock_path
         try:
-            fd = _flock(lock, self.lock_timeout)
+            fd = _lock(lock, self.lock_timeout)
         except TimeoutError:
             raise StateFileError(
                 f"{lock} is still locked after {self.lock_timeout:g}s: another streamalchemy"
@@ -216,7 +340,10 @@ class StateStore:
         try:
             yield
         finally:
-            os.close(fd)  # closing the descriptor releases the flock
+            os.close(fd)  # releases the flock
+            # Let a woken waiter take it before this thread, back with its next write,
+            # takes it again: the kernel wakes waiters but does not queue them.
+            os.sched_yield()
 
     def _backups(self) -> list[Path]:
         return [
@@ -308,3 +435,46 @@ class StateStore:
                 os.replace(older, newer)
         backups[0].unlink(missing_ok=True)  # still there only when backup_count is 1
         _link(self.path, backups[0])
+
+
+class StateWriter:
+    """The daemon's one writer: every state-file operation runs in one thread, in order.
+
+    Lock waits and fsyncs never block the event loop, and a read queued after a write
+    sees it.
+    """
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="state-writer")
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, functools.partial(fn, *args))
+
+    async def load(self) -> dict[str, dict[str, Any]]:
+        return await self._run(self.store.load)
+
+    async def save(self, name: str, entry: dict[str, Any]) -> None:
+        await self._run(self.store.save, name, entry)
+
+    async def remove(self, *names: str) -> list[str]:
+        return await self._run(self.store.remove, *names)
+
+    async def clear(self) -> None:
+        await self._run(self.store.clear)
+
+    async def flush(self) -> None:
+        await self._run(self.store.flush)
+
+    @property
+    def ok(self) -> bool:
+        return self.store.write_error is None
+
+    @property
+    def pending(self) -> bool:
+        """A write failed or a removal still waits to be written."""
+        return self.store.write_error is not None or bool(self.store.pending_removals())
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)

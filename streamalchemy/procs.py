@@ -5,6 +5,13 @@ Children are tied to the daemon twice: the kernel's parent-death signal (set by
 kills them when the daemon dies, even by SIGKILL; and a record of each child's pid,
 start time and command line lets the next daemon end any survivor before it
 restores, without ever killing an unrelated process that reuses the pid.
+
+The parent-death signal reaches only the process it was set on: a wrapper script
+that runs FFmpeg without ``exec`` dies, and its FFmpeg lives on. So the next daemon
+ends the recorded child's whole process group, each member checked to be ours: our
+user, and either the recorded FFmpeg itself (start time, executable, argv) or a
+process carrying the dead daemon's mark (``STREAMALCHEMY_DAEMON`` in its
+environment, which every child inherits from the daemon).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +34,17 @@ import psutil
 log = logging.getLogger("streamalchemy.procs")
 
 _SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+MARK_VAR = "STREAMALCHEMY_DAEMON"
+
+
+def mark_children() -> str:
+    """Give this daemon a mark that every child inherits; return it.
+
+    Called once by the daemon process before it spawns anything.
+    """
+    mark = f"{os.getpid()}-{time.time_ns()}"
+    os.environ[MARK_VAR] = mark
+    return mark
 
 
 def with_parent_death_signal(argv: Sequence[str]) -> list[str]:
@@ -77,18 +96,29 @@ async def stop(proc: asyncio.subprocess.Process, grace: float) -> int:
 
 
 class ChildRecord:
-    """The daemon's children, on disk, so that a successor can end any survivor."""
+    """The daemon's children, on disk, so that a successor can end any survivor.
+
+    The file is 0600 and written without following a symlink (a planted one is
+    replaced, never written through); one planted by another user is not trusted.
+    Failing to write it (a full disk) is logged, never raised: supervision goes on.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._children: dict[str, dict[str, Any]] = {}
+        self._warned = False
 
     def add(self, name: str, pid: int, argv: Sequence[str]) -> None:
         try:
             create_time = psutil.Process(pid).create_time()
         except psutil.Error:
             return  # already gone: nothing to clean up later
-        self._children[name] = {"pid": pid, "create_time": create_time, "argv": list(argv)}
+        self._children[name] = {
+            "pid": pid,
+            "create_time": create_time,
+            "argv": list(argv),
+            "mark": os.environ.get(MARK_VAR, ""),
+        }
         self._write()
 
     def discard(self, name: str) -> None:
@@ -96,36 +126,93 @@ class ChildRecord:
             self._write()
 
     def _write(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self._children))
-        os.replace(tmp, self.path)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(tmp, flags, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(self._children, f)
+            os.replace(tmp, self.path)  # replaces a symlink itself, never its target
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if not self._warned:
+                log.warning("cannot record the FFmpeg children in %s: %s", self.path, exc)
+            self._warned = True
+        else:
+            self._warned = False
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return {}  # absent, or a symlink nobody of ours made
+        with os.fdopen(fd) as f:
+            if os.fstat(f.fileno()).st_uid != os.getuid():
+                log.warning("ignoring %s: it belongs to another user", self.path)
+                return {}
+            try:
+                recorded = json.load(f)
+            except ValueError:
+                return {}
+        return recorded if isinstance(recorded, dict) else {}
 
     def reap_leftovers(self) -> list[int]:
-        """Kill the children a previous daemon recorded that still run; return their pids."""
-        try:
-            recorded = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            recorded = {}
-        killed = []
-        for name, rec in recorded.items() if isinstance(recorded, dict) else ():
+        """Kill what the children a previous daemon recorded left running; return the pids."""
+        killed: list[int] = []
+        for name, rec in self._read().items():
             try:
-                proc = psutil.Process(int(rec["pid"]))
-                # Right after the fork the child may still be setpriv, not yet FFmpeg.
-                argv = rec["argv"]
-                same = abs(proc.create_time() - float(rec["create_time"])) < 0.01 and (
-                    proc.cmdline() in (argv, with_parent_death_signal(argv))
-                )
-            except (psutil.Error, KeyError, TypeError, ValueError):
+                leftovers = _leftovers(rec)
+            except (KeyError, TypeError, ValueError):
                 continue
-            if same:
+            for proc in leftovers:
                 log.warning(
                     "ending FFmpeg of %s left by a previous daemon (pid %d)", name, proc.pid
                 )
-                signal_group(proc.pid, signal.SIGKILL)
                 with contextlib.suppress(psutil.Error):
                     proc.kill()
-                    proc.wait(5)
                 killed.append(proc.pid)
+            psutil.wait_procs(leftovers, timeout=5)
         self._children = {}
         self._write()
         return killed
+
+
+def _leftovers(rec: Mapping[str, Any]) -> list[psutil.Process]:
+    """The recorded child, or what is left of its process group, that is still ours."""
+    pgid = int(rec["pid"])
+    argv = [str(a) for a in rec["argv"]]
+    created = float(rec["create_time"])
+    mark = str(rec.get("mark") or "")
+    uid = os.getuid()
+    found = []
+    for pid in psutil.pids():  # fresh objects: process_iter's cache may hold a reused pid
+        try:
+            if pid == os.getpid() or (pid != pgid and os.getpgid(pid) != pgid):
+                continue
+            proc = psutil.Process(pid)
+            if proc.uids().real != uid:
+                continue
+            if _is_recorded(proc, argv, created) or (mark and _has_mark(proc, mark)):
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def _is_recorded(proc: psutil.Process, argv: list[str], created: float) -> bool:
+    """The very process recorded: same start time, executable and command line."""
+    if abs(proc.create_time() - created) >= 0.01:
+        return False
+    cmdline = proc.cmdline()
+    if cmdline == with_parent_death_signal(argv):
+        return True  # right after the fork, still setpriv, not yet FFmpeg
+    binary = shutil.which(argv[0]) if argv else None
+    same_exe = binary is not None and os.path.realpath(binary) == os.path.realpath(proc.exe())
+    return cmdline == argv and same_exe
+
+
+def _has_mark(proc: psutil.Process, mark: str) -> bool:
+    return bool(proc.environ().get(MARK_VAR) == mark)

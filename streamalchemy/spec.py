@@ -31,6 +31,8 @@ OUTPUT_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "srt", "udp", "tcp")
 # File extension -> the FFmpeg muxer that writes it; only containers that take a live stream.
 FILE_MUXERS = {".ts": "mpegts", ".mp4": "mp4", ".mkv": "matroska", ".flv": "flv", ".mov": "mov"}
 
+INTEGER_MAX = 999_999_999  # nine digits, the most a saved string field may hold
+PRIORITY_ACCEPTED = f"a whole number from -{INTEGER_MAX} to {INTEGER_MAX}"
 # "source": a re-encode keeps the source's size and frame rate (no scale, no fps filter).
 SOURCE = "source"
 # What a generated test pattern is when its size or rate is "source".
@@ -361,7 +363,7 @@ def _validated(
         duration=_duration(label("duration"), fields["duration"]),
         output=output,
         restart=_option("restart", label, fields),
-        priority=_integer(label("priority"), fields["priority"], 0),
+        priority=_integer(label("priority"), fields["priority"], 0, PRIORITY_ACCEPTED),
     )
 
 
@@ -384,7 +386,9 @@ def _integer(field: str, value: object, default: int, accepted: str = "a whole n
     if value is None:
         return default
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
+        if abs(value) <= INTEGER_MAX:  # what a saved string can hold: start and restore agree
+            return value
+        raise InvalidInput(f"invalid {field} {value!r}: use {accepted}")
     if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,9}\s*", value):
         return int(value)
     raise InvalidInput(f"invalid {field} {value!r}: use {accepted}")

@@ -17,6 +17,8 @@ import pytest
 
 from conftest import Daemon, cli, cli_json, end_daemon_of, wait_for
 
+pytestmark = pytest.mark.e2e
+
 
 def ffmpeg_pids_for(home: Path) -> set[int]:
     """Every FFmpeg on the machine whose command line points into ``home``."""

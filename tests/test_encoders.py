@@ -6,18 +6,22 @@ script that answers ``-encoders`` from a listing and counts its runs.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from conftest import FFMPEG
 from streamalchemy import encoders
 from streamalchemy.encoders import Encoder, choose, detect, parse_encoders, report
 from streamalchemy.errors import EncoderUnavailable, OperationFailed
+from streamalchemy.spec import spec_from_request
 
 DATA = Path(__file__).parent / "data"
 # Captured verbatim: `ffmpeg -hide_banner -encoders` of Debian 12's FFmpeg 5.1.
@@ -219,3 +223,27 @@ def test_this_machine_lists_libx264_for_h264(tmp_path: Path) -> None:
             assert set(entry) == {"name", "type", "available"}
     if not encoders.present_accelerators():
         assert doc["auto"] == {"h264": "libx264", "h265": "libx265", "mpeg4": "mpeg4"}
+
+
+def test_a_hanging_ffmpeg_times_out_and_leaves_nothing_running(tmp_path: Path) -> None:
+    hang = tmp_path / "ffmpeg"
+    hang.write_text("#!/bin/sh\nsleep 31.7\n")  # a child, not exec: the group must go
+    hang.chmod(0o755)
+    began = time.monotonic()
+    with pytest.raises(OperationFailed, match="did not answer within"):
+        detect(str(hang), None, timeout=0.5)
+    assert time.monotonic() - began < 5
+    time.sleep(0.2)
+    left = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if (p.info["cmdline"] or [])[-1:] == ["31.7"] and p.info["cmdline"][0].endswith("sleep")
+    ]
+    assert left == []
+
+
+def test_a_copy_stream_never_waits_for_a_probe() -> None:
+    chooser = encoders.Chooser("/nonexistent/ffmpeg", None)
+    spec = spec_from_request({"name": "c", "file": "/x.mp4", "codec": "copy"})
+    assert chooser(spec) == "copy"
+    assert asyncio.run(chooser.choose_async(spec)) == "copy"

@@ -136,6 +136,7 @@ COMBOS = [("file", c) for c in ("h264", "h265", "mpeg4", "copy")]
 COMBOS += [("testsrc", c) for c in ("h264", "h265", "mpeg4")]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("source", "codec"), COMBOS)
 def test_every_output_gets_video(
     source: str, codec: str, sample_video: Path, tmp_path: Path
@@ -170,6 +171,7 @@ HOSTILE = [
 ]
 
 
+@pytest.mark.e2e
 def test_hostile_paths_reach_ffmpeg_as_one_argv_item(sample_video: Path, tmp_path: Path) -> None:
     """Shell syntax, quotes, newlines and option-like names are only ever file names."""
     media = tmp_path / "media"
@@ -207,6 +209,7 @@ class _Quiet(SimpleHTTPRequestHandler):
         pass
 
 
+@pytest.mark.e2e
 def test_http_url_source_with_reconnect_options(sample_video: Path) -> None:
     """A URL source's input options are ones this FFmpeg accepts: the stream plays."""
     handler = partial(_Quiet, directory=str(sample_video.parent))
@@ -228,6 +231,7 @@ def test_http_url_source_with_reconnect_options(sample_video: Path) -> None:
         server.server_close()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("scheme", ["rtsp", "rtmp", "http", "srt", "udp", "tcp"])
 def test_silent_url_source_makes_ffmpeg_exit(scheme: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A source that accepts the connection and then says nothing must not hang FFmpeg."""

@@ -75,6 +75,7 @@ def test_local_address_only_for_plain_rtsp_on_this_machine() -> None:
     assert mediamtx.local_address("rtsps://127.0.0.1:8322") is None
 
 
+@pytest.mark.e2e
 def test_started_listening_in_its_directory_and_stopped(tmp_path: Path, marker: Path) -> None:
     binary = stand_in(tmp_path, LISTENER)
     port = free_port()
@@ -94,6 +95,7 @@ def test_started_listening_in_its_directory_and_stopped(tmp_path: Path, marker: 
     assert f"listener opened on :{port}" in text and "stopped" in text
 
 
+@pytest.mark.e2e
 def test_restarted_with_growing_backoff(
     tmp_path: Path, marker: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -123,6 +125,7 @@ def test_restarted_with_growing_backoff(
     assert "no configuration, giving up" in log_file.read_text()
 
 
+@pytest.mark.e2e
 def test_not_started_when_off_absent_remote_or_port_taken(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -150,6 +153,7 @@ def test_not_started_when_off_absent_remote_or_port_taken(
         assert asyncio.run(mediamtx.start_if_needed(load_settings(env=env))) is None
 
 
+@pytest.mark.e2e
 def test_daemon_runs_mediamtx_until_it_stops(
     tmp_home: Path, tmp_path: Path, marker: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -286,6 +286,7 @@ def test_malformed_entries_are_skipped_and_kept_until_removed(
 # -- crash safety and concurrency ---------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_writer_killed_at_200_random_moments_loses_no_confirmed_save(
     state: Path,
     spawn: Callable[..., subprocess.Popen[bytes]],
@@ -314,6 +315,7 @@ def test_writer_killed_at_200_random_moments_loses_no_confirmed_save(
     record_property("kill_confirmed_saves", len(confirmed))
 
 
+@pytest.mark.e2e
 def test_eight_processes_saving_fifty_entries_each_lose_none(
     state: Path, spawn: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
@@ -374,6 +376,7 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     subprocess.run(["umount", str(mnt)], check=True, timeout=10)
 
 
+@pytest.mark.e2e
 def test_full_and_read_only_file_systems_fail_cleanly(tiny_fs: Path) -> None:
     state = tiny_fs / "active_streams.json"
     store = StateStore(state)
@@ -455,6 +458,7 @@ def test_disabled_persistence_reads_and_writes_nothing(state: Path) -> None:
     assert not (state.parent / "other").exists()
 
 
+@pytest.mark.e2e
 def test_time_per_save_with_fsync(
     state: Path, record_property: Callable[[str, object], None]
 ) -> None:
@@ -468,3 +472,74 @@ def test_time_per_save_with_fsync(
     per_save_ms = (time.perf_counter() - started) / count * 1000
     print(f"\ntime per save (20 entries, fsync, 3 backups): {per_save_ms:.2f} ms")
     record_property("ms_per_save", round(per_save_ms, 3))
+
+
+def test_a_symlinked_state_file_is_written_beside_its_target_and_stays_a_symlink(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "disk2" / "streams.json"
+    target.parent.mkdir()
+    target.write_text("{}")
+    link = tmp_path / "data" / "active_streams.json"
+    link.parent.mkdir()
+    link.symlink_to(target)
+    store = StateStore(link)
+    store.save("a", new_entry({}, 1.0))
+    store.save("b", new_entry({}, 2.0))
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert set(json.loads(target.read_text())) == {"a", "b"}
+    assert (tmp_path / "disk2" / "streams.json.backup.1").exists()
+    assert set(StateStore(link).load()) == {"a", "b"}
+
+
+def test_a_removal_that_cannot_be_written_stays_pending_and_hidden(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = StateStore(state)
+    store.save("a", new_entry({}, 1.0))
+    store.save("b", new_entry({}, 2.0))
+    real_write = store._write
+
+    def full(doc: dict[str, Any], *, rotate: bool) -> None:
+        raise StateFileError(f"{state}: cannot write the state file (disk full)")
+
+    monkeypatch.setattr(store, "_write", full)
+    with pytest.raises(StateFileError, match="disk full"):
+        store.remove("a")
+    assert store.write_error is not None and "disk full" in store.write_error
+    assert set(json.loads(state.read_text())) == {"a", "b"}  # the file is intact
+    assert set(store.load()) == {"b"}
+    assert set(StateStore(state).load()) == {"b"}  # another reader (``saved``) agrees
+    monkeypatch.setattr(store, "_write", real_write)
+    store.flush()
+    assert set(json.loads(state.read_text())) == {"b"} and store.write_error is None
+    assert store.pending_removals() == set()
+
+
+def test_saving_a_name_again_cancels_its_pending_removal(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = StateStore(state)
+    store.save("a", new_entry({}, 1.0))
+    monkeypatch.setattr(
+        store, "_write", lambda doc, rotate: (_ for _ in ()).throw(OSError(28, "x"))
+    )
+    with pytest.raises(StateFileError):
+        store.remove("a")
+    monkeypatch.undo()
+    store.save("a", new_entry({}, 5.0))
+    assert store.load()["a"]["saved_at"] == 5.0 and store.pending_removals() == set()
+
+
+def test_a_pending_removal_of_an_odd_name_writes_no_file_outside(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = StateStore(state)
+    store.save("../../escape", new_entry({}, 1.0))  # a hand-edited file may hold anything
+    monkeypatch.setattr(
+        store, "_write", lambda doc, rotate: (_ for _ in ()).throw(OSError(28, "x"))
+    )
+    with pytest.raises(StateFileError):
+        store.remove("../../escape")
+    assert not (state.parent.parent / "escape").exists()
+    assert "../../escape" not in store.load()  # still hidden, from memory

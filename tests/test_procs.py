@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
 from conftest import kill_tree, wait_for
-from streamalchemy.procs import ChildRecord, with_parent_death_signal
+from streamalchemy.procs import MARK_VAR, ChildRecord, with_parent_death_signal
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
@@ -19,6 +22,8 @@ def test_reap_leftovers_kills_recorded_child(tmp_path: Path) -> None:
     try:
         record = ChildRecord(tmp_path / "children.json")
         record.add("cam", proc.pid, SLEEPER)
+        # Popen returns a moment before the kernel has set the new command line up.
+        wait_for(lambda: psutil.Process(proc.pid).cmdline() == SLEEPER, 10, "the exec")
         assert ChildRecord(tmp_path / "children.json").reap_leftovers() == [proc.pid]
         wait_for(lambda: proc.poll() is not None, 10, "the leftover to die")
     finally:
@@ -37,6 +42,7 @@ def test_reap_leftovers_spares_a_reused_pid(tmp_path: Path) -> None:
         kill_tree(proc)
 
 
+@pytest.mark.e2e
 def test_parent_death_signal_kills_child_with_its_parent() -> None:
     # A parent that spawns a child with the prefix, prints its pid, and is SIGKILLed.
     script = (
@@ -58,3 +64,62 @@ def test_parent_death_signal_kills_child_with_its_parent() -> None:
         assert alive == []
     finally:
         kill_tree(parent)
+
+
+def test_children_record_is_0600_and_replaces_a_planted_symlink(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    path = tmp_path / "children.json"
+    path.symlink_to(victim)
+    record = ChildRecord(path)
+    record.add("cam", os.getpid(), ["x"])
+    assert victim.read_text() == "keep" and not path.is_symlink()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_wrapper_without_exec_leaves_nothing_of_its_group(tmp_path: Path) -> None:
+    # What a daemon SIGKILL leaves: the wrapper killed by the parent-death signal, its
+    # FFmpeg (here a sleeper) still running in the recorded process group.
+    wrapper = tmp_path / "wrapper"
+    wrapper.write_text(f"#!/bin/sh\n{sys.executable} -c 'import time; time.sleep(60)'\n")
+    wrapper.chmod(0o755)
+    os.environ[MARK_VAR] = "test-mark"
+    try:
+        proc = subprocess.Popen([str(wrapper)], start_new_session=True)
+    finally:
+        del os.environ[MARK_VAR]
+    try:
+        wait_for(lambda: psutil.Process(proc.pid).children(), 10, "the wrapper's child")
+        child = psutil.Process(proc.pid).children()[0]
+        record = ChildRecord(tmp_path / "children.json")
+        record._children["cam"] = {
+            "pid": proc.pid,
+            "create_time": psutil.Process(proc.pid).create_time(),
+            "argv": [str(wrapper)],
+            "mark": "test-mark",
+        }
+        record._write()
+        proc.kill()  # the wrapper dies; its child lives on in the group
+        proc.wait(10)
+        assert child.is_running()
+        assert ChildRecord(tmp_path / "children.json").reap_leftovers() == [child.pid]
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    finally:
+        kill_tree(proc)
+
+
+def test_a_group_member_without_the_mark_is_spared(tmp_path: Path) -> None:
+    proc = subprocess.Popen(SLEEPER, start_new_session=True)
+    try:
+        record = ChildRecord(tmp_path / "children.json")
+        record._children["cam"] = {
+            "pid": proc.pid,
+            "create_time": 0.0,  # not the recorded process: another start time
+            "argv": SLEEPER,
+            "mark": "some-other-daemon",
+        }
+        record._write()
+        assert ChildRecord(tmp_path / "children.json").reap_leftovers() == []
+        assert proc.poll() is None
+    finally:
+        kill_tree(proc)

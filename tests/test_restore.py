@@ -11,6 +11,8 @@ import pytest
 from conftest import Daemon, cli, cli_json, wait_for
 from streamalchemy.restore import plan
 
+pytestmark = pytest.mark.e2e
+
 
 def write_state(home: Path, doc: dict[str, object]) -> Path:
     path = home / "active_streams.json"

@@ -8,7 +8,11 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from conftest import Daemon, RtspReceiver, cli, cli_json, wait_for
+
+pytestmark = pytest.mark.e2e
 
 
 def saved_names(home: Path) -> set[str]:
