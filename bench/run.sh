@@ -30,5 +30,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 unset PYTHONDONTWRITEBYTECODE
 # Streams that run for days (bench/soak.py): bash bench/run.sh --soak [--minutes N | --hours N]
 if [ "${1:-}" = "--soak" ]; then shift; exec "$py" -m bench.soak "$@"; fi
+# A header flood against the socket, the daemon's memory before and after: bash bench/run.sh --flood
+if [ "${1:-}" = "--flood" ]; then shift; exec "$py" -m bench.flood "$@"; fi
 if [ "${1:-}" = load ]; then shift; exec "$py" -m bench.load "$@"; fi  # bench/load.py
 exec "$py" -m bench.run "$@"

@@ -17,6 +17,7 @@ from streamalchemy import __version__, commands
 from streamalchemy.errors import InvalidInput, StreamAlchemyError
 from streamalchemy.main import report_failure
 from streamalchemy.spec import START_OPTIONS, check_option
+from streamalchemy.text import plain
 
 app = typer.Typer(
     name="streamalchemy",
@@ -253,7 +254,7 @@ def logs(
         result = _emit(
             as_json,
             lambda: commands.logs(name, lines),
-            lambda r: print("\n".join(r["lines"])) if r["lines"] else None,
+            lambda r: print("\n".join(map(plain, r["lines"]))) if r["lines"] else None,
         )
         paths = {name: result["path"]}
         offsets = {name: result["offset"]}
@@ -269,13 +270,13 @@ def logs(
         width = max(map(len, paths), default=0)
         try:
             for stream, line in commands.follow(paths, offsets=offsets):
-                print(_prefixed(stream, line, width) if name is None else line, flush=True)
+                print(_prefixed(stream, line, width) if name is None else plain(line), flush=True)
         except KeyboardInterrupt:
             pass
 
 
 def _prefixed(name: str, line: str, width: int) -> str:
-    return f"{name.ljust(width)} | {line}"
+    return f"{name.ljust(width)} | {plain(line)}"
 
 
 def _print_prefixed(tails: dict[str, list[str]]) -> None:

@@ -100,6 +100,9 @@ class Client:
         """Start the daemon fully detached and wait, bounded, until its socket answers."""
         import subprocess  # only here: the polled --json commands never start a daemon
 
+        from streamalchemy import home
+
+        home.check(self.settings)  # the daemon would refuse it: say why now, exit 2
         log_file = self.settings.log_dir / "daemon.log"
         argv = [sys.executable, "-m", "streamalchemy", "daemon", "run"]
         proc = subprocess.Popen(

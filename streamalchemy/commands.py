@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 
 from streamalchemy.client import Client
 from streamalchemy.errors import DaemonUnreachable, InvalidInput, OperationFailed, StreamNotFound
-from streamalchemy.names import validate_name
+from streamalchemy.names import is_valid_name, validate_name
 from streamalchemy.settings import Settings, load_settings
 
 TYPE_CHECKING = False  # not typing's: see main.py
@@ -52,6 +52,13 @@ def _store(settings: Settings) -> StateStore:
         backup_count=settings.backup_count,
         enabled=settings.persistence_enabled,
     )
+
+
+def _masked(doc: object) -> object:
+    """``doc`` with every secret masked (credentials imports what the polled path skips)."""
+    from streamalchemy.credentials import mask_document
+
+    return mask_document(doc)
 
 
 def _abs_path(path: str) -> str:
@@ -156,25 +163,28 @@ def show(name: str) -> ShowResult:
     entries = _store(settings).load()
     if name not in entries:
         raise StreamNotFound(f"no such stream: {name}")
-    return details.saved_details(
+    found = details.saved_details(
         name,
         entries[name],
         log_file=str(settings.log_dir / "streams" / f"{name}.log"),
         why="the daemon is not running",
         target=lambda spec: output_target(spec, settings.rtsp_url, settings.hls_dir),
     )
+    return cast("ShowResult", _masked(found))
 
 
 def saved() -> SavedResult:
     """The state file's entries: from the daemon when it runs (it reads them under the
-    lock; asking it keeps this poll lean), else read here under the lock."""
+    lock, and masks its replies; asking it keeps this poll lean), else read here under
+    the lock."""
     c = client()
     try:
         return cast("SavedResult", c.request("GET", "/persistent_streams", autostart=False))
     except DaemonUnreachable:
         store = _store(c.settings)
+        # The state file keeps literal secrets (0600); what is printed has them masked.
         doc = {"success": True, "streams": store.load(), "enabled": store.enabled}
-        return cast("SavedResult", doc)
+        return cast("SavedResult", _masked(doc))
 
 
 def restore(dry_run: bool) -> RestoreResult:
@@ -199,7 +209,7 @@ def _plan_offline(settings: Settings) -> dict[str, dict[str, str]]:
 
     choose = encoders.Chooser(settings.ffmpeg, settings.data_dir)
     steps = restore.plan(_store(settings).load(), running=(), choose_encoder=choose)
-    return restore.dry_run_results(steps)
+    return cast("dict[str, dict[str, str]]", _masked(restore.dry_run_results(steps)))
 
 
 def clear() -> MessageResult:
@@ -245,7 +255,8 @@ def stream_names(settings: Settings | None = None) -> list[str]:
             names.update(s["name"] for s in reply["streams"])
         except Exception:
             pass
-    return sorted(names)
+    # A hand-edited state file may hold any key: offer the shell only real names.
+    return sorted(n for n in names if is_valid_name(n))
 
 
 def encoders() -> EncodersResult:

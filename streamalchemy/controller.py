@@ -22,6 +22,7 @@ from typing import Any
 
 import streamalchemy
 from streamalchemy import __version__, encoders
+from streamalchemy.credentials import has_secret, resolve_spec, unresolved
 from streamalchemy.details import running_details, saved_details
 from streamalchemy.errors import (
     InvalidInput,
@@ -31,8 +32,9 @@ from streamalchemy.errors import (
     StreamExists,
     StreamNotFound,
 )
-from streamalchemy.ffmpeg import STATS_PERIOD, build_argv, output_target
+from streamalchemy.ffmpeg import STATS_PERIOD, build_argv, input_script, output_target
 from streamalchemy.httpserver import Reply
+from streamalchemy.inputsockets import InputSockets
 from streamalchemy.outputs import refuse_existing_file
 from streamalchemy.persist import StateStore, StateWriter, new_entry
 from streamalchemy.procs import ChildRecord
@@ -148,6 +150,7 @@ class Controller:
         self._restoring: asyncio.Task[Results] | None = None
         self._retrying: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self.inputs = InputSockets(settings.socket.parent / "in")
 
     # -- one owner per name --------------------------------------------------------
 
@@ -168,21 +171,35 @@ class Controller:
         stream = self.supervisor.streams.get(name)
         return stream if stream is not None and stream.active else None
 
+    def _secrets(self, spec: StreamSpec) -> StreamSpec:
+        """``spec`` with its ${NAME} references resolved (CredentialError, exit 2, if not)."""
+        return resolve_spec(spec, self.settings.config_file.parent)
+
+    def _missing_credentials(self, spec: StreamSpec) -> str | None:
+        return unresolved([spec.source, spec.output], self.settings.config_file.parent)
+
     def _launch(self, spec: StreamSpec, saved_at: float, encoder: str) -> Stream:
         """Start supervising ``spec``; the caller owns the name and has checked it is free."""
         if self._active(spec.name) is not None:  # never a second FFmpeg for a name
             raise StreamExists(f"stream {spec.name!r} is already running")
         target = output_target(spec, self.settings.rtsp_url, self.settings.hls_dir)
+        real = self._secrets(spec)
+        real_target = output_target(real, self.settings.rtsp_url, self.settings.hls_dir)
+        # A source with a secret reaches FFmpeg through a private socket, not argv.
+        secret_source = spec.source_type == "rtsp" and has_secret(spec.source)
+        input_socket = self.inputs.open(spec.name, input_script(real)) if secret_source else None
 
         def argv_for(current: str) -> list[str]:
             # Built per spawn: a restarted recording writes the next numbered file.
             return build_argv(
-                spec,
+                real,
                 ffmpeg=self.settings.ffmpeg,
                 encoder=encoder,
-                target=current,
+                # A URL output's ${NAME} resolved; a numbered file as the supervisor chose.
+                target=real_target if current == target else current,
                 # Reports often enough that a healthy stream never looks stalled.
                 stats_period=min(STATS_PERIOD, self.settings.stall_timeout / 2),
+                input_socket=input_socket,
             )
 
         log.info("starting %s -> %s", spec.name, mask_credentials(target))
@@ -194,12 +211,15 @@ class Controller:
     async def _stop_stream(self, name: str, reason: str) -> None:
         if name in self.supervisor.streams:
             await self.supervisor.stop(name, reason)
+        self.inputs.close(name)
 
     def _on_end(self, stream: Stream) -> None:
         log.info("%s %s: %s", stream.spec.name, stream.status, stream.last_error or "done")
         if stream.status == "finished":
             # Ended by itself (duration reached or a clean exit): nothing to bring back.
             self._spawn(self._forget_finished(stream))
+        if not stream.active and self.supervisor.streams.get(stream.spec.name) in (stream, None):
+            self.inputs.close(stream.spec.name)  # not a newer start's source
 
     async def _forget_finished(self, stream: Stream) -> None:
         name = stream.spec.name
@@ -254,6 +274,7 @@ class Controller:
         self, spec: StreamSpec, *, replace: bool, saved_at: float | None, overwrite: bool = False
     ) -> Stream:
         name = spec.name
+        self._secrets(spec)  # an unresolvable ${NAME} is refused before anything changes
         previous = self._active(name)
         if previous is not None and not replace:
             raise StreamExists(
@@ -347,6 +368,7 @@ class Controller:
                 )
             await asyncio.to_thread(self.check_source, spec, self.settings.ffprobe)
             encoder = await self.choose_encoder.choose_async(spec)
+            self._secrets(spec)  # a ${NAME} gone since the start: refused, still running
             previous = self.supervisor.streams.get(name)
             await self._stop_stream(name, USER_RESTART)
             stream = self._launch(spec, saved_at, encoder)
@@ -364,7 +386,14 @@ class Controller:
             saved = await self.writer.load()
             await self._encoders_for(saved)
             running = {n for n in self.supervisor.streams if self._active(n)}
-            return dry_run_results(plan(saved, running=running, choose_encoder=self.choose_encoder))
+            return dry_run_results(
+                plan(
+                    saved,
+                    running=running,
+                    choose_encoder=self.choose_encoder,
+                    credentials_missing=self._missing_credentials,
+                )
+            )
         if self._restoring is None or self._restoring.done():
             self._restoring = asyncio.create_task(self._restore(), name="restore")
         return await asyncio.shield(self._restoring)
@@ -382,7 +411,12 @@ class Controller:
         snapshot.saved = saved = await self.writer.load()
         await self._encoders_for(saved)
         running = {n for n in self.supervisor.streams if self._active(n)}
-        steps = plan(saved, running=running, choose_encoder=self.choose_encoder)
+        steps = plan(
+            saved,
+            running=running,
+            choose_encoder=self.choose_encoder,
+            credentials_missing=self._missing_credentials,
+        )
         results = {s.name: {"result": s.result, "reason": s.reason} for s in steps}
         slots = asyncio.Semaphore(RESTORE_PARALLEL)
 
@@ -423,7 +457,12 @@ class Controller:
         if entry is None:
             return Step(name, "skipped", "no longer saved (stopped meanwhile)")
         running = {name} if self._active(name) else set()
-        return plan({name: entry}, running=running, choose_encoder=self.choose_encoder)[0]
+        return plan(
+            {name: entry},
+            running=running,
+            choose_encoder=self.choose_encoder,
+            credentials_missing=self._missing_credentials,
+        )[0]
 
     async def _restore_one(self, step: Step) -> dict[str, str]:
         assert step.spec is not None
@@ -450,6 +489,7 @@ class Controller:
             if task is not None:
                 task.cancel()
         await self.supervisor.stop_all()
+        self.inputs.close_all()
         if self.writer.pending:
             with contextlib.suppress(StateFileError):
                 await self.writer.flush()

@@ -19,8 +19,9 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from streamalchemy import __version__, mediamtx, procs, systemd
+from streamalchemy import __version__, home, mediamtx, procs, systemd
 from streamalchemy.controller import Controller
+from streamalchemy.credentials import mask_record
 from streamalchemy.errors import OperationFailed
 from streamalchemy.httpserver import connection_handler
 from streamalchemy.settings import Settings
@@ -95,6 +96,8 @@ def _setup_logging(settings: Settings) -> None:
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     root.addHandler(console)
+    for each in (handler, console):
+        each.addFilter(mask_record)  # no log line carries a secret
 
 
 async def _serve(settings: Settings, restore: bool) -> None:
@@ -139,6 +142,7 @@ def run(settings: Settings, restore: bool = True) -> None:
     # Logs, the children record (FFmpeg argv with source credentials) and outputs
     # are the user's alone, as the state file is.
     os.umask(0o077)
+    home.prepare(settings)  # refuses a home another user could plant in (exit 2)
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = _hold_instance_lock(settings.data_dir)
     _setup_logging(settings)

@@ -41,14 +41,19 @@ def build_argv(
     encoder: str,
     target: str,
     stats_period: float = STATS_PERIOD,
+    input_socket: str | None = None,
 ) -> list[str]:
-    """The full FFmpeg command line for ``spec``, encoding with ``encoder`` to ``target``."""
+    """The full FFmpeg command line for ``spec``, encoding with ``encoder`` to ``target``.
+
+    With ``input_socket``, a URL source is not on the command line (where any user
+    reads it in ``ps``): FFmpeg reads ``input_script(spec)`` from that Unix socket.
+    """
     return [
         ffmpeg,
         *("-nostdin", "-hide_banner", "-loglevel", "warning", "-nostats"),
         *("-progress", "pipe:1", "-stats_period", f"{stats_period:g}"),
         *_device_args(encoder),
-        *_input_args(spec),
+        *_input_args(spec, input_socket),
         *_map_args(spec),
         *_video_args(spec, encoder),
         *_audio_args(spec),
@@ -72,7 +77,7 @@ def _device_args(encoder: str) -> list[str]:
     return ["-vaapi_device", VAAPI_DEVICE] if encoder.endswith("_vaapi") else []
 
 
-def _input_args(spec: StreamSpec) -> list[str]:
+def _input_args(spec: StreamSpec, input_socket: str | None = None) -> list[str]:
     if spec.source_type == "file":
         # -re: play the file at its own pace, as a camera would, looping forever.
         return ["-re", "-stream_loop", "-1", "-i", spec.source]
@@ -83,22 +88,54 @@ def _input_args(spec: StreamSpec) -> list[str]:
         if spec.audio != "none":
             args += ["-re", "-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000"]
         return args
-    return [*_url_input_options(urlsplit(spec.source).scheme.lower()), "-i", spec.source]
+    scheme = urlsplit(spec.source).scheme.lower()
+    paced = ["-re"] if scheme in ("http", "https") else []
+    if input_socket is not None:
+        # The concat demuxer opens the URL named in the script with the same options;
+        # only the protocols a URL source can use are allowed.
+        return [
+            *paced,
+            *("-f", "concat", "-safe", "0", "-protocol_whitelist", INPUT_PROTOCOLS),
+            *("-i", f"unix:{input_socket}"),
+        ]
+    options = [item for key, value in _url_input_options(scheme) for item in (f"-{key}", value)]
+    return [*paced, *options, "-i", spec.source]
 
 
-def _url_input_options(scheme: str) -> list[str]:
+# What a URL source may use under the concat demuxer: unix (the script), then each
+# source scheme and what it runs over.
+INPUT_PROTOCOLS = (
+    "unix,rtsp,rtsps,rtp,srtp,tcp,udp,tls,http,https,httpproxy,crypto,"
+    "rtmp,rtmps,rtmpt,rtmpts,rtmpe,rtmpte,srt"
+)
+
+
+def input_script(spec: StreamSpec) -> str:
+    """The ffconcat script that names a URL source and its options, for ``input_socket``."""
+    lines = ["ffconcat version 1.0", f"file {_concat_quote(spec.source)}"]
+    scheme = urlsplit(spec.source).scheme.lower()
+    lines += [f"option {key} {value}" for key, value in _url_input_options(scheme)]
+    return "\n".join(lines) + "\n"
+
+
+def _concat_quote(text: str) -> str:
+    """``text`` as one ffconcat token: single-quoted, a quote written as '\\''."""
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def _url_input_options(scheme: str) -> list[tuple[str, str]]:
     """Timeouts so a dead or silent source makes FFmpeg exit instead of hanging."""
     if scheme in ("rtsp", "rtsps"):
-        return ["-rtsp_transport", "tcp", "-timeout", SOURCE_TIMEOUT_US]
+        return [("rtsp_transport", "tcp"), ("timeout", SOURCE_TIMEOUT_US)]
     if scheme in ("http", "https"):
         # http may serve a plain file, which -re plays at its pace; live sources ignore it.
-        reconnect = ["-reconnect", "1", "-reconnect_streamed", "1"]
-        reconnect += ["-reconnect_on_network_error", "1", "-reconnect_delay_max", "5"]
-        return ["-re", *reconnect, "-rw_timeout", SOURCE_TIMEOUT_US]
+        reconnect = [("reconnect", "1"), ("reconnect_streamed", "1")]
+        reconnect += [("reconnect_on_network_error", "1"), ("reconnect_delay_max", "5")]
+        return [*reconnect, ("rw_timeout", SOURCE_TIMEOUT_US)]
     if scheme in ("rtmp", "rtmps"):
         # rtmp's own -timeout means "listen for a publisher"; rw_timeout is the read timeout.
-        return ["-rw_timeout", SOURCE_TIMEOUT_US]
-    return ["-timeout", SOURCE_TIMEOUT_US]  # srt, udp, tcp
+        return [("rw_timeout", SOURCE_TIMEOUT_US)]
+    return [("timeout", SOURCE_TIMEOUT_US)]  # srt, udp, tcp
 
 
 def _map_args(spec: StreamSpec) -> list[str]:

@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 def report_failure(exc: StreamAlchemyError, as_json: bool) -> int:
     """Print a failure the contract's way (one stderr line) and return its exit code."""
-    message = " ".join(str(exc).split())  # one line, whatever the cause
+    from streamalchemy.credentials import mask_credentials
+
+    message = mask_credentials(" ".join(str(exc).split()))  # one line, no secret
     if as_json:
         print(json.dumps({"success": False, "message": message}))
     print(f"streamalchemy: {message}", file=sys.stderr)

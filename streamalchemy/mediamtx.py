@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from streamalchemy import procs
 from streamalchemy.backoff import Backoff
 from streamalchemy.settings import Settings
-from streamalchemy.streamlog import StreamLog
+from streamalchemy.streamlog import LOG_BACKUPS, LOG_MAX_BYTES, StreamLog, read_lines
 
 log = logging.getLogger("streamalchemy.mediamtx")
 
@@ -58,10 +58,17 @@ def listening(host: str, port: int, timeout: float = 0.5) -> bool:
 class MediaMTX:
     """One supervised MediaMTX process, restarted with backoff until ``stop``."""
 
-    def __init__(self, binary: str, host: str, port: int, log_dir: Path) -> None:
+    def __init__(
+        self,
+        binary: str,
+        host: str,
+        port: int,
+        log_dir: Path,
+        log_caps: tuple[int, int] = (LOG_MAX_BYTES, LOG_BACKUPS),
+    ) -> None:
         self.argv = [binary]
         self.host, self.port = host, port
-        self.log = StreamLog(log_dir / "mediamtx.log")
+        self.log = StreamLog(log_dir / "mediamtx.log", *log_caps)
         self.backoff = Backoff()
         self._proc: asyncio.subprocess.Process | None = None
         self._stopping = asyncio.Event()
@@ -106,8 +113,7 @@ class MediaMTX:
                     await procs.stop(self._proc, STOP_GRACE)
                 self.log.event(f"started MediaMTX pid {self._proc.pid}")
                 assert self._proc.stdout is not None
-                async for raw in self._proc.stdout:
-                    self.log.ffmpeg(raw.decode(errors="replace"))  # any child's output line
+                await read_lines(self._proc.stdout, self.log.ffmpeg)  # any child's lines
                 code = await self._proc.wait()
                 self.log.event(f"MediaMTX pid {self._proc.pid} exited with code {code}")
             if self._stopping.is_set():
@@ -142,6 +148,7 @@ async def start_if_needed(settings: Settings) -> MediaMTX | None:
     if await asyncio.to_thread(listening, *address):
         log.info("MediaMTX not started: something already listens on port %d", address[1])
         return None
-    server = MediaMTX(settings.mediamtx, *address, settings.log_dir)
+    caps = (settings.log_max_bytes, settings.log_backups)
+    server = MediaMTX(settings.mediamtx, *address, settings.log_dir, caps)
     await server.start()
     return server

@@ -14,3 +14,8 @@ def validate_name(name: object) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidInput(f"invalid stream name {name!r}: use 1-64 letters, digits, '_' or '-'")
     return name
+
+
+def is_valid_name(name: object) -> bool:
+    """Whether ``name`` can name a stream (a state file may hold anything)."""
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None

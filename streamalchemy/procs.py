@@ -31,6 +31,8 @@ from typing import Any
 
 import psutil
 
+from streamalchemy.credentials import mask_argv
+
 log = logging.getLogger("streamalchemy.procs")
 
 _SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
@@ -116,7 +118,8 @@ class ChildRecord:
         self._children[name] = {
             "pid": pid,
             "create_time": create_time,
-            "argv": list(argv),
+            # Masked: the record names the process without holding its secrets.
+            "argv": mask_argv(list(argv)),
             "mark": os.environ.get(MARK_VAR, ""),
         }
         self._write()
@@ -206,7 +209,7 @@ def _is_recorded(proc: psutil.Process, argv: list[str], created: float) -> bool:
     """The very process recorded: same start time, executable and command line."""
     if abs(proc.create_time() - created) >= 0.01:
         return False
-    cmdline = proc.cmdline()
+    cmdline = mask_argv(proc.cmdline())  # as recorded
     if cmdline == with_parent_death_signal(argv):
         return True  # right after the fork, still setpriv, not yet FFmpeg
     binary = shutil.which(argv[0]) if argv else None

@@ -1,4 +1,10 @@
-"""Human output: rich tables for people at a terminal. Never imported on ``--json`` paths."""
+"""Human output: rich tables for people at a terminal. Never imported on ``--json`` paths.
+
+Text is data: ``console`` interprets no markup and no emoji codes, and escapes
+control characters in every string it prints (``plain``), so a name, path or
+reason prints literally whatever it holds. Style with ``Text(..., style=...)``
+or ``console.print(..., style=...)``, never with ``[markup]`` in strings.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +13,31 @@ import time
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from streamalchemy.durations import duration_text
 from streamalchemy.spec import mask_credentials, read_saved
+from streamalchemy.text import plain
+
+
+class PlainConsole(Console):
+    """A rich console that prints every string literally: no markup, no emoji, escaped controls."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(markup=False, emoji=False, highlight=False, **kwargs)
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        return super().render_str(plain(text), **kwargs)
+
+
+def styled(text: object, style: str) -> Text:
+    """``text`` in ``style``, literally."""
+    return Text(plain(text), style=style)
+
 
 # Piped output keeps whole lines: scripts grep it, and 80 columns would cut every cell.
-console = Console(width=None if sys.stdout.isatty() else 240)
+console = PlainConsole(width=None if sys.stdout.isatty() else 240)
 STATUS_STYLE = {
     "running": "green",
     "starting": "cyan",
@@ -45,11 +68,6 @@ def _when(at: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(at))
 
 
-def _status(status: str) -> str:
-    style = STATUS_STYLE.get(status)
-    return f"[{style}]{escape(status)}[/]" if style else escape(status)
-
-
 def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
@@ -77,7 +95,7 @@ def streams(result: dict[str, Any]) -> None:
         status = s["status"]
         table.add_row(
             s["name"],
-            _status(status),
+            styled(status, STATUS_STYLE.get(status, "")),
             str(s["pid"] or "-"),
             span(s["uptime_seconds"]),
             "unlimited" if s["remaining_seconds"] is None else span(s["remaining_seconds"]),
@@ -97,14 +115,14 @@ def streams(result: dict[str, Any]) -> None:
         console.print("no streams")
     for s in result["streams"]:
         if s["last_error"] and s["status"] in ("retrying", "failed"):
-            console.print(f"[yellow]{s['name']}: {s['last_error']}[/]")
+            console.print(f"{s['name']}: {s['last_error']}", style="yellow")
     for name, why in result.get("not_running", {}).items():
-        console.print(f"[yellow]warning: {name} is saved but not running: {why}[/]")
+        console.print(f"warning: {name} is saved but not running: {why}", style="yellow")
 
 
 def saved(result: dict[str, Any]) -> None:
     if not result["enabled"]:
-        console.print("[yellow]persistence is disabled (ENABLE_STREAM_PERSISTENCE=false)[/]")
+        console.print("persistence is disabled (ENABLE_STREAM_PERSISTENCE=false)", style="yellow")
     table = Table(box=None, header_style="bold")
     for column in (
         "NAME",
@@ -123,7 +141,7 @@ def saved(result: dict[str, Any]) -> None:
         view = read_saved(name, entry)
         spec = view.spec
         if spec is None:
-            table.add_row(name, "[red]invalid[/]", view.error, *["-"] * 6)
+            table.add_row(name, styled("invalid", "red"), view.error, *["-"] * 6)
             continue
         deadline = view.deadline
         table.add_row(
@@ -149,7 +167,7 @@ def restore(result: dict[str, Any]) -> None:
         table.add_column(column)
     style = {"restored": "green", "skipped": "yellow", "failed": "red"}
     for name, r in result["results"].items():
-        table.add_row(name, f"[{style[r['result']]}]{r['result']}[/]", r["reason"])
+        table.add_row(name, styled(r["result"], style.get(r["result"], "")), r["reason"])
     if result["results"]:
         console.print(table)
     else:
@@ -188,7 +206,7 @@ def status(result: dict[str, Any]) -> None:
 def started(stream: dict[str, Any]) -> None:
     """``start``'s human output: the output URL alone on stdout (scripts take it), the rest
     on stderr: when a limited stream ends, and the pid and encoder at a terminal."""
-    print(stream["output"])
+    print(plain(stream["output"]))
     remaining = stream.get("remaining_seconds")
     if remaining is not None:
         end = time.time() + remaining
@@ -214,7 +232,7 @@ def details(result: dict[str, Any]) -> None:
     deadline = result.get("deadline")
     rows = [
         ("name", s["name"]),
-        ("status", _status(status)),
+        ("status", styled(status, STATUS_STYLE.get(status, ""))),
         ("pid", str(s["pid"] or "-")),
         ("source", s["source"]),
         ("output", s.get("current_output") or s["output"]),
@@ -228,24 +246,24 @@ def details(result: dict[str, Any]) -> None:
         ("log", result.get("log_file") or s.get("log_file", "-")),
     ]
     for key, value in rows:
-        table.add_row(key, value if key == "status" else escape(str(value)))
+        table.add_row(key, value if isinstance(value, Text) else str(value))
     console.print(table)
     spec = result.get("spec") or {}
     if spec:
-        console.print("[bold]spec[/]")
+        console.print("spec", style="bold")
         options = Table(box=None, show_header=False)
         options.add_column(style="bold")
         options.add_column()
         for key, value in spec.items():
-            options.add_row(f"  {key}", escape("-" if value is None else str(value)))
+            options.add_row(f"  {key}", "-" if value is None else str(value))
         console.print(options)
     exits = result.get("exits") or []
     if exits:
-        console.print("[bold]last exits[/]")
+        console.print("last exits", style="bold")
         table = Table(box=None, header_style="bold")
         for column in ("  AT", "CODE", "REASON"):
             table.add_column(column)
         for e in exits:
             code = "-" if e["code"] is None else str(e["code"])
-            table.add_row(f"  {_when(e['at'])}", code, escape(e["reason"]))
+            table.add_row(f"  {_when(e['at'])}", code, e["reason"])
         console.print(table)

@@ -41,6 +41,7 @@ def plan(
     choose_encoder: Callable[[StreamSpec], str],
     now: float | None = None,
     file_exists: Callable[[str], bool] = lambda p: Path(p).is_file(),
+    credentials_missing: Callable[[StreamSpec], str | None] = lambda spec: None,
 ) -> list[Step]:
     """Return one step per saved stream, highest priority first."""
     now = time.time() if now is None else now
@@ -61,6 +62,10 @@ def plan(
             continue
         if spec.source_type == "file" and not file_exists(spec.source):
             steps.append(Step(name, "skipped", f"source file not found: {spec.source}"))
+            continue
+        missing = credentials_missing(spec)
+        if missing is not None:  # the reference may be provided later: kept in the file
+            steps.append(Step(name, "skipped", missing))
             continue
         try:
             encoder = choose_encoder(spec)

@@ -122,6 +122,11 @@ def render(
         # keeps the state file; SIGKILL for everything left only after the timeout.
         "KillMode=mixed",
         f"TimeoutStopSec={STOP_TIMEOUT}",
+        # ${NAME} in a stream's --url or --output is read at launch from
+        # $CREDENTIALS_DIRECTORY/NAME first: systemd hands each named file to the
+        # daemon alone.
+        "# Secrets for ${NAME} in --url/--output (one line per secret):",
+        "#LoadCredential=CAM_PASS:/etc/streamalchemy/credentials/CAM_PASS",
     ]
     if run_as is not None:
         service.append(f"User={_checked(run_as)}")

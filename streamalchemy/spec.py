@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+# The one masking function lives in credentials; imported from here too.
+from streamalchemy.credentials import mask_credentials as mask_credentials
 from streamalchemy.durations import hours_text, parse_duration, parse_duration_hours
 from streamalchemy.errors import InvalidInput
 from streamalchemy.names import validate_name as validate_name
@@ -82,10 +84,6 @@ _REQUEST_KEYS = frozenset(
     {"name", "file", "url", "testsrc", "codec", "resolution", "fps", "audio", "hwaccel"}
     | {"duration", "output", "restart", "priority", "replace", "overwrite"}
 )
-# userinfo in scheme://user:pass@host; the password may itself hold an unescaped '@'.
-_CREDENTIALS = re.compile(
-    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/\s?#@'\"]*)(?::(?P<pw>[^/\s?#'\"]*))?@"
-)
 
 
 @dataclass(frozen=True)
@@ -131,15 +129,6 @@ def _config_size(codec: str, value: int | None) -> str:
     if codec == "copy":
         return ""
     return SOURCE if value is None else str(value)
-
-
-def mask_credentials(text: str) -> str:
-    """Hide the user and password of every URL in ``text`` (FFmpeg log lines included)."""
-
-    def hide(m: re.Match[str]) -> str:
-        return m["scheme"] + ("***:***@" if m["pw"] is not None else "***@")
-
-    return _CREDENTIALS.sub(hide, text)
 
 
 def check_option(key: str, value: object) -> None:

@@ -1,4 +1,5 @@
-"""Size-capped, rotated log files: one per stream, MediaMTX's, and the daemon's own.
+"""Size-capped, rotated log files (one per stream, MediaMTX's, the daemon's own), and
+the splitter that turns a child's output into lines of bounded length for them.
 
 Every write opens, appends and closes, so that the stream's supervisor, the
 controller (a restore skip for a stream that is not running) and a rotation by
@@ -9,12 +10,14 @@ stream or the daemon down with it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import re
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 from streamalchemy.progress import clean_line
@@ -32,6 +35,30 @@ _CUT_URL = re.compile(r"\S*://\S*$")
 def _stamp(at: float) -> str:
     local = time.localtime(at)
     return time.strftime("%Y-%m-%d %H:%M:%S", local) + f",{int(at % 1 * 1000):03d}"
+
+
+# A child's line longer than this is cut; the rest up to its newline is dropped.
+LINE_MAX_BYTES = 8192
+
+
+async def read_lines(stream: asyncio.StreamReader, emit: Callable[[str], None]) -> None:
+    """Split a child's output into lines ('\\n' or '\\r'), however long a line runs."""
+    partial = b""
+    overflow = False
+    while data := await stream.read(1 << 16):
+        *lines, partial = (partial + data).replace(b"\r", b"\n").split(b"\n")
+        for raw in lines:
+            if overflow:
+                overflow = False  # the end of a line already emitted, cut
+                continue
+            if line := raw.decode(errors="replace").strip():
+                emit(line)
+        if len(partial) > LINE_MAX_BYTES:
+            if not overflow:
+                emit(partial[:LINE_MAX_BYTES].decode(errors="replace").strip() + " [cut]")
+            partial, overflow = b"", True
+    if partial and not overflow and (line := partial.decode(errors="replace").strip()):
+        emit(line)
 
 
 class CappedFile:

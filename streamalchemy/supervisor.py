@@ -28,7 +28,7 @@ from streamalchemy.errors import StreamExists
 from streamalchemy.outputs import OutputFiles
 from streamalchemy.progress import Progress, ProgressParser, explain_failure, root_cause
 from streamalchemy.spec import StreamSpec, mask_credentials
-from streamalchemy.streamlog import LOG_BACKUPS, LOG_MAX_BYTES, StreamLog
+from streamalchemy.streamlog import LOG_BACKUPS, LOG_MAX_BYTES, StreamLog, read_lines
 
 log = logging.getLogger("streamalchemy.supervisor")
 
@@ -39,8 +39,6 @@ TICK = 1.0  # seconds between deadline and stall checks
 PAUSE_GAP = 3.0
 EXITS_KEPT = 10
 READ_CHUNK = 1 << 16
-# An FFmpeg line longer than this is cut; the rest up to its newline is dropped.
-LINE_MAX_BYTES = 8192
 
 # Why a stream is stopped, in the words its log and its exits show.
 USER_STOP = "stopped by the user"
@@ -87,26 +85,6 @@ def should_restart(policy: str, exit_code: int | None, stalled: bool) -> bool:
     return stalled or exit_code != 0
 
 
-async def _read_lines(stream: asyncio.StreamReader, emit: Callable[[str], None]) -> None:
-    """Split FFmpeg's stderr into lines ('\\n' or '\\r'), however long a line runs."""
-    partial = b""
-    overflow = False
-    while data := await stream.read(READ_CHUNK):
-        *lines, partial = (partial + data).replace(b"\r", b"\n").split(b"\n")
-        for raw in lines:
-            if overflow:
-                overflow = False  # the end of a line already emitted, cut
-                continue
-            if line := raw.decode(errors="replace").strip():
-                emit(line)
-        if len(partial) > LINE_MAX_BYTES:
-            if not overflow:
-                emit(partial[:LINE_MAX_BYTES].decode(errors="replace").strip() + " [cut]")
-            partial, overflow = b"", True
-    if partial and not overflow and (line := partial.decode(errors="replace").strip()):
-        emit(line)
-
-
 class Stream:
     """One supervised stream: its FFmpeg process, live figures and restart loop."""
 
@@ -151,6 +129,7 @@ class Stream:
         self._progress_at = 0.0
         self._stopping: str | None = None  # why, once a stop is asked for
         self._stalled = False
+        self._returncode = 0  # of the last FFmpeg, negative for a signal
         self._wake = asyncio.Event()
         self._confirmed: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._backoff = Backoff(
@@ -212,7 +191,7 @@ class Stream:
                         self._end("finished", DURATION_REACHED)
                         return
                     reason, restart = self._judge(code)
-                    self._note_exit(code, reason or "FFmpeg exited")
+                    self._note_exit(code, reason or self._clean_end)
                 except Exception as exc:  # a bug or an OS error must not end supervision
                     log.exception("%s: supervising FFmpeg failed", self.spec.name)
                     await self._kill_quietly()
@@ -225,11 +204,11 @@ class Stream:
                     self.last_error = reason
                     self._confirm(reason)
                 if not restart:
-                    self._end("failed" if reason else "finished", reason or "FFmpeg exited")
+                    self._end("failed" if reason else "finished", reason or self._clean_end)
                     return
                 delay = self._backoff.next_delay(ran_for)
                 self.status = "retrying"
-                self.log.event(f"restarting in {delay:.1f}s: {reason or 'FFmpeg exited'}")
+                self.log.event(f"restarting in {delay:.1f}s: {reason or self._clean_end}")
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
@@ -243,6 +222,10 @@ class Stream:
         finally:
             self._confirm(self.last_error or "stream ended")
 
+    @property
+    def _clean_end(self) -> str:
+        return "the source ended" if self.spec.source_type == "rtsp" else "FFmpeg exited"
+
     def _judge(self, code: int | None) -> tuple[str | None, bool]:
         """Why FFmpeg ended (None: a clean end) and whether it runs again."""
         if self._stalled:
@@ -250,13 +233,19 @@ class Stream:
         elif code == 0 and self.spec.source_type == "rtsp":
             # A network source that ends before the deadline is an interruption: a
             # relay that stops relaying is the one thing this tool must not do.
-            reason = "the source ended before the stream's end"
-            return reason, self.spec.restart != "never"
+            # Only --restart never takes the source's end for the stream's.
+            if self.spec.restart == "never":
+                return None, False
+            return "the source ended before the stream's end", True
         elif code == 0:
             reason = None
         else:
             cause = root_cause(list(self.log.tail))
-            reason = explain_failure(cause, self.target) if cause else "FFmpeg failed"
+            reason = (
+                explain_failure(cause, self.target)
+                if cause
+                else f"FFmpeg {_exit_words(self._returncode)}"
+            )
         return reason, should_restart(self.spec.restart, code, self._stalled)
 
     async def _run_once(self) -> tuple[float, int | None]:
@@ -284,14 +273,14 @@ class Stream:
         started = self.clock.monotonic()
         assert proc.stdout is not None and proc.stderr is not None
         await asyncio.gather(
-            self._read_progress(proc.stdout), _read_lines(proc.stderr, self.log.ffmpeg)
+            self._read_progress(proc.stdout), read_lines(proc.stderr, self.log.ffmpeg)
         )
-        returncode = await proc.wait()
+        returncode = self._returncode = await proc.wait()
         self._forget_child()
         code = None if returncode < 0 else returncode
         if self._stopping is not None:
-            # Our own SIGTERM: FFmpeg's 255 (or the signal) is the stop, not an error.
-            self.log.event(f"FFmpeg (pid {proc.pid}) ended: {self._stopping}")
+            # Our own SIGTERM: FFmpeg's 255 (or the signal) is the stop, not an error;
+            # ``stop`` logs the reason once.
             self._note_exit(code, self._stopping)
         elif not self._past_deadline(margin=1.0):
             self.log.event(f"FFmpeg (pid {proc.pid}) {_exit_words(returncode)}")

@@ -55,7 +55,7 @@ def test_the_fast_path_takes_only_the_polled_json_commands(
 
 
 def test_the_fast_path_imports_no_typer_rich_or_tomllib() -> None:
-    heavy = "{'typer', 'rich', 'tomllib', 'dataclasses', 'inspect', 'typing', 'filelock', 'asyncio'}"
+    heavy = "{'typer', 'rich', 'tomllib', 'dataclasses', 'inspect', 'typing', 'asyncio'}"
     code = (
         "import sys; import streamalchemy.main as m; m._fast_path(['list', '--json']); "
         "import streamalchemy.commands; "

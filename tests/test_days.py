@@ -121,18 +121,23 @@ def test_a_restarted_recording_keeps_every_earlier_file(tmp_home: Path, tmp_path
         assert stream("rec")["current_output"] == str(tmp_path / "rec.1.mp4")
         assert stream("rec")["output"] == str(rec)
         wait_for(lambda: stream("rec")["frames"] > 20, 20, "frames in rec.1.mp4")
+        assert cli("restart", "rec").returncode == 0  # the user's restart: the next file
+        second = (tmp_path / "rec.1.mp4").read_bytes()
+        assert stream("rec")["current_output"] == str(tmp_path / "rec.2.mp4")
+        wait_for(lambda: stream("rec")["frames"] > 20, 20, "frames in rec.2.mp4")
     finally:
         daemon.stop()
-    second = (tmp_path / "rec.1.mp4").read_bytes()
+    third = (tmp_path / "rec.2.mp4").read_bytes()
     daemon = Daemon(tmp_home)  # restores the recording into the next file
     try:
         wait_for(lambda: stream("rec")["frames"] > 20, 30, "frames after the restore")
-        assert stream("rec")["current_output"] == str(tmp_path / "rec.2.mp4")
+        assert stream("rec")["current_output"] == str(tmp_path / "rec.3.mp4")
         assert cli("stop", "rec").returncode == 0
     finally:
         daemon.stop()
     assert rec.read_bytes() == first and (tmp_path / "rec.1.mp4").read_bytes() == second
-    for name in ("rec.mp4", "rec.1.mp4", "rec.2.mp4"):
+    assert (tmp_path / "rec.2.mp4").read_bytes() == third
+    for name in ("rec.mp4", "rec.1.mp4", "rec.2.mp4", "rec.3.mp4"):
         assert playable(tmp_path / name), name
 
 

@@ -11,6 +11,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 
 from conftest import kill_tree
 from streamalchemy.errors import StateFileError
-from streamalchemy.persist import StateStore, new_entry
+from streamalchemy.persist import StateStore, _lock, new_entry
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -543,3 +544,34 @@ def test_a_pending_removal_of_an_odd_name_writes_no_file_outside(
         store.remove("../../escape")
     assert not (state.parent.parent / "escape").exists()
     assert "../../escape" not in store.load()  # still hidden, from memory
+
+
+def test_a_lock_wait_that_times_out_never_keeps_the_lock(tmp_path: Path) -> None:
+    path = tmp_path / "state.lock"
+    holder = _lock(path, 1.0)
+    began = time.monotonic()
+    with pytest.raises(TimeoutError):
+        _lock(path, 0.2)  # its helper thread still waits in flock
+    assert time.monotonic() - began < 1.0
+    os.close(holder)  # the abandoned waiter takes the lock, then drops it at once
+    again = _lock(path, 2.0)
+    os.close(again)
+
+
+def test_a_waiter_is_woken_at_the_release_not_polled(tmp_path: Path) -> None:
+    path = tmp_path / "state.lock"
+    holder = _lock(path, 1.0)
+    got: list[float] = []
+
+    def wait() -> None:
+        fd = _lock(path, 5.0)
+        got.append(time.monotonic())
+        os.close(fd)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.2)
+    released = time.monotonic()
+    os.close(holder)
+    waiter.join(5)
+    assert got and got[0] - released < 0.05

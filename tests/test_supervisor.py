@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import random
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -90,7 +92,7 @@ class Harness:
         for _ in range(seconds):
             self.clock.advance(1)
             self.sup.tick()
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.08)
 
 
 async def until(predicate: Callable[[], object], what: str, timeout: float = 10) -> None:
@@ -177,7 +179,8 @@ def test_url_source_under_restart_never_ends_for_good(tmp_path: Path) -> None:
     async def test(h: Harness) -> None:
         s = h.launch(spec(source_type="rtsp", restart="never"), stub("--blocks", "2"))
         await until(lambda: h.ended, "the end")
-        assert s.restarts == 0 and not s.active
+        assert s.restarts == 0 and s.status == "finished"
+        assert "finished: the source ended; not restarting (--restart never)" in log_text(s)
 
     run(tmp_path, test)
 
@@ -205,6 +208,23 @@ def test_stalled_ffmpeg_is_killed_and_restarted(tmp_path: Path) -> None:
         await until(lambda: s.restarts == 1 and s.pid not in (None, pid), "a new FFmpeg")
         assert s.history()[0]["code"] is None and "stalled" in s.history()[0]["reason"]
         assert "no progress for 5s: killing FFmpeg" in log_text(s)
+
+    run(tmp_path, test)
+
+
+def test_an_ffmpeg_killed_from_outside_says_so(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        s = h.launch(spec(), stub())
+        await until(lambda: s.status == "running", "running")
+        assert s.pid is not None
+        os.kill(s.pid, signal.SIGKILL)
+        await until(lambda: s.restarts == 1, "the restart")
+        assert s.history()[0] == {
+            "at": h.clock.wall,
+            "code": None,
+            "reason": "FFmpeg was killed by SIGKILL",
+        }
+        assert "restarting in 0.0s: FFmpeg was killed by SIGKILL" in log_text(s)
 
     run(tmp_path, test)
 

@@ -1,0 +1,126 @@
+"""The HTTP server's limits (431, 413, 408, 411) and the masking of every JSON reply."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamalchemy import httpserver
+
+
+async def _handle(method: str, path: str, query: dict[str, str], body: dict[str, Any]) -> Any:
+    return 200, {
+        "success": True,
+        "path": path,
+        "body": body,
+        "source": "rtsp://camuser:S3cretPass@h/x?token=T0kenSecret",
+        "nested": [{"output": "rtmp://pubuser:PubPass@h/live/streamKEY123"}],
+    }
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setattr(httpserver, "REQUEST_TIMEOUT", 0.5)
+    monkeypatch.setattr(httpserver, "_DRAIN_AFTER_ERROR", 0.2)
+    path = Path(tempfile.mkdtemp(prefix="sa-", dir="/tmp")) / "s.sock"
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        srv = await asyncio.start_unix_server(
+            httpserver.connection_handler(_handle), path=str(path)
+        )
+        ready.set()
+        async with srv:
+            await stop.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    assert ready.wait(5)
+    yield path
+    loop.call_soon_threadsafe(stop.set)
+    thread.join(5)
+    path.unlink(missing_ok=True)
+    path.parent.rmdir()
+
+
+def _exchange(path: Path, data: bytes, *, then_send: bytes = b"", repeat: int = 0) -> bytes:
+    """Send ``data``, then ``then_send`` ``repeat`` times while it is read; return the reply."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(str(path))
+        sock.sendall(data)
+        for _ in range(repeat):
+            try:
+                sock.sendall(then_send)
+            except OSError:
+                break  # the server answered and closed: stop flooding
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except ConnectionResetError:
+            pass
+        return b"".join(chunks)
+
+
+def _status(reply: bytes) -> int:
+    return int(reply.split(b" ", 2)[1])
+
+
+def test_json_reply_is_masked(server: Path) -> None:
+    reply = _exchange(server, b"GET /x HTTP/1.1\r\nHost: l\r\n\r\n")
+    assert _status(reply) == 200
+    for secret in (b"S3cretPass", b"T0kenSecret", b"PubPass", b"streamKEY123", b"camuser"):
+        assert secret not in reply
+    assert b"rtmp://***:***@h/live/***" in reply
+
+
+def test_body_is_read_with_content_length(server: Path) -> None:
+    body = b'{"name": "a"}'
+    head = f"POST /s HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    reply = _exchange(server, head + body)
+    assert _status(reply) == 200 and b'"name": "a"' in reply
+
+
+def test_header_line_too_long_is_431(server: Path) -> None:
+    reply = _exchange(server, b"GET / HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n")
+    assert _status(reply) == 431
+
+
+def test_too_many_headers_is_431(server: Path) -> None:
+    head = b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(200)) + b"\r\n"
+    assert _status(_exchange(server, head)) == 431
+
+
+def test_endless_headers_are_431_and_the_connection_closes(server: Path) -> None:
+    flood = b"".join(b"X-%d: %s\r\n" % (i, b"v" * 100) for i in range(1000))
+    reply = _exchange(server, b"GET / HTTP/1.1\r\n", then_send=flood, repeat=500)
+    assert _status(reply) == 431
+
+
+def test_body_too_large_is_413(server: Path) -> None:
+    head = b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (httpserver.MAX_BODY + 1)
+    assert _status(_exchange(server, head)) == 413
+
+
+def test_request_not_sent_in_time_is_408(server: Path) -> None:
+    assert _status(_exchange(server, b"GET / HTTP/1.1\r\nHost: l\r\n")) == 408
+
+
+def test_malformed_requests_are_400_or_411(server: Path) -> None:
+    assert _status(_exchange(server, b"NONSENSE\r\n\r\n")) == 400
+    assert _status(_exchange(server, b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n")) == 400
+    chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    assert _status(_exchange(server, chunked)) == 411
+    body = b"[1, 2]"
+    head = b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body)
+    assert _status(_exchange(server, head + body)) == 400
