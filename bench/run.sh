@@ -2,6 +2,7 @@
 # Run the benchmarks and write docs/benchmarks.md (see bench/run.py for options).
 # Usage: bash bench/run.sh [--quick] [--only store|cli|footprint|restore ...] [--no-profile]
 #    or: bash bench/run.sh load [--batch 100] [--batches 2] [--hold 20]
+#    or: bash bench/run.sh --fleet [--shards N] [--streams M] [--write]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,4 +34,6 @@ if [ "${1:-}" = "--soak" ]; then shift; exec "$py" -m bench.soak "$@"; fi
 # A header flood against the socket, the daemon's memory before and after: bash bench/run.sh --flood
 if [ "${1:-}" = "--flood" ]; then shift; exec "$py" -m bench.flood "$@"; fi
 if [ "${1:-}" = load ]; then shift; exec "$py" -m bench.load "$@"; fi  # bench/load.py
+# The fleet simulation (N daemons as N shards of one apply file): bash bench/run.sh --fleet [--write]
+if [ "${1:-}" = "--fleet" ]; then shift; exec "$py" -m bench.fleet "$@"; fi
 exec "$py" -m bench.run "$@"

@@ -308,15 +308,120 @@ def show(name: NameArg, as_json: JsonOpt = False) -> None:
     _emit(as_json, lambda: commands.show(name), _render("details"))
 
 
+@app.command("apply")
+def apply_cmd(
+    file: Annotated[
+        str, typer.Option("-f", "--file", metavar="FILE", help="The apply file (TOML).")
+    ],
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Also stop saved streams that are not in FILE.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan only; change nothing.")
+    ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            metavar="I/N",
+            help="Keep only the streams of shard I of N. \\[default: every stream]",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make the running streams match a declarative file; print the plan and what it did."""
+    from streamalchemy import apply_commands
+
+    result = _emit(
+        as_json,
+        lambda: apply_commands.apply_file(file, prune=prune, dry_run=dry_run, shard=shard),
+        apply_commands.render_plan,
+    )
+    if not result["success"]:
+        raise typer.Exit(1)
+
+
+def _export_format(value: str) -> str:
+    if value not in ("toml", "kubernetes"):
+        raise typer.BadParameter(f"{value!r} is not one of toml, kubernetes")
+    return value
+
+
+@app.command("export")
+def export_cmd(
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            metavar="[toml|kubernetes]",
+            help="An apply file, or Kubernetes manifests (multi-document YAML).",
+            parser=_export_format,
+        ),
+    ] = "toml",
+    shards: Annotated[
+        int, typer.Option(min=1, help="With --format kubernetes: the replicas, one per shard.")
+    ] = 1,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "-o",
+            "--output",
+            metavar="FILE",
+            help="Write to FILE. \\[default: stdout]",
+            show_default=False,
+        ),
+    ] = None,
+    include_secrets: Annotated[
+        bool, typer.Option("--include-secrets", help="Write literal URL credentials unmasked.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the saved streams as a file `apply` takes back, or as Kubernetes manifests."""
+    from streamalchemy import apply_commands
+
+    def show(result: Any) -> None:
+        if result["output"] is None:
+            sys.stdout.write(result["text"])
+        else:
+            print(f"exported {len(result['streams'])} stream(s) to {result['output']}")
+
+    _emit(
+        as_json,
+        lambda: apply_commands.export(
+            fmt=fmt, shards=shards, output=output, include_secrets=include_secrets
+        ),
+        show,
+    )
+
+
 @daemon_app.command("run")
 def daemon_run(
     no_restore: Annotated[
         bool, typer.Option("--no-restore", help="Do not replay the state file.")
     ] = False,
+    apply_file: Annotated[
+        str | None,
+        typer.Option(
+            "--apply",
+            metavar="FILE",
+            help="Apply FILE after the restore and within 5 s of each change; prune only "
+            "the streams that came from FILE. \\[default: none]",
+            show_default=False,
+        ),
+    ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            metavar="I/N|auto",
+            help="With --apply: run only shard I of N; auto: I from the host name's trailing "
+            "number, N from STREAMALCHEMY_SHARDS. \\[default: every stream]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the daemon in the foreground (for systemd's ExecStart=)."""
     try:
-        commands.daemon_run(restore=not no_restore)
+        commands.daemon_run(restore=not no_restore, apply_file=apply_file, shard=shard)
     except StreamAlchemyError as exc:
         _fail(exc, False)
 

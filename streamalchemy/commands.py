@@ -306,10 +306,12 @@ def daemon_stop() -> MessageResult:
     return {"success": True, "message": f"daemon (pid {pid}) stopped", "pid": pid}
 
 
-def daemon_run(restore: bool) -> None:
-    from streamalchemy import daemon
+def daemon_run(restore: bool, apply_file: str | None = None, shard: str | None = None) -> None:
+    from streamalchemy import apply_commands, daemon
 
-    daemon.run(load_settings(), restore=restore)
+    settings = load_settings()
+    apply = apply_commands.daemon_apply(apply_file, shard, settings)
+    daemon.run(settings, restore=restore, apply=apply)
 
 
 def service_install(

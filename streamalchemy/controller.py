@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import streamalchemy
-from streamalchemy import __version__, encoders
+from streamalchemy import __version__, applier, encoders
 from streamalchemy.credentials import has_secret, resolve_spec, unresolved
 from streamalchemy.details import running_details, saved_details
 from streamalchemy.errors import (
@@ -651,6 +651,37 @@ class Controller:
             "results": results,
         }
 
+    async def route_apply(self, req: Request) -> Reply:
+        return await applier.handle_request(self.apply_ops(), req.body)
+
+    def apply_ops(self) -> applier.Ops:
+        """An apply's steps go through the lifecycle API: each waits its turn on its name."""
+
+        async def start(spec: StreamSpec, update: bool) -> object:
+            async with self.owning(spec.name):
+                current = self._active(spec.name)
+                if current is not None and current.spec == spec:
+                    return current  # started meanwhile as the file says: nothing to do
+                # An update keeps the stream's deadline, as a restart does, and a file
+                # output goes on into its next numbered file instead of being refused.
+                saved_at = None
+                if update and current is not None:
+                    saved_at = current.saved_at
+                elif update and (entry := (await self.writer.load()).get(spec.name)):
+                    saved_at = float(entry["saved_at"])
+                return await self._start(spec, replace=True, saved_at=saved_at)
+
+        async def stop(name: str) -> object:
+            result = await self.stop_names([name])
+            if result.write_error is not None:
+                raise OperationFailed(f"stopped, but {result.write_error}; the write is retried")
+            return result
+
+        def running() -> dict[str, StreamSpec]:
+            return {n: s.spec for n, s in self.supervisor.streams.items() if s.active}
+
+        return applier.Ops(start, stop, self.writer.load, running)
+
     # -- dispatch ----------------------------------------------------------------
 
     async def handle(
@@ -687,6 +718,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/restore_streams", Controller.route_restore),
     ("POST", "/streams/{name}/restart", Controller.route_restart),
     ("GET", "/streams/{name}/details", Controller.route_details),
+    ("POST", "/apply", Controller.route_apply),
 ]
 
 

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from streamalchemy import __version__, home, mediamtx, procs, systemd
+from streamalchemy import __version__, applier, home, mediamtx, procs, systemd
 from streamalchemy.controller import Controller
 from streamalchemy.credentials import mask_record
 from streamalchemy.errors import OperationFailed
@@ -28,6 +28,9 @@ from streamalchemy.settings import Settings
 from streamalchemy.streamlog import CappedHandler
 
 log = logging.getLogger("streamalchemy.daemon")
+
+# ``daemon run --apply FILE [--shard I/N]``: the file, and the shard (None: every stream).
+ApplyOption = tuple[Path, tuple[int, int] | None] | None
 
 
 # -- process lifecycle -------------------------------------------------------------
@@ -100,7 +103,7 @@ def _setup_logging(settings: Settings) -> None:
         each.addFilter(mask_record)  # no log line carries a secret
 
 
-async def _serve(settings: Settings, restore: bool) -> None:
+async def _serve(settings: Settings, restore: bool, apply: ApplyOption) -> None:
     if sys.version_info < (3, 12):
         # The default watcher starts a thread per child; pidfds cost one fd each.
         watcher = asyncio.PidfdChildWatcher()
@@ -120,10 +123,20 @@ async def _serve(settings: Settings, restore: bool) -> None:
     )
     log.info("daemon %s listening on %s (pid %d)", __version__, settings.socket, os.getpid())
     systemd.notify("READY=1")
-    restoring = None
+    restoring = watch = applying = None
+    if apply is not None:
+        # The streams this shard lost while it was down must not come back, even briefly.
+        apply_file, shard = apply
+        ops = controller.apply_ops()
+        watch = applier.file_applier(ops, apply_file, shard, settings.data_dir)
+        await watch.prune_first(ops, shard)
     if restore and controller.store.enabled:
         restoring = asyncio.create_task(controller.restore_at_launch())
+    if watch is not None:
+        applying = asyncio.create_task(watch.run(after=restoring))
     await controller.shutdown.wait()
+    if applying is not None:
+        applying.cancel()
     log.info("shutting down: stopping %d stream(s)", len(controller.supervisor.streams))
     systemd.notify("STOPPING=1")
     server.close()
@@ -137,7 +150,7 @@ async def _serve(settings: Settings, restore: bool) -> None:
     log.info("daemon stopped")
 
 
-def run(settings: Settings, restore: bool = True) -> None:
+def run(settings: Settings, restore: bool = True, apply: ApplyOption = None) -> None:
     """Run the daemon in the foreground until SIGTERM, SIGINT or ``POST /shutdown``."""
     # Logs, the children record (FFmpeg argv with source credentials) and outputs
     # are the user's alone, as the state file is.
@@ -148,6 +161,6 @@ def run(settings: Settings, restore: bool = True) -> None:
     _setup_logging(settings)
     procs.mark_children()
     try:
-        asyncio.run(_serve(settings, restore))
+        asyncio.run(_serve(settings, restore, apply))
     finally:
         lock.close()
