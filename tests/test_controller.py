@@ -41,6 +41,7 @@ class FakeStream:
         self.last_error: str | None = None
         self.delay = delay
         self.fail: str | None = None
+        self.gate: asyncio.Event | None = None
         self.exits: collections.deque[dict[str, Any]] = collections.deque()
 
     @property
@@ -49,6 +50,8 @@ class FakeStream:
 
     async def confirmed(self, window: float) -> str | None:
         await asyncio.sleep(self.delay)
+        if self.gate is not None:
+            await self.gate.wait()
         if self.fail:
             self.status, self.last_error = "failed", self.fail
             return self.fail
@@ -69,6 +72,7 @@ class FakeSupervisor:
         self.live: list[FakeStream] = []
         self.delay = delay
         self.fail: dict[str, str] = {}
+        self.gates: dict[str, asyncio.Event] = {}  # names whose confirmation waits for a set()
         self.notes: list[tuple[str, str]] = []
         self.log_dir = log_dir
 
@@ -80,6 +84,7 @@ class FakeSupervisor:
         assert not twins, f"a second process for {spec.name}"
         stream = FakeStream(spec, saved_at, encoder, self.delay)
         stream.fail = self.fail.get(spec.name)
+        stream.gate = self.gates.get(spec.name)
         self.streams[spec.name] = stream
         self.launched.append(spec.name)
         self.live.append(stream)
@@ -222,11 +227,18 @@ def test_start_stop_replace_on_queued_names_during_a_restore(home: Path) -> None
     save_many(c, names)
 
     async def scenario() -> tuple[dict[str, dict[str, str]], Any]:
+        # The first 16 hold every restore slot until released: the rest are queued.
+        release = asyncio.Event()
+        fake.gates = {name: release for name in names[:16]}
         restore = asyncio.create_task(c.restore())
-        await asyncio.sleep(0.005)  # the first 16 are starting; the rest wait for a slot
+        deadline = time.monotonic() + 10
+        while len(fake.launched) < 16:
+            assert time.monotonic() < deadline, "the restore did not fill its slots"
+            await asyncio.sleep(0.001)
         stop = await c.stop_names(["s36", "s37"])
         await c.start_spec(spec("s38"), replace=True)
         await c.start_spec(spec("s39"))  # saved and queued, not running yet: it starts
+        release.set()
         return await restore, stop
 
     try:

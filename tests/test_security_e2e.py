@@ -224,13 +224,12 @@ def test_markup_and_control_characters_print_literally(tmp_home: Path, sample_vi
     entry = {"config": {"stream_type": "testsrc", "video_codec": "h264"}, "saved_at": time.time()}
     state.write_text(json.dumps({"evil\x1b[2J": entry}))
     state.chmod(0o600)
+    odd_url = f"udp://127.0.0.1:{free_port()}/[/]x"  # markup-like, on a port nobody uses
     daemon = Daemon(tmp_home)
     try:
-        assert (
-            cli("start", "br3", "--url", "udp://127.0.0.1:5000/[/]x", "--output", "null").returncode
-            == 0
-        )
-        assert cli("start", "live", "--file", str(odd), "--output", "null").returncode == 0
+        for args in (["br3", "--url", odd_url], ["live", "--file", str(odd)]):
+            done = cli("start", *args, "--output", "null")
+            assert done.returncode == 0, done.stderr
         for args in (["list"], ["saved"], ["restore"], ["show", "live"]):
             done = cli(*args)
             if "no such endpoint" in done.stderr:
@@ -241,7 +240,7 @@ def test_markup_and_control_characters_print_literally(tmp_home: Path, sample_vi
             if args != ["show", "live"]:
                 assert "evil\\x1b[2J" in done.stdout, (args, done.stdout)
         listing = cli("list").stdout
-        assert "udp://127.0.0.1:5000/[/]x" in listing
+        assert odd_url in listing
         assert "[live] cam.mp4" in listing
         assert "evil\x1b[2J" in json.loads(state.read_text())  # kept
     finally:

@@ -1,0 +1,430 @@
+"""One supervised stream: its FFmpeg runs, live figures, deadline, stalls and restarts.
+
+Nothing here parses requests or touches the state file. The clock, the spawner and
+the settings are given, so that the whole restart loop runs in-process in tests
+against a stub FFmpeg; the stream reports its end through ``on_end``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import psutil
+
+from streamalchemy import procs
+from streamalchemy.backoff import Backoff
+from streamalchemy.outputs import OutputFiles
+from streamalchemy.progress import Progress, ProgressParser, explain_failure, root_cause
+from streamalchemy.spec import StreamSpec, mask_credentials
+from streamalchemy.streamlog import LOG_BACKUPS, LOG_MAX_BYTES, StreamLog, read_lines
+
+log = logging.getLogger("streamalchemy.supervisor")
+
+ACTIVE = frozenset({"starting", "running", "retrying", "stopping"})
+EXITS_KEPT = 10
+READ_CHUNK = 1 << 16
+
+# Why a stream is stopped, in the words its log and its exits show.
+USER_STOP = "stopped by the user"
+SHUTDOWN = "daemon shutting down; the stream comes back at its next launch"
+REPLACED = "replaced by a new start of the same name"
+USER_RESTART = "restarted by the user"
+DURATION_REACHED = "duration reached"
+
+Spawner = Callable[[Sequence[str]], Awaitable[asyncio.subprocess.Process]]
+
+
+class Clock(Protocol):
+    def time(self) -> float: ...
+
+    def monotonic(self) -> float: ...
+
+
+class SystemClock:
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """What every stream needs from the daemon's settings."""
+
+    stall_timeout: float = 20.0
+    grace: float = 5.0
+    log_max_bytes: int = LOG_MAX_BYTES
+    log_backups: int = LOG_BACKUPS
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+
+
+def should_restart(policy: str, exit_code: int | None, stalled: bool) -> bool:
+    """Whether an FFmpeg that ended (not stopped by us) runs again under ``policy``."""
+    if policy == "always":
+        return True
+    if policy == "never":
+        return False
+    return stalled or exit_code != 0
+
+
+class Stream:
+    """One supervised stream: its FFmpeg process, live figures and restart loop."""
+
+    def __init__(
+        self,
+        spec: StreamSpec,
+        *,
+        saved_at: float,
+        encoder: str,
+        target: str,
+        argv_for: Callable[[str], list[str]],
+        log: StreamLog,
+        settings: StreamSettings,
+        on_end: Callable[[Stream], None],
+        record: procs.ChildRecord | None = None,
+        clock: Clock | None = None,
+        spawn: Spawner = procs.spawn,
+        rand: random.Random | None = None,
+    ) -> None:
+        self.spec = spec
+        self.saved_at = saved_at
+        self.encoder = encoder
+        self.target = target
+        self.argv: list[str] = []
+        self.log = log
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.status = "starting"
+        self.restarts = 0
+        self.started_at: float | None = None
+        self.last_error: str | None = None
+        self.progress = Progress()
+        self.deadline = saved_at + spec.duration if spec.duration else None
+        self.exits: deque[dict[str, Any]] = deque(maxlen=EXITS_KEPT)
+        self.output = OutputFiles(spec.output, target)
+        self._argv_for = argv_for
+        self._on_end = on_end
+        self._record = record
+        self._spawn = spawn
+        self._proc: asyncio.subprocess.Process | None = None
+        self._ps: psutil.Process | None = None
+        self._progress_at = 0.0
+        self._stopping: str | None = None  # why, once a stop is asked for
+        self._stalled = False
+        self._returncode = 0  # of the last FFmpeg, negative for a signal
+        self._wake = asyncio.Event()
+        self._confirmed: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._backoff = Backoff(
+            base=settings.backoff_base, cap=settings.backoff_cap, rand=rand or random.Random()
+        )
+        self.task = asyncio.create_task(self._run(), name=f"stream-{spec.name}")
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc and self._proc.returncode is None else None
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+    @property
+    def current_output(self) -> str:
+        """The file FFmpeg writes now (rec.2.mp4 after two restarts); else the output."""
+        return self.output.current
+
+    def remaining(self, now: float) -> float | None:
+        return None if self.deadline is None else max(0.0, self.deadline - now)
+
+    async def confirmed(self, window: float) -> str | None:
+        """Wait until FFmpeg reports progress (None) or fails (its reason).
+
+        A process still alive after ``window`` seconds counts as started: a network
+        source may take a while to send its first frame.
+        """
+        with contextlib.suppress(TimeoutError):
+            return await asyncio.wait_for(asyncio.shield(self._confirmed), window)
+        return None
+
+    def _confirm(self, failure: str | None) -> None:
+        if not self._confirmed.done():
+            self._confirmed.set_result(failure)
+
+    def _past_deadline(self, margin: float = 0.0) -> bool:
+        return self.deadline is not None and self.clock.time() >= self.deadline - margin
+
+    # -- the restart loop ----------------------------------------------------------
+
+    async def _run(self) -> None:
+        """Run FFmpeg until a stop, the deadline or the restart policy ends the stream.
+
+        Nothing escapes: an unexpected error is one more failure under the policy.
+        """
+        try:
+            while self._stopping is None:
+                if self._past_deadline():
+                    self._end("finished", DURATION_REACHED)
+                    return
+                try:
+                    ran_for, code = await self._run_once()
+                    if self._stopping is not None:
+                        return
+                    if self._past_deadline(margin=1.0):
+                        self._note_exit(code, DURATION_REACHED)
+                        self._end("finished", DURATION_REACHED)
+                        return
+                    reason, restart = self._judge(code)
+                    self._note_exit(code, reason or self._clean_end)
+                except Exception as exc:  # a bug or an OS error must not end supervision
+                    log.exception("%s: supervising FFmpeg failed", self.spec.name)
+                    await self._kill_quietly()
+                    if self._stopping is not None:
+                        return
+                    ran_for, reason = 0.0, f"internal error: {exc}"
+                    self._note_exit(None, reason)
+                    restart = self.spec.restart != "never"
+                if reason is not None:
+                    self.last_error = reason
+                    self._confirm(reason)
+                if not restart:
+                    self._end("failed" if reason else "finished", reason or self._clean_end)
+                    return
+                delay = self._backoff.next_delay(ran_for)
+                self.status = "retrying"
+                self.log.event(f"restarting in {delay:.1f}s: {reason or self._clean_end}")
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                if self._stopping is None:
+                    self.restarts += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # in _end or the backoff: still never a silent ghost
+            log.exception("%s: supervisor loop failed", self.spec.name)
+            self.status, self.last_error = "failed", f"internal error: {exc}"
+        finally:
+            self._confirm(self.last_error or "stream ended")
+
+    @property
+    def _clean_end(self) -> str:
+        return "the source ended" if self.spec.source_type == "rtsp" else "FFmpeg exited"
+
+    def _judge(self, code: int | None) -> tuple[str | None, bool]:
+        """Why FFmpeg ended (None: a clean end) and whether it runs again."""
+        if self._stalled:
+            reason = f"stalled: no progress for {self.settings.stall_timeout:g}s"
+        elif code == 0 and self.spec.source_type == "rtsp":
+            # A network source that ends before the deadline is an interruption: a
+            # relay that stops relaying is the one thing this tool must not do.
+            # Only --restart never takes the source's end for the stream's.
+            if self.spec.restart == "never":
+                return None, False
+            return "the source ended before the stream's end", True
+        elif code == 0:
+            reason = None
+        else:
+            cause = root_cause(list(self.log.tail))
+            reason = (
+                explain_failure(cause, self.target)
+                if cause
+                else f"FFmpeg {_exit_words(self._returncode)}"
+            )
+        return reason, should_restart(self.spec.restart, code, self._stalled)
+
+    async def _run_once(self) -> tuple[float, int | None]:
+        """Run FFmpeg once; return how long it ran and its exit code (None: a signal)."""
+        self.status = "starting"
+        self._stalled = False
+        self._progress_at = self.clock.monotonic()
+        self.log.tail.clear()
+        target = self.output.next_spawn()
+        self.argv = self._argv_for(target)
+        try:
+            proc = await self._spawn(self.argv)
+        except OSError as exc:
+            why = f"cannot run {self.argv[0]}: {exc.strerror or exc}"
+            self.log.event(why)
+            self.log.tail.append(why)
+            return 0.0, None
+        self._proc, self.started_at = proc, self.clock.time()
+        if self._stopping is not None:  # stop() came while the fork was under way
+            await procs.stop(proc, self.settings.grace)
+        self._record_child(proc.pid)
+        self._ps = None
+        where = f", writing {mask_credentials(target)}" if target != self.target else ""
+        self.log.event(f"started FFmpeg (pid {proc.pid}){where}")
+        started = self.clock.monotonic()
+        assert proc.stdout is not None and proc.stderr is not None
+        await asyncio.gather(
+            self._read_progress(proc.stdout), read_lines(proc.stderr, self.log.ffmpeg)
+        )
+        returncode = self._returncode = await proc.wait()
+        self._forget_child()
+        code = None if returncode < 0 else returncode
+        if self._stopping is not None:
+            # Our own SIGTERM: FFmpeg's 255 (or the signal) is the stop, not an error;
+            # ``stop`` logs the reason once.
+            self._note_exit(code, self._stopping)
+        elif not self._past_deadline(margin=1.0):
+            self.log.event(f"FFmpeg (pid {proc.pid}) {_exit_words(returncode)}")
+        return self.clock.monotonic() - started, code
+
+    def _note_exit(self, code: int | None, reason: str) -> None:
+        self.exits.append({"at": self.clock.time(), "code": code, "reason": reason})
+
+    def _record_child(self, pid: int) -> None:
+        if self._record is None:
+            return
+        try:
+            self._record.add(self.spec.name, pid, self.argv)
+        except OSError as exc:  # a full disk: the stream matters more than the record
+            log.warning("%s: cannot record FFmpeg pid %d: %s", self.spec.name, pid, exc)
+
+    def _forget_child(self) -> None:
+        if self._record is None:
+            return
+        try:
+            self._record.discard(self.spec.name)
+        except OSError as exc:
+            log.warning("%s: cannot update the children record: %s", self.spec.name, exc)
+
+    async def _kill_quietly(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(Exception):
+                procs.signal_group(proc.pid, signal.SIGKILL)
+                await asyncio.wait_for(proc.wait(), self.settings.grace)
+        self._forget_child()
+
+    async def _read_progress(self, stream: asyncio.StreamReader) -> None:
+        parser = ProgressParser()
+        while data := await stream.read(READ_CHUNK):
+            block = parser.feed(data)
+            if block is None:
+                continue
+            previous, self.progress = self.progress, block
+            if (block.frames, block.out_time_us) != (previous.frames, previous.out_time_us):
+                self._progress_at = self.clock.monotonic()
+            if self.status == "starting" and self._stopping is None:
+                self.status = "running"
+                self.last_error = None
+                self._confirm(None)
+
+    def _end(self, status: str, why: str) -> None:
+        self.status = status
+        if why == DURATION_REACHED:
+            self.log.event(f"finished: {why}")
+        else:
+            self.log.event(f"{status}: {why}; not restarting (--restart {self.spec.restart})")
+        self.output.end()
+        try:
+            self._on_end(self)
+        except Exception:
+            log.exception("%s: handling the end of the stream failed", self.spec.name)
+
+    # -- called by the supervisor ----------------------------------------------------
+
+    def check(self, now: float, mono: float) -> None:
+        """Called every tick (once a second): enforce the deadline, catch a stalled FFmpeg."""
+        pid = self.pid
+        if self.deadline is not None and now >= self.deadline and self.active:
+            if pid is not None:
+                procs.signal_group(pid, signal.SIGTERM)
+            self._wake.set()
+        elif (
+            pid is not None
+            and not self._stalled
+            and self._stopping is None
+            and mono - self._progress_at > self.settings.stall_timeout
+        ):
+            self._stalled = True
+            self.log.event(
+                f"no progress for {self.settings.stall_timeout:g}s: killing FFmpeg (pid {pid})"
+            )
+            procs.signal_group(pid, signal.SIGKILL)
+
+    def forgive_pause(self, mono: float) -> None:
+        """The daemon was not running until ``mono``: restart the stall clock from now."""
+        self._progress_at = max(self._progress_at, mono)
+
+    async def stop(self, reason: str) -> None:
+        self._stopping = reason
+        if self.active:
+            self.status = "stopping"
+        self._wake.set()
+        if self._proc is not None:
+            await procs.stop(self._proc, self.settings.grace)
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        self.log.event(reason)
+        self.output.end()
+
+    def usage(self) -> tuple[float | None, float | None]:
+        """CPU percent since the last call, and resident memory in MiB."""
+        pid = self.pid
+        if pid is None:
+            return None, None
+        try:
+            if self._ps is None or self._ps.pid != pid:
+                self._ps = psutil.Process(pid)
+                self._ps.cpu_percent(None)
+            return self._ps.cpu_percent(None), self._ps.memory_info().rss / 2**20
+        except psutil.Error:
+            return None, None
+
+    def history(self) -> list[dict[str, Any]]:
+        """The last exits of FFmpeg, oldest first: when, exit code (None: a signal), why."""
+        return [dict(e, reason=mask_credentials(e["reason"])) for e in self.exits]
+
+    def snapshot(self) -> dict[str, Any]:
+        now = self.clock.time()
+        cpu, mem = self.usage()
+        running = self.pid is not None and self.started_at is not None
+        return {
+            "name": self.spec.name,
+            "status": self.status,
+            "pid": self.pid,
+            "source": mask_credentials(self.spec.source) if self.spec.source else "testsrc",
+            "source_type": self.spec.source_type,
+            "output": mask_credentials(self.target),
+            "current_output": mask_credentials(self.current_output),
+            "codec": self.spec.codec,
+            "encoder": self.encoder,
+            "restart": self.spec.restart,
+            "priority": self.spec.priority,
+            "saved_at": self.saved_at,
+            "started_at": self.started_at,
+            "uptime_seconds": now - self.started_at if running and self.started_at else None,
+            "duration_seconds": self.spec.duration or None,
+            "remaining_seconds": self.remaining(now),
+            "restarts": self.restarts,
+            "frames": self.progress.frames,
+            "fps": self.progress.fps,
+            "bitrate_kbps": self.progress.bitrate_kbps,
+            "speed": self.progress.speed,
+            "cpu_percent": cpu,
+            "memory_mb": None if mem is None else round(mem, 1),
+            "last_error": self.last_error,
+            "log_file": str(self.log.path),
+            "exits": self.history(),
+        }
+
+
+def _exit_words(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    return f"exited with code {returncode}"
