@@ -16,7 +16,7 @@ import typer
 from streamalchemy import __version__, commands
 from streamalchemy.errors import InvalidInput, StreamAlchemyError
 from streamalchemy.main import report_failure
-from streamalchemy.spec import START_OPTIONS
+from streamalchemy.spec import START_OPTIONS, check_option
 from streamalchemy.text import plain
 
 app = typer.Typer(
@@ -50,8 +50,10 @@ def _start_option(key: str) -> Any:
     choices = option.choices
 
     def parse(value: str) -> str:
-        if choices and value not in choices:
-            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
+        try:
+            check_option(key, value)
+        except InvalidInput as exc:
+            raise typer.BadParameter(str(exc)) from None
         return value
 
     def complete(incomplete: str) -> list[str]:
@@ -59,12 +61,13 @@ def _start_option(key: str) -> Any:
 
     # The default is in the help text, not the parameter: a None reaching the daemon
     # tells an explicit --resolution (refused with --codec copy) from the default.
+    checked = bool(choices) or key in ("fps", "duration")  # priority: Typer's int check
     return typer.Option(
         # "\[": rich would take a bare "[default: ...]" for markup and drop it.
         help=f"{option.help} \\[default: {option.default}]",
         show_default=False,
         metavar=f"[{'|'.join(choices)}]" if choices else option.metavar,
-        parser=parse,
+        parser=parse if checked else None,
         autocompletion=complete if choices else None,
     )
 

@@ -20,8 +20,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+import streamalchemy
 from streamalchemy import __version__, applier, encoders
 from streamalchemy.credentials import has_secret, resolve_spec, unresolved
+from streamalchemy.details import running_details, saved_details
 from streamalchemy.errors import (
     InvalidInput,
     OperationFailed,
@@ -512,6 +514,10 @@ class Controller:
             "ffmpeg": self.settings.ffmpeg,
             "state_write_ok": self.store.write_error is None,
             "state_write_error": self.store.write_error,
+            # Which home and which installation answer: a second install's CLI
+            # would otherwise drive this daemon without knowing it.
+            "home": str(self.settings.data_dir),
+            "install_path": os.path.dirname(os.path.abspath(streamalchemy.__file__)),
         }
 
     async def list_streams(self) -> dict[str, Any]:
@@ -552,6 +558,28 @@ class Controller:
             "lines": tail,
             "offset": len(data),
         }
+
+    async def details(self, name: str) -> Reply:
+        """``show NAME``: a stream the supervisor has, or a saved one that does not run."""
+        name = validate_name(name)
+        stream = self.supervisor.streams.get(name)
+        if stream is not None:
+            return 200, dict(running_details(stream.snapshot(), stream.spec))
+        entry = (await self.writer.load()).get(name)
+        if entry is None:
+            raise StreamNotFound(f"no such stream: {name}")
+        settings = self.settings
+        doc = saved_details(
+            name,
+            entry,
+            log_file=str(self.supervisor.log_path(name)),
+            why=self.not_restored.get(name, "not started since the daemon launched"),
+            target=lambda spec: output_target(spec, settings.rtsp_url, settings.hls_dir),
+        )
+        return 200, dict(doc)
+
+    async def route_details(self, req: Request) -> Reply:
+        return await self.details(req.params["name"])
 
     # -- routes: one handler per (method, path pattern) of ROUTES --------------------
 
@@ -696,6 +724,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/clear_persistent_streams", Controller.route_clear),
     ("POST", "/restore_streams", Controller.route_restore),
     ("POST", "/streams/{name}/restart", Controller.route_restart),
+    ("GET", "/streams/{name}/details", Controller.route_details),
     ("POST", "/apply", Controller.route_apply),
 ]
 
