@@ -1,10 +1,15 @@
-"""CLI latency: ``list --json``, ``saved --json`` and ``daemon status --json`` while the
-daemon supervises 20 streams, against ``python -c pass`` from the same environment.
+"""CLI latency: ``list --json``, ``saved --json``, ``daemon status --json`` and
+``show NAME --json`` while the daemon supervises 20 streams, against ``python -c pass``
+from the same environment.
 
 Each round runs every command once, in turn, so that the machine's noise falls on
-all of them alike. The figure reported against the target is the console script
-(``streamalchemy``, what users and scripts run); ``python -m streamalchemy`` is
-shown for reference.
+all of them alike; the ratio against the target is the median of the per-round
+ratios (paired: a command and the baseline of the same round). The figure reported
+against the target is the console script (``streamalchemy``, what users and scripts
+run); ``python -m streamalchemy`` is shown for reference.
+
+``python -m bench.cli_latency [--quick] [--markdown]`` runs it alone; ``--markdown``
+prints the section of docs/benchmarks.md, with the import profile of each command.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -31,8 +37,19 @@ from bench.common import (
 )
 
 STREAMS = 20
-TARGET = 6.0
-COMMANDS = (("list", "--json"), ("saved", "--json"), ("daemon", "status", "--json"))
+TARGET = 3.0
+COMMANDS = (
+    ("list", "--json"),
+    ("saved", "--json"),
+    ("daemon", "status", "--json"),
+    ("show", "s000", "--json"),
+)
+
+
+def paired_ratio(values: list[float], baseline: list[float]) -> float:
+    """The median over rounds of (command / baseline of the same round)."""
+    return statistics.median(v / b for v, b in zip(values, baseline, strict=True))
+
 
 # What pip writes for a console_scripts entry point (pip's own template).
 _WRAPPER = """#!{python}
@@ -46,9 +63,9 @@ if __name__ == '__main__':
 """
 
 
-def console_script(home: Path) -> tuple[str, str]:
+def console_script(home: Path, python: str = PYTHON) -> tuple[str, str]:
     """The ``streamalchemy`` console script of this environment, and how it was found."""
-    installed = Path(PYTHON).parent / "streamalchemy"
+    installed = Path(python).parent / "streamalchemy"
     if installed.exists():
         return str(installed), f"`{installed}`"
     # The environment has the dependencies but not the package: write exactly what
@@ -60,18 +77,23 @@ def console_script(home: Path) -> tuple[str, str]:
     return str(wrapper), "pip's console-script wrapper (the venv has no streamalchemy installed)"
 
 
-def run(quick: bool = False) -> tuple[list[Row], str]:
+def run(
+    quick: bool = False, profiles: dict[str, str] | None = None, python: str = PYTHON
+) -> tuple[list[Row], str]:
+    """Measure; with ``profiles``, also fill it with each command's import profile, taken
+    against the same running daemon. ``python`` is the environment measured (its console
+    script against its own ``python -c pass``), this one by default."""
     rounds = 5 if quick else 20
     rows = []
     with temp_home("cli") as home:
         clip = make_clip(home)
         write_state(home, clip, STREAMS)
-        script, how = console_script(home)
+        script, how = console_script(home, python)
         env = env_for(home)
-        cmds: dict[str, list[str]] = {"baseline": [PYTHON, "-c", "pass"]}
+        cmds: dict[str, list[str]] = {"baseline": [python, "-c", "pass"]}
         for args in COMMANDS:
             cmds[f"script {' '.join(args)}"] = [script, *args]
-            cmds[f"module {' '.join(args)}"] = [PYTHON, "-m", "streamalchemy", *args]
+            cmds[f"module {' '.join(args)}"] = [python, "-m", "streamalchemy", *args]
         daemon = Daemon(home)
         try:
             daemon.wait_ready()
@@ -87,14 +109,19 @@ def run(quick: bool = False) -> tuple[list[Row], str]:
                 for name, cmd in cmds.items():
                     samples[name].values.append(run_cmd(cmd, env, home) * 1000)
             log("cli: " + ", ".join(f"{k} {v.median:.0f}ms" for k, v in samples.items()))
+            for args in COMMANDS if profiles is not None else ():
+                assert profiles is not None
+                profiles[" ".join(args)] = _importtime_in(args, env, home, python=python)
             if len(daemon.get("/streams")["streams"]) != STREAMS:
                 raise BenchError("the daemon lost streams during the CLI benchmark")
         finally:
             daemon.stop()
     base = "`python -c pass`"
+    baseline = samples["baseline"].values
     for args in COMMANDS:
         label = " ".join(args)
-        note = f"median of {rounds} runs, {STREAMS} streams supervised"
+        ratio = paired_ratio(samples[f"script {label}"].values, baseline)
+        note = f"median of {rounds} rounds, {STREAMS} streams supervised; paired ratio {ratio:.2f}x"
         rows.append(Row("CLI latency", f"`streamalchemy {label}`", "ms",
                         samples[f"script {label}"], samples["baseline"], base,
                         target_ratio=TARGET, note=note))  # fmt: skip
@@ -114,13 +141,19 @@ def _stdout(cmd: list[str], env: dict[str, str], cwd: Path) -> str:
 
 
 def importtime(args: tuple[str, ...], top: int = 15) -> str:
-    """The heaviest imports (cumulative microseconds) of one CLI command."""
+    """The heaviest imports (cumulative microseconds) of one CLI command, daemon down."""
     with temp_home("imp") as home:
-        proc = subprocess.run(
-            [PYTHON, "-X", "importtime", "-m", "streamalchemy", *args],
-            env=env_for(home), cwd=home, capture_output=True, text=True, timeout=60,
-            stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+        return _importtime_in(args, env_for(home), home, top)
+
+
+def _importtime_in(
+    args: tuple[str, ...], env: dict[str, str], home: Path, top: int = 15, python: str = PYTHON
+) -> str:
+    proc = subprocess.run(
+        [python, "-X", "importtime", "-m", "streamalchemy", *args],
+        env=env, cwd=home, capture_output=True, text=True, timeout=60,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
     rows = []
     for line in proc.stderr.splitlines():
         if not line.startswith("import time:") or "cumulative" in line:
@@ -135,11 +168,48 @@ def importtime(args: tuple[str, ...], top: int = 15) -> str:
     return "\n".join(lines)
 
 
+def markdown(rows: list[Row], how: str, profiles: dict[str, str]) -> str:
+    """The "CLI latency" section of docs/benchmarks.md."""
+    lines = [
+        "| command | median ms | `python -c pass` ms | paired ratio | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if row.target_ratio is None or row.baseline is None:
+            continue
+        ratio = paired_ratio(row.result.values, row.baseline.values)
+        lines.append(
+            f"| {row.measure} | {row.result.median:.1f} | {row.baseline.median:.1f} | "
+            f"{ratio:.2f}x | <= {row.target_ratio:g}x | {'yes' if ratio <= TARGET else 'NO'} |"
+        )
+    lines += ["", f"Console script: {how}.", ""]
+    for label, profile in profiles.items():
+        lines += [
+            f"`python -X importtime -m streamalchemy {label}`, heaviest imports:",
+            "",
+            "```text",
+            profile,
+            "```",
+            "",
+        ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--markdown", action="store_true", help="print the docs section")
+    parser.add_argument(
+        "--python",
+        default=PYTHON,
+        help="the environment to measure, e.g. a venv with only the wheel installed",
+    )
     args = parser.parse_args()
-    rows, how = run(args.quick)
+    profiles: dict[str, str] = {}
+    rows, how = run(args.quick, profiles if args.markdown else None, args.python)
+    if args.markdown:
+        print(markdown(rows, how, profiles))
+        return
     print(f"console script: {how}")
     for row in rows:
         print(json.dumps(row.to_json()))

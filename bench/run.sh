@@ -3,6 +3,7 @@
 # Usage: bash bench/run.sh [--quick] [--only store|cli|footprint|restore ...] [--no-profile]
 #    or: bash bench/run.sh load [--batch 100] [--batches 2] [--hold 20]
 #    or: bash bench/run.sh --fleet [--shards N] [--streams M] [--write]
+#    or: bash bench/run.sh --metrics [--quick] [--write]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,4 +37,6 @@ if [ "${1:-}" = "--flood" ]; then shift; exec "$py" -m bench.flood "$@"; fi
 if [ "${1:-}" = load ]; then shift; exec "$py" -m bench.load "$@"; fi  # bench/load.py
 # The fleet simulation (N daemons as N shards of one apply file): bash bench/run.sh --fleet [--write]
 if [ "${1:-}" = "--fleet" ]; then shift; exec "$py" -m bench.fleet "$@"; fi
+# The metrics cost, 50 streams scraped every second: bash bench/run.sh --metrics [--quick] [--write]
+if [ "${1:-}" = "--metrics" ]; then shift; exec "$py" -m bench.metrics_scrape "$@"; fi
 exec "$py" -m bench.run "$@"

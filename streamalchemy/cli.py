@@ -16,7 +16,7 @@ import typer
 from streamalchemy import __version__, commands
 from streamalchemy.errors import InvalidInput, StreamAlchemyError
 from streamalchemy.main import report_failure
-from streamalchemy.spec import START_OPTIONS
+from streamalchemy.spec import START_OPTIONS, check_option
 from streamalchemy.text import plain
 
 app = typer.Typer(
@@ -50,8 +50,10 @@ def _start_option(key: str) -> Any:
     choices = option.choices
 
     def parse(value: str) -> str:
-        if choices and value not in choices:
-            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
+        try:
+            check_option(key, value)
+        except InvalidInput as exc:
+            raise typer.BadParameter(str(exc)) from None
         return value
 
     def complete(incomplete: str) -> list[str]:
@@ -59,12 +61,13 @@ def _start_option(key: str) -> Any:
 
     # The default is in the help text, not the parameter: a None reaching the daemon
     # tells an explicit --resolution (refused with --codec copy) from the default.
+    checked = bool(choices) or key in ("fps", "duration")  # priority: Typer's int check
     return typer.Option(
         # "\[": rich would take a bare "[default: ...]" for markup and drop it.
         help=f"{option.help} \\[default: {option.default}]",
         show_default=False,
         metavar=f"[{'|'.join(choices)}]" if choices else option.metavar,
-        parser=parse,
+        parser=parse if checked else None,
         autocompletion=complete if choices else None,
     )
 
@@ -305,6 +308,27 @@ def show(name: NameArg, as_json: JsonOpt = False) -> None:
     _emit(as_json, lambda: commands.show(name), _render("details"))
 
 
+@app.command()
+def top(as_json: JsonOpt = False) -> None:
+    """Watch the streams live, full screen, refreshed every second (q or Ctrl-C leaves).
+
+    Failed and retrying streams come first, then the others, by name. When stdout is
+    not a terminal, prints one snapshot and exits.
+    """
+    if as_json:
+        _emit(True, commands.list_streams, print)
+        return
+    from streamalchemy import top as view
+    from streamalchemy.render import console
+
+    fetch = view.fetcher(commands.client())
+    try:
+        code = view.live(fetch, console) if console.is_terminal else view.once(fetch, console)
+    except StreamAlchemyError as exc:
+        _fail(exc, False)
+    raise typer.Exit(code)
+
+
 @app.command("apply")
 def apply_cmd(
     file: Annotated[
@@ -415,10 +439,22 @@ def daemon_run(
             show_default=False,
         ),
     ] = None,
+    metrics_addr: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-addr",
+            metavar="HOST:PORT",
+            help="Also serve GET /metrics, and nothing else, over TCP on HOST:PORT; "
+            "wins over STREAMALCHEMY_METRICS_ADDR. \\[default: the socket only]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the daemon in the foreground (for systemd's ExecStart=)."""
     try:
-        commands.daemon_run(restore=not no_restore, apply_file=apply_file, shard=shard)
+        commands.daemon_run(
+            restore=not no_restore, apply_file=apply_file, shard=shard, metrics_addr=metrics_addr
+        )
     except StreamAlchemyError as exc:
         _fail(exc, False)
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
-from typing import Any
 
 from streamalchemy.errors import DaemonUnreachable, OperationFailed, error_for_status
 from streamalchemy.settings import Settings
+
+TYPE_CHECKING = False  # not typing's: the polled --json commands skip its import
+if TYPE_CHECKING:
+    from typing import Any
 
 STARTUP_WAIT = 15.0  # seconds the CLI waits for an autostarted daemon's socket
 
@@ -96,6 +98,8 @@ class Client:
 
     def start_daemon(self, *, restore: bool = True) -> None:
         """Start the daemon fully detached and wait, bounded, until its socket answers."""
+        import subprocess  # only here: the polled --json commands never start a daemon
+
         from streamalchemy import home
 
         home.check(self.settings)  # the daemon would refuse it: say why now, exit 2

@@ -10,15 +10,16 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, cast
 
 from streamalchemy.client import Client
-from streamalchemy.credentials import mask_document
-from streamalchemy.errors import InvalidInput, OperationFailed, StreamNotFound
+from streamalchemy.errors import DaemonUnreachable, InvalidInput, OperationFailed, StreamNotFound
 from streamalchemy.names import is_valid_name, validate_name
 from streamalchemy.settings import Settings, load_settings
 
+TYPE_CHECKING = False  # not typing's: see main.py
 if TYPE_CHECKING:
+    from typing import Any, cast
+
     from streamalchemy.documents import (
         EncodersResult,
         ListResult,
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
         StopResult,
     )
     from streamalchemy.persist import StateStore
+else:
+
+    def cast(_type: object, value: object) -> object:
+        return value
 
 
 def client(settings: Settings | None = None) -> Client:
@@ -47,6 +52,13 @@ def _store(settings: Settings) -> StateStore:
         backup_count=settings.backup_count,
         enabled=settings.persistence_enabled,
     )
+
+
+def _masked(doc: object) -> object:
+    """``doc`` with every secret masked (credentials imports what the polled path skips)."""
+    from streamalchemy.credentials import mask_document
+
+    return mask_document(doc)
 
 
 def _abs_path(path: str) -> str:
@@ -158,14 +170,21 @@ def show(name: str) -> ShowResult:
         why="the daemon is not running",
         target=lambda spec: output_target(spec, settings.rtsp_url, settings.hls_dir),
     )
-    return cast("ShowResult", mask_document(found))
+    return cast("ShowResult", _masked(found))
 
 
 def saved() -> SavedResult:
-    store = _store(load_settings())
-    # The state file keeps literal secrets (0600); what is printed has them masked.
-    doc = {"success": True, "streams": store.load(), "enabled": store.enabled}
-    return cast("SavedResult", mask_document(doc))
+    """The state file's entries: from the daemon when it runs (it reads them under the
+    lock, and masks its replies; asking it keeps this poll lean), else read here under
+    the lock."""
+    c = client()
+    try:
+        return cast("SavedResult", c.request("GET", "/persistent_streams", autostart=False))
+    except DaemonUnreachable:
+        store = _store(c.settings)
+        # The state file keeps literal secrets (0600); what is printed has them masked.
+        doc = {"success": True, "streams": store.load(), "enabled": store.enabled}
+        return cast("SavedResult", _masked(doc))
 
 
 def restore(dry_run: bool) -> RestoreResult:
@@ -190,7 +209,7 @@ def _plan_offline(settings: Settings) -> dict[str, dict[str, str]]:
 
     choose = encoders.Chooser(settings.ffmpeg, settings.data_dir)
     steps = restore.plan(_store(settings).load(), running=(), choose_encoder=choose)
-    return cast("dict[str, dict[str, str]]", mask_document(restore.dry_run_results(steps)))
+    return cast("dict[str, dict[str, str]]", _masked(restore.dry_run_results(steps)))
 
 
 def clear() -> MessageResult:
@@ -287,10 +306,21 @@ def daemon_stop() -> MessageResult:
     return {"success": True, "message": f"daemon (pid {pid}) stopped", "pid": pid}
 
 
-def daemon_run(restore: bool, apply_file: str | None = None, shard: str | None = None) -> None:
+def daemon_run(
+    restore: bool,
+    apply_file: str | None = None,
+    shard: str | None = None,
+    metrics_addr: str | None = None,
+) -> None:
     from streamalchemy import apply_commands, daemon
+    from streamalchemy.settings import parse_addr
 
     settings = load_settings()
+    if metrics_addr is not None:  # the flag wins over the environment and config.toml
+        try:
+            settings = settings._replace(metrics_addr=parse_addr(metrics_addr))
+        except ValueError as exc:
+            raise InvalidInput(f"--metrics-addr {metrics_addr!r} is invalid: {exc}") from None
     apply = apply_commands.daemon_apply(apply_file, shard, settings)
     daemon.run(settings, restore=restore, apply=apply)
 

@@ -20,8 +20,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+import streamalchemy
 from streamalchemy import __version__, applier, encoders
 from streamalchemy.credentials import has_secret, resolve_spec, unresolved
+from streamalchemy.details import running_details, saved_details
 from streamalchemy.errors import (
     InvalidInput,
     OperationFailed,
@@ -31,8 +33,9 @@ from streamalchemy.errors import (
     StreamNotFound,
 )
 from streamalchemy.ffmpeg import STATS_PERIOD, build_argv, input_script, output_target
-from streamalchemy.httpserver import Reply
+from streamalchemy.httpserver import Reply, TextReply
 from streamalchemy.inputsockets import InputSockets
+from streamalchemy.metrics import Metrics
 from streamalchemy.outputs import refuse_existing_file
 from streamalchemy.persist import StateStore, StateWriter, new_entry
 from streamalchemy.procs import ChildRecord
@@ -140,6 +143,7 @@ class Controller:
             log_backups=settings.log_backups,
         )
         self.started = time.time()
+        self.metrics = Metrics.of(self)
         self.not_restored: dict[str, str] = {}  # saved streams left out, and why
         self.shutdown = asyncio.Event()
         self.choose_encoder = encoders.Chooser(settings.ffmpeg, settings.data_dir)
@@ -465,6 +469,7 @@ class Controller:
                 results[step.name] = {"result": "failed", "reason": str(outcome)}
         self.children.flush()
         self._keep_retrying()
+        self.metrics.count_restore(results)
         return results
 
     async def _replan(self, name: str, snapshot: _Snapshot) -> Step:
@@ -531,6 +536,10 @@ class Controller:
             "ffmpeg": self.settings.ffmpeg,
             "state_write_ok": self.store.write_error is None,
             "state_write_error": self.store.write_error,
+            # Which home and which installation answer: a second install's CLI
+            # would otherwise drive this daemon without knowing it.
+            "home": str(self.settings.data_dir),
+            "install_path": os.path.dirname(os.path.abspath(streamalchemy.__file__)),
         }
 
     async def list_streams(self) -> dict[str, Any]:
@@ -572,10 +581,35 @@ class Controller:
             "offset": len(data),
         }
 
+    async def details(self, name: str) -> Reply:
+        """``show NAME``: a stream the supervisor has, or a saved one that does not run."""
+        name = validate_name(name)
+        stream = self.supervisor.streams.get(name)
+        if stream is not None:
+            return 200, dict(running_details(stream.snapshot(), stream.spec))
+        entry = (await self.writer.load()).get(name)
+        if entry is None:
+            raise StreamNotFound(f"no such stream: {name}")
+        settings = self.settings
+        doc = saved_details(
+            name,
+            entry,
+            log_file=str(self.supervisor.log_path(name)),
+            why=self.not_restored.get(name, "not started since the daemon launched"),
+            target=lambda spec: output_target(spec, settings.rtsp_url, settings.hls_dir),
+        )
+        return 200, dict(doc)
+
+    async def route_details(self, req: Request) -> Reply:
+        return await self.details(req.params["name"])
+
     # -- routes: one handler per (method, path pattern) of ROUTES --------------------
 
     async def route_status(self, req: Request) -> Reply:
         return 200, self.status()
+
+    async def route_metrics(self, req: Request) -> TextReply:
+        return self.metrics.reply()
 
     async def route_shutdown(self, req: Request) -> Reply:
         asyncio.get_running_loop().call_later(0.05, self.shutdown.set)
@@ -680,7 +714,7 @@ class Controller:
 
     async def handle(
         self, method: str, path: str, query: dict[str, str], body: dict[str, Any]
-    ) -> Reply:
+    ) -> Reply | TextReply:
         """Answer one request; every failure becomes a reply, never an exception."""
         try:
             for route_method, pattern, handler in ROUTES:
@@ -694,12 +728,13 @@ class Controller:
         return 404, {"success": False, "message": f"no such endpoint: {method} {path}"}
 
 
-Handler = Callable[[Controller, Request], Awaitable[Reply]]
+Handler = Callable[[Controller, Request], Awaitable[Reply | TextReply]]
 
 # (method, path pattern, handler); ``{field}`` matches one path segment and reaches
 # the handler as ``req.params[field]``. Add a route with one line here.
 ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/status", Controller.route_status),
+    ("GET", "/metrics", Controller.route_metrics),
     ("POST", "/shutdown", Controller.route_shutdown),
     ("GET", "/streams", Controller.route_list),
     ("POST", "/streams", Controller.route_start),
@@ -711,6 +746,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/clear_persistent_streams", Controller.route_clear),
     ("POST", "/restore_streams", Controller.route_restore),
     ("POST", "/streams/{name}/restart", Controller.route_restart),
+    ("GET", "/streams/{name}/details", Controller.route_details),
     ("POST", "/apply", Controller.route_apply),
 ]
 

@@ -24,6 +24,7 @@ from streamalchemy.controller import Controller
 from streamalchemy.credentials import mask_record
 from streamalchemy.errors import OperationFailed
 from streamalchemy.httpserver import connection_handler
+from streamalchemy.metrics import listen
 from streamalchemy.settings import Settings
 from streamalchemy.streamlog import CappedHandler
 
@@ -116,6 +117,10 @@ async def _serve(settings: Settings, restore: bool, apply: ApplyOption) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, controller.shutdown.set)
+    # A metrics address that cannot be used stops the launch before anything starts.
+    metrics_server = (
+        await listen(controller.metrics, settings.metrics_addr) if settings.metrics_addr else None
+    )
     # Up before the daemon answers or restores: RTSP streams find their server running.
     rtsp_server = await mediamtx.start_if_needed(settings)
     server = await asyncio.start_unix_server(
@@ -140,6 +145,8 @@ async def _serve(settings: Settings, restore: bool, apply: ApplyOption) -> None:
     log.info("shutting down: stopping %d stream(s)", len(controller.supervisor.streams))
     systemd.notify("STOPPING=1")
     server.close()
+    if metrics_server is not None:
+        metrics_server.close()
     if restoring is not None and not restoring.done():
         restoring.cancel()
     await controller.close()

@@ -10,9 +10,29 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
 
 from streamalchemy.errors import ConfigError
+
+TYPE_CHECKING = False  # not typing's: every CLI command loads settings; typing costs 2-3 ms
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
+else:
+    import collections
+
+    class _Fields(type):
+        """What ``class Settings(NamedTuple)`` does, without importing typing: a
+        ``collections.namedtuple`` of the class's annotated fields, in order."""
+
+        def __new__(mcs, name: str, bases: tuple[type, ...], ns: dict[str, object]) -> type:
+            if not bases:
+                return super().__new__(mcs, name, bases, ns)
+            cls = collections.namedtuple(name, list(ns["__annotations__"]))
+            cls.__doc__, cls.__module__ = ns.get("__doc__"), ns["__module__"]
+            return cls
+
+    class NamedTuple(metaclass=_Fields):
+        pass
+
 
 APP = "streamalchemy"
 DEFAULT_RTSP_URL = "rtsp://127.0.0.1:8554"
@@ -74,7 +94,7 @@ def _parse_rtsp_url(value: str) -> str:
     return value.rstrip("/")
 
 
-def _parse_addr(value: str) -> tuple[str, int]:
+def parse_addr(value: str) -> tuple[str, int]:
     """HOST:PORT ([::1]:PORT for IPv6) for the metrics listener."""
     host, sep, port = value.strip().rpartition(":")
     host = host.strip("[]")
@@ -109,7 +129,7 @@ _KNOWN: dict[str, tuple[str, Callable[[str], Any]]] = {
         "STREAMALCHEMY_LOG_BACKUPS",
         _in_range(int, 0, 100, "expected a whole number from 0 to 100"),
     ),
-    "metrics_addr": ("STREAMALCHEMY_METRICS_ADDR", _parse_addr),
+    "metrics_addr": ("STREAMALCHEMY_METRICS_ADDR", parse_addr),
     "shards": (
         "STREAMALCHEMY_SHARDS",
         _in_range(int, 1, 10000, "expected a whole number of shards from 1 up"),

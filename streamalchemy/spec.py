@@ -131,6 +131,18 @@ def _config_size(codec: str, value: int | None) -> str:
     return SOURCE if value is None else str(value)
 
 
+def check_option(key: str, value: object) -> None:
+    """Refuse a bad value of a ``start`` option as early as the command line, by the same
+    rule the daemon applies (choices, the fps range, the duration forms)."""
+    option = START_OPTIONS[key]
+    if option.choices:
+        _choice(key, value, option.choices, option.default)
+    elif key == "fps":
+        _fps(key, value)
+    elif key == "duration":
+        _duration(key, value)
+
+
 def source_kind(body: Mapping[str, Any]) -> str:
     """Which one source ``body`` gives: "file", "url" or "testsrc"; refuse none or several."""
     testsrc = body.get("testsrc")

@@ -102,3 +102,20 @@ def test_page_renders_without_warnings(page: str) -> None:
     )
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert "NAME" in proc.stdout and "SYNOPSIS" in proc.stdout
+
+
+@pytest.mark.e2e
+def test_the_wheel_ships_the_man_pages(tmp_path: Path) -> None:
+    import zipfile
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("streamalchemy-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for page in MAN_DIR.glob("*.1"):
+        assert f"streamalchemy/man/{page.name}" in names  # package data
+        assert any(n.endswith(f"/data/share/man/man1/{page.name}") for n in names)  # for `man`

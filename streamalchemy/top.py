@@ -1,0 +1,187 @@
+"""``streamalchemy top``: a live full-screen view of the daemon's streams, like ``pm2 monit``.
+
+Asks the daemon for ``GET /streams`` once a second and draws a table with rich's
+Live display. Reads single keys from the terminal (``q`` leaves) and gives the
+terminal back as it found it on every way out. Starts nothing but the daemon
+(on demand, as every command that needs it), and changes no stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import sys
+import termios
+import time
+import tty
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import Any, TextIO
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from streamalchemy.client import Client
+from streamalchemy.errors import StreamAlchemyError
+from streamalchemy.render import STATUS_STYLE, span, styled
+from streamalchemy.text import plain
+
+REFRESH = 1.0  # seconds between two reads of the daemon
+PROBLEMS = ("failed", "retrying")  # shown first: what needs a look is never scrolled away
+
+# Reads the daemon's streams; the argument says whether a daemon that is down may be
+# started (only for the first read: a daemon stopped while top runs stays stopped).
+Fetch = Callable[[bool], dict[str, Any]]
+
+
+def fetcher(client: Client) -> Fetch:
+    def fetch(autostart: bool) -> dict[str, Any]:
+        return client.request("GET", "/streams", autostart=autostart, timeout=5)
+
+    return fetch
+
+
+def order(streams: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Failed and retrying streams first, then the others; by name within each."""
+    return sorted(streams, key=lambda s: (s["status"] not in PROBLEMS, s["name"]))
+
+
+def _figure(value: float | None, fmt: str, unit: str = "") -> str:
+    return "-" if value is None else f"{value:{fmt}}{unit}"
+
+
+def table(streams: list[dict[str, Any]]) -> Table:
+    grid = Table(box=None, header_style="bold", expand=False)
+    for column in ("NAME", "STATUS", "PID", "FPS", "BITRATE", "SPEED", "CPU", "MEMORY"):
+        grid.add_column(
+            column, no_wrap=True, justify="left" if column in ("NAME", "STATUS") else "right"
+        )
+    grid.add_column("RESTARTS", justify="right", no_wrap=True)
+    grid.add_column("UPTIME", justify="right", no_wrap=True)
+    grid.add_column("LEFT", justify="right", no_wrap=True)
+    for s in order(streams):
+        status = str(s["status"])
+        remaining = s.get("remaining_seconds")
+        grid.add_row(
+            styled(s["name"], ""),
+            Text(status, style=STATUS_STYLE.get(status, "")),
+            str(s.get("pid") or "-"),
+            _figure(s.get("fps"), ".1f"),
+            _figure(s.get("bitrate_kbps"), ",.0f", " kb/s"),
+            _figure(s.get("speed"), ".2f", "x"),
+            _figure(s.get("cpu_percent"), ".1f", "%"),
+            _figure(s.get("memory_mb"), ".0f", " MB"),
+            str(s.get("restarts", 0)),
+            span(s.get("uptime_seconds")),
+            "unlimited" if remaining is None else span(remaining),
+        )
+    return grid
+
+
+def summary(streams: list[dict[str, Any]]) -> str:
+    counts: dict[str, int] = {}
+    for s in streams:
+        counts[s["status"]] = counts.get(s["status"], 0) + 1
+    parts = [f"{len(streams)} stream{'' if len(streams) == 1 else 's'}"]
+    parts += [f"{n} {status}" for status, n in sorted(counts.items())]
+    return ", ".join(parts)
+
+
+def screen(
+    doc: dict[str, Any] | None, error: str | None, now: float, *, keys: bool = True
+) -> RenderableType:
+    streams = doc["streams"] if doc else []
+    head = Text.assemble(
+        ("streamalchemy top", "bold"),
+        f"  {summary(streams)}  ",
+        (time.strftime("%H:%M:%S", time.localtime(now)), "dim"),
+        ("  q: quit" if keys else "", "dim"),
+    )
+    parts: list[RenderableType] = [head, Text()]
+    parts.append(table(streams) if streams else Text("no streams", style="dim"))
+    problems = [s for s in order(streams) if s["status"] in PROBLEMS and s.get("last_error")]
+    if problems:
+        parts.append(Text())
+    for s in problems:
+        parts.append(styled(f"{s['name']}: {s['last_error']}", "yellow"))
+    if error:
+        parts += [Text(), Text.assemble(("daemon: ", "red"), plain(error), " (trying again)")]
+    return Group(*parts)
+
+
+@contextlib.contextmanager
+def _keys(stream: TextIO) -> Iterator[int | None]:
+    """Single keys, unechoed, from a terminal; the terminal is restored on every exit."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, ValueError, OSError):
+        yield None
+        return
+    if not os.isatty(fd):
+        yield None
+        return
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setcbreak(fd, termios.TCSANOW)  # no echo, no line buffering; Ctrl-C still signals
+        yield fd
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def _wait_for_quit(fd: int | None, seconds: float) -> bool:
+    """Sleep up to ``seconds``; True as soon as ``q`` is pressed."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if fd is None:
+            time.sleep(left)
+            return False
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            data = os.read(fd, 64)
+            if not data or b"q" in data.lower():
+                return True  # q, or the terminal went away
+    return False
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _on_term(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated
+
+
+def live(fetch: Fetch, console: Console, stdin: TextIO = sys.stdin) -> int:
+    """Run the full-screen view until ``q`` (exit 0), Ctrl-C (0) or SIGTERM (143)."""
+    doc: dict[str, Any] | None = fetch(True)  # an unreachable daemon fails here, plainly
+    error: str | None = None
+    previous = signal.signal(signal.SIGTERM, _on_term)
+    try:
+        with (
+            _keys(stdin) as fd,
+            Live(console=console, screen=True, auto_refresh=False, transient=True) as view,
+        ):
+            while True:
+                view.update(screen(doc, error, time.time(), keys=fd is not None), refresh=True)
+                if _wait_for_quit(fd, REFRESH):
+                    return 0
+                try:
+                    doc, error = fetch(False), None
+                except StreamAlchemyError as exc:
+                    error = str(exc)
+    except KeyboardInterrupt:
+        return 0
+    except _Terminated:
+        return 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def once(fetch: Fetch, console: Console) -> int:
+    """One plain snapshot, for a pipe or a file."""
+    console.print(screen(fetch(True), None, time.time(), keys=False))
+    return 0

@@ -1,0 +1,35 @@
+"""The Grafana dashboard in deploy/grafana/: valid JSON, a `name` variable, every metric shown."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from test_metrics import DAEMON, PER_STREAM
+
+DASHBOARD = Path(__file__).parent.parent / "deploy" / "grafana" / "streamalchemy.json"
+
+
+def expressions() -> list[str]:
+    """Every PromQL expression of the dashboard, with Grafana's variables filled in."""
+    doc = json.loads(DASHBOARD.read_text())
+    found = [t["expr"] for p in doc["panels"] for t in p.get("targets", [])]
+    return [e.replace("$__rate_interval", "1m").replace("$name", ".*") for e in found]
+
+
+def test_dashboard_has_a_name_variable_over_the_streams() -> None:
+    doc: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in doc["templating"]["list"]}
+    assert "label_values(streamalchemy_stream_up, name)" in json.dumps(variables["name"])
+    assert variables["name"]["multi"] and variables["name"]["includeAll"]
+    ids = [p["id"] for p in doc["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_every_metric_has_a_panel_and_every_panel_a_known_metric() -> None:
+    used = set()
+    for expr in expressions():
+        used.update(re.findall(r"\bstreamalchemy_[a-z_]+", expr))
+    assert used == set(PER_STREAM) | set(DAEMON)
