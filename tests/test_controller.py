@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import pytest
 
 from streamalchemy import commands, daemon
-from streamalchemy.controller import Controller
+from streamalchemy.controller import RESTORE_PARALLEL, Controller
 from streamalchemy.errors import InvalidInput, OperationFailed, StateFileError, StreamExists
 from streamalchemy.logfollow import Follower
 from streamalchemy.persist import new_entry
@@ -223,21 +223,22 @@ def test_concurrent_restores_share_one_run_and_both_get_the_report(
 
 def test_start_stop_replace_on_queued_names_during_a_restore(home: Path) -> None:
     c, fake = make_controller(home, delay=0.02)
-    names = [f"s{i:02d}" for i in range(40)]
+    names = [f"s{i:03d}" for i in range(RESTORE_PARALLEL + 24)]
     save_many(c, names)
+    s36, s37, s38, s39 = names[-4:]  # queued behind the slots
 
     async def scenario() -> tuple[dict[str, dict[str, str]], Any]:
-        # The first 16 hold every restore slot until released: the rest are queued.
+        # The first RESTORE_PARALLEL hold every restore slot until released: the rest queue.
         release = asyncio.Event()
-        fake.gates = {name: release for name in names[:16]}
+        fake.gates = {name: release for name in names[:RESTORE_PARALLEL]}
         restore = asyncio.create_task(c.restore())
         deadline = time.monotonic() + 10
-        while len(fake.launched) < 16:
+        while len(fake.launched) < RESTORE_PARALLEL:
             assert time.monotonic() < deadline, "the restore did not fill its slots"
             await asyncio.sleep(0.001)
-        stop = await c.stop_names(["s36", "s37"])
-        await c.start_spec(spec("s38"), replace=True)
-        await c.start_spec(spec("s39"))  # saved and queued, not running yet: it starts
+        stop = await c.stop_names([s36, s37])
+        await c.start_spec(spec(s38), replace=True)
+        await c.start_spec(spec(s39))  # saved and queued, not running yet: it starts
         release.set()
         return await restore, stop
 
@@ -245,13 +246,13 @@ def test_start_stop_replace_on_queued_names_during_a_restore(home: Path) -> None
         results, stop = run(scenario())
     finally:
         c.writer.close()
-    assert stop.stopped == ["s36", "s37"]
-    assert results["s36"]["result"] == "skipped" and results["s37"]["result"] == "skipped"
-    assert results["s38"] == {"result": "skipped", "reason": "already running"}
-    assert fake.running() == set(names) - {"s36", "s37"}
-    assert saved(home) == set(names) - {"s36", "s37"}
-    assert results["s39"] == {"result": "skipped", "reason": "already running"}
-    assert fake.launched.count("s38") == fake.launched.count("s39") == 1
+    assert stop.stopped == [s36, s37]
+    assert results[s36]["result"] == "skipped" and results[s37]["result"] == "skipped"
+    assert results[s38] == {"result": "skipped", "reason": "already running"}
+    assert fake.running() == set(names) - {s36, s37}
+    assert saved(home) == set(names) - {s36, s37}
+    assert results[s39] == {"result": "skipped", "reason": "already running"}
+    assert fake.launched.count(s38) == fake.launched.count(s39) == 1
 
 
 def test_a_start_that_cannot_be_saved_stops_its_ffmpeg(
