@@ -15,6 +15,7 @@ import io
 import os
 import platform
 import pstats
+import re
 import signal
 import sys
 import tempfile
@@ -25,11 +26,11 @@ from pathlib import Path
 
 import psutil
 
-from bench import cli_latency, footprint, restore, state_store
+from bench import cli_latency, footprint, restore, start_latency, state_store
 from bench.common import REPO, BenchError, Row, Sample, ffmpeg_version, log
 
 DOC = REPO / "docs" / "benchmarks.md"
-ORDER = ("store", "cli", "footprint", "restore")
+ORDER = ("store", "cli", "start", "footprint", "restore")
 
 
 # -- formatting ------------------------------------------------------------------------
@@ -137,6 +138,12 @@ def bench_cli(rep: Report, quick: bool) -> None:
     rep.notes.append(f"CLI latency: the console script measured is {how}.")
 
 
+def bench_start(rep: Report, quick: bool) -> None:
+    rows, how = start_latency.run(quick)
+    rep.rows += rows
+    rep.notes.append(f"Start latency: the console script measured is {how}.")
+
+
 def bench_footprint(rep: Report, quick: bool) -> None:
     rows, extra = footprint.run(quick)
     rep.rows += rows
@@ -144,7 +151,7 @@ def bench_footprint(rep: Report, quick: bool) -> None:
         "Daemon footprint, memory: an interpreter that has only imported "
         f"`streamalchemy.daemon` and `streamalchemy.cli` holds {extra['import_rss_mib']:.1f} MiB; "
         f"the minimal supervision loop of `bench/floor.py` holds {extra['floor_rss_mib']:.1f} MiB "
-        "with the same 50 FFmpeg."
+        f"with the same {footprint.STREAMS} FFmpeg."
     )
 
 
@@ -157,6 +164,7 @@ def bench_restore(rep: Report, quick: bool) -> None:
 BENCHES: dict[str, Callable[[Report, bool], None]] = {
     "store": bench_store,
     "cli": bench_cli,
+    "start": bench_start,
     "footprint": bench_footprint,
     "restore": bench_restore,
 }
@@ -195,7 +203,8 @@ def profile_misses(rep: Report, workdir: Path) -> None:
                 pct = 100 * fig["cpu_s"] / fig["wall_s"]
                 rep.profiles.append(
                     "### Daemon footprint, CPU: cProfile of the event loop over a steady 30 s "
-                    f"window with 50 streams ({pct:.2f}% of a core under the profiler)\n\n"
+                    f"window with {footprint.STREAMS} streams ({pct:.2f}% of a core under the "
+                    "profiler)\n\n"
                     "By own time:\n\n```text\n" + top_stats(out, "tottime") + "\n```"
                 )
             elif row.bench == "Daemon footprint":
@@ -214,7 +223,7 @@ def breakdown_md(rep: Report) -> str:
         "Where a restore's time goes (seconds after `daemon run` is launched, medians, "
         "from the daemon's log):",
         "",
-        "| N | socket bound, restore begins | last FFmpeg spawned | all streams progressing |"
+        "| N | socket bound, restore begins | last stream launched | all streams progressing |"
         " floor |",
         "|---|---|---|---|---|",
     ]
@@ -239,20 +248,27 @@ machine is shared and noisy. Each benchmark runs in its own temporary
 `STREAMALCHEMY_HOME` under `/tmp` with a 10 s 320x240 H.264 clip that FFmpeg makes
 for it; every process it starts is stopped by PID.
 
-- **Restore**: the state file holds N saved `--file clip.mp4 --codec copy --output null`
-  streams. Timed from launching `python -m streamalchemy daemon run` until `GET /streams`
-  (polled every 0.1 s on the socket) shows every stream with `frames` > 0. The floor
+- **Restore**: the state file holds N (50, 200, 400) saved `--file clip.mp4 --codec copy
+  --output null` streams. Timed from launching `python -m streamalchemy daemon run` until
+  `GET /streams` (polled every 0.1 s on the socket) shows every stream with `frames` > 0. The floor
   spawns the very command the daemon runs for those entries (`ffmpeg.build_argv`, behind
   `setpriv --pdeathsig KILL` as `procs.spawn` does), all at once, and waits for each
   one's first `-progress` block with `frame` > 0. A 5-stream warm-up
   restore first fills the page cache and the daemon's encoder cache, as on a machine
-  where the daemon has run before.
+  where the daemon has run before. The poll costs the daemon a `GET /streams` every 0.1 s
+  and adds 0.05 s on average to its figure (the floor sees each progress block at once).
+- **Start latency**: with the daemon up, `streamalchemy start NAME --file clip.mp4 --codec
+  copy --output null` from launching the command until the stream reports frames > 0
+  (`start` itself returns at FFmpeg's first progress report; `GET /streams/NAME` is polled
+  every 5 ms after it, if that report said frame 0), then the stream is stopped. The
+  floor, in alternate rounds: the same `ffprobe` the daemon runs on a file source, then the
+  same FFmpeg argv spawned directly, until its first progress block with frame > 0.
 - **CLI latency**: the daemon supervises 20 such streams; each round runs `python -c pass`
   and every command once, in turn; wall time of the whole process, stdout captured.
-- **Daemon footprint**: 50 streams; after all progress and 5 s more, the daemon's own
+- **Daemon footprint**: 200 streams; after all progress and 5 s more, the daemon's own
   user + system CPU time (psutil, children excluded) over the window, as a percentage of
   one core, and its peak resident memory sampled every second. The CPU baseline is
-  `bench/floor.py`, one selector loop reading the same 50 FFmpeg's progress and logs;
+  `bench/floor.py`, one selector loop reading the same 200 FFmpeg's progress and logs;
   the memory baseline is a bare interpreter.
 - **State store**: alternate `StateStore.save(name)` / `remove(name)` on a file that also
   holds 20 other streams (lock, read, fsynced temporary file, backup rotation, rename,
@@ -300,6 +316,17 @@ def render(rep: Report, info: dict[str, str], quick: bool) -> str:
     return "\n".join(parts).rstrip() + "\n"
 
 
+def kept_sections(page: Path) -> str:
+    """The sections other benchmarks write into the page (between their own markers, from
+    the first ``<!-- NAME:begin`` on): this run replaces only what comes before them."""
+    try:
+        text = page.read_text()
+    except OSError:
+        return ""
+    match = re.search(r"^<!-- ?[\w-]+: ?begin", text, re.MULTILINE)
+    return "\n" + text[match.start() :] if match else ""
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer runs, smaller N")
@@ -330,7 +357,7 @@ def main(argv: list[str]) -> int:
     full = not args.quick and not args.only and not rep.errors
     out = args.out or (DOC if full else Path(f"/tmp/streamalchemy-bench-{int(time.time())}.md"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page)
+    out.write_text(page + kept_sections(out))
     print(table(rep.rows))
     for err in rep.errors:
         print(f"ERROR: {err}", file=sys.stderr)

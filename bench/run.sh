@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the benchmarks and write docs/benchmarks.md (see bench/run.py for options).
-# Usage: bash bench/run.sh [--quick] [--only store|cli|footprint|restore ...] [--no-profile]
+# Usage: bash bench/run.sh [--quick] [--only store|cli|start|footprint|restore ...] [--no-profile]
 #    or: bash bench/run.sh load [--batch 100] [--batches 2] [--hold 20]
 #    or: bash bench/run.sh --fleet [--shards N] [--streams M] [--write]
 #    or: bash bench/run.sh --metrics [--quick] [--write]

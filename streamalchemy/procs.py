@@ -40,7 +40,7 @@ MARK_VAR = "STREAMALCHEMY_DAEMON"
 # At most this often the children record is rewritten while spawns come in a burst
 # (a restore): each write replaces the whole file, and an ext4 rename over a file
 # flushes it (~10 ms), so one write per spawn made a restore of N streams O(N^2).
-RECORD_EVERY = 0.25
+RECORD_EVERY = 1.0
 
 
 def mark_children() -> str:
