@@ -18,14 +18,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import psutil
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from streamalchemy import __version__
 from streamalchemy.errors import InvalidInput
 from streamalchemy.httpserver import Reply, Text, TextReply, connection_handler
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
+
     from streamalchemy.controller import Controller
     from streamalchemy.stream import Stream
 
@@ -147,6 +148,8 @@ class StreamCollector:
         yield from self._daemon_families(self._figures())
 
     def _stream_families(self, snapshots: list[Mapping[str, Any]]) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         name = ["name"]
         up = GaugeMetricFamily(
             "streamalchemy_stream_up",
@@ -233,6 +236,8 @@ class StreamCollector:
         yield from (up, info, frames, fps, bitrate, speed, restarts, remaining, cpu, memory)
 
     def _daemon_families(self, figures: DaemonFigures) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         build = GaugeMetricFamily(
             "streamalchemy_build_info", "The daemon's version (value 1)", labels=["version"]
         )
@@ -271,9 +276,8 @@ class Metrics:
         snapshots: Callable[[], Iterable[Mapping[str, Any]]],
         figures: Callable[[], DaemonFigures],
     ) -> None:
-        # No default process/platform collectors: only the contract's families, cheaply.
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(StreamCollector(snapshots, figures))
+        self._collector = StreamCollector(snapshots, figures)
+        self._registry: CollectorRegistry | None = None
         self.restore_results = dict.fromkeys(RESTORE_RESULTS, 0)
 
     @classmethod
@@ -299,7 +303,21 @@ class Metrics:
             if result in self.restore_results:  # never let counting break a restore
                 self.restore_results[result] += 1
 
+    @property
+    def registry(self) -> CollectorRegistry:
+        """Made at the first scrape: prometheus_client's import costs every daemon launch
+        some 15 ms (a restore waits for it) and most daemons are never scraped."""
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry
+
+            # No default process/platform collectors: only the contract's families, cheaply.
+            self._registry = CollectorRegistry(auto_describe=False)
+            self._registry.register(self._collector)
+        return self._registry
+
     def exposition(self) -> bytes:
+        from prometheus_client import generate_latest
+
         return generate_latest(self.registry)
 
     def reply(self) -> TextReply:
