@@ -75,7 +75,8 @@ def _start_args(args: list[str]) -> tuple[str, dict[str, Any]] | None:
     as Typer would take it; None for anything else (help, an error), which Typer parses."""
     if args[:1] != ["start"]:
         return None
-    from streamalchemy.spec import START_OPTIONS
+    from streamalchemy.errors import InvalidInput
+    from streamalchemy.spec import START_OPTIONS, check_option
 
     names: list[str] = []
     opts: dict[str, Any] = {}
@@ -96,9 +97,11 @@ def _start_args(args: list[str]) -> tuple[str, dict[str, Any]] | None:
             value = next(rest, "-")
         if value.startswith("-"):
             return None
-        option = START_OPTIONS.get(key)
-        if option is not None and option.choices and value not in option.choices:
-            return None
+        if key in START_OPTIONS and key != "priority":  # priority: Typer's int check
+            try:
+                check_option(key, value)  # what Typer's parser checks; it reports a refusal
+            except InvalidInput:
+                return None
         if key == "priority":
             try:
                 opts[key] = int(value)

@@ -1,0 +1,78 @@
+"""The performance shortcuts keep behaviour: ``start`` without Typer parses exactly what
+it can and leaves the rest to Typer; the children record batches a burst and loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from streamalchemy.main import _start_args
+from streamalchemy.procs import RECORD_EVERY, ChildRecord
+
+
+def test_a_plain_start_is_parsed_as_typer_would() -> None:
+    args = ["start", "cam", "--file=/v.mp4", "--codec", "copy", "--priority", "5", "--json"]
+    assert _start_args(args) == (
+        "cam",
+        {"file": "/v.mp4", "codec": "copy", "priority": 5, "json": True},
+    )
+    assert _start_args(["start", "--testsrc", "cam", "--replace"]) == (
+        "cam",
+        {"testsrc": True, "replace": True},
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["start", "--help"],
+        ["start", "cam", "-h"],
+        ["start"],
+        ["start", "a", "b", "--testsrc"],
+        ["start", "cam", "--testsrc", "--testsrc"],
+        ["start", "cam", "--codec", "vp9", "--testsrc"],
+        ["start", "cam", "--fps", "500", "--testsrc"],
+        ["start", "cam", "--duration", "3x", "--testsrc"],
+        ["start", "cam", "--priority", "high", "--testsrc"],
+        ["start", "cam", "--file"],
+        ["start", "cam", "--url", "--testsrc"],
+        ["start", "cam", "--testsrc=yes"],
+        ["start", "cam", "--bogus", "1"],
+        ["start", "cam", "--", "--testsrc"],
+        ["list", "--json"],
+    ],
+)
+def test_anything_else_is_left_to_typer(args: list[str]) -> None:
+    assert _start_args(args) is None
+
+
+def test_the_children_record_batches_a_burst_and_flushes_it(tmp_path: Path) -> None:
+    path = tmp_path / "children.json"
+    record = ChildRecord(path)
+    me = os.getpid()
+
+    async def burst() -> tuple[set[str], set[str]]:
+        record.add("a", me, ["ffmpeg", "-i", "a"])  # written at once
+        first = set(json.loads(path.read_text()))
+        record.add("b", me, ["ffmpeg", "-i", "b"])  # within RECORD_EVERY: batched
+        record.add("c", me, ["ffmpeg", "-i", "c"])
+        batched = set(json.loads(path.read_text()))
+        await asyncio.sleep(RECORD_EVERY + 0.2)
+        return first, batched
+
+    first, batched = asyncio.run(burst())
+    assert first == batched == {"a"}
+    assert set(json.loads(path.read_text())) == {"a", "b", "c"}  # the timer wrote the rest
+
+    async def flushed() -> None:
+        record.discard("a")  # the last write was just now: batched
+        record.flush()
+
+    asyncio.run(flushed())
+    assert set(json.loads(path.read_text())) == {"b", "c"}
+    record.discard("b")  # no loop running: written at once
+    assert set(json.loads(path.read_text())) == {"c"}
