@@ -242,8 +242,8 @@ class StateStore:
 
     # -- removals whose write is pending ---------------------------------------------
 
-    @property
-    def _markers(self) -> Path:
+    @functools.cached_property
+    def _markers(self) -> Path:  # cached: a restore asks for the version once per stream
         return self.path.with_name(f".{self.path.name}.removed")
 
     def pending_removals(self) -> set[str]:

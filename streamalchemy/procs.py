@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -108,19 +109,26 @@ class ChildRecord:
     replaced, never written through); one planted by another user is not trusted.
     Failing to write it (a full disk) is logged, never raised: supervision goes on.
 
-    On the event loop a change is written at once, unless the last write was less
-    than ``RECORD_EVERY`` ago: then one write at the end of that interval carries
-    every change since. A child not yet recorded is still killed with the daemon by
-    its parent-death signal; ``flush`` writes what is pending now.
+    On the event loop a change is written by a worker thread (an ext4 rename over the
+    file waits for its data, up to tens of milliseconds on a busy disk), at most once
+    per ``RECORD_EVERY`` while spawns come in a burst: one write carries every change
+    since the last. A child not yet recorded is still killed with the daemon by its
+    parent-death signal; ``flush`` writes the record now, before a start answers.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._children: dict[str, dict[str, Any]] = {}
         self._warned = False
-        self._written_at = -RECORD_EVERY  # time.monotonic() of the last write
+        self._written_at = -RECORD_EVERY  # time.monotonic() of the last write begun
         self._due: asyncio.TimerHandle | None = None
         self._due_loop: asyncio.AbstractEventLoop | None = None
+        self._seq = 0  # of the latest document taken; each write is of one
+        self._stored = 0  # of the document on disk
+        self._next: tuple[int, str] | None = None  # for the worker thread
+        self._busy = False  # a worker thread is writing
+        self._mutex = threading.Lock()  # guards _next and _busy
+        self._file_lock = threading.Lock()  # one write at a time, never an older one
 
     def add(self, name: str, pid: int, argv: Sequence[str]) -> None:
         try:
@@ -144,27 +152,59 @@ class ChildRecord:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            loop = None
-        if self._due is not None and self._due_loop is loop:
-            return  # the write already due carries this change too
-        wait = self._written_at + RECORD_EVERY - time.monotonic()
-        if loop is None or self._due is not None or wait <= 0:
-            if self._due is not None:  # set on a loop that is gone: it never fires
-                self._due.cancel()
-                self._due = self._due_loop = None
             self._write()
-        else:
-            self._due, self._due_loop = loop.call_later(wait, self.flush), loop
+            return
+        if self._due is not None:
+            if self._due_loop is loop:
+                return  # the write already due carries this change too
+            self._due.cancel()  # set on a loop that is gone: it never fires
+        wait = max(0.0, self._written_at + RECORD_EVERY - time.monotonic())
+        self._due, self._due_loop = loop.call_later(wait, self._write_behind, loop), loop
+
+    def _write_behind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._due = self._due_loop = None
+        self._written_at = time.monotonic()
+        taken = self._take()
+        with self._mutex:
+            self._next, start = taken, not self._busy
+            self._busy = True
+        if start:
+            loop.run_in_executor(None, self._drain)
+
+    def _drain(self) -> None:
+        while True:
+            with self._mutex:
+                taken, self._next = self._next, None
+                if taken is None:
+                    self._busy = False
+                    return
+            self._store(*taken)
 
     def flush(self) -> None:
-        """Write a pending change now."""
+        """Write the record now if a change is not on disk yet."""
         if self._due is not None:
             self._due.cancel()
             self._due = self._due_loop = None
-            self._write()
+        elif self._stored == self._seq:
+            return
+        self._write()
 
     def _write(self) -> None:
         self._written_at = time.monotonic()
+        self._store(*self._take())
+
+    def _take(self) -> tuple[int, str]:
+        """The record as it is now, numbered (on the loop's thread: the dict is its own)."""
+        self._seq += 1
+        return self._seq, json.dumps(self._children)  # dumps: the C encoder; dump is Python
+
+    def _store(self, seq: int, text: str) -> None:
+        with self._file_lock:
+            if seq > self._stored:
+                self._store_text(text)
+                self._stored = seq
+
+    def _store_text(self, text: str) -> None:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             with contextlib.suppress(FileNotFoundError):
@@ -172,7 +212,7 @@ class ChildRecord:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             fd = os.open(tmp, flags, 0o600)
             with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(self._children))  # dumps: the C encoder; dump is Python
+                f.write(text)
             os.replace(tmp, self.path)  # replaces a symlink itself, never its target
         except OSError as exc:
             with contextlib.suppress(OSError):

@@ -55,24 +55,29 @@ def test_the_children_record_batches_a_burst_and_flushes_it(tmp_path: Path) -> N
     record = ChildRecord(path)
     me = os.getpid()
 
+    def on_disk() -> set[str]:
+        return set(json.loads(path.read_text())) if path.exists() else set()
+
     async def burst() -> tuple[set[str], set[str]]:
-        record.add("a", me, ["ffmpeg", "-i", "a"])  # written at once
-        first = set(json.loads(path.read_text()))
+        record.add("a", me, ["ffmpeg", "-i", "a"])  # written at once, by a worker thread
+        await asyncio.sleep(0.2)
+        first = on_disk()
         record.add("b", me, ["ffmpeg", "-i", "b"])  # within RECORD_EVERY: batched
         record.add("c", me, ["ffmpeg", "-i", "c"])
-        batched = set(json.loads(path.read_text()))
-        await asyncio.sleep(RECORD_EVERY + 0.2)
+        await asyncio.sleep(0.2)
+        batched = on_disk()
+        await asyncio.sleep(RECORD_EVERY)
         return first, batched
 
     first, batched = asyncio.run(burst())
     assert first == batched == {"a"}
-    assert set(json.loads(path.read_text())) == {"a", "b", "c"}  # the timer wrote the rest
+    assert on_disk() == {"a", "b", "c"}  # the due write carried both
 
     async def flushed() -> None:
         record.discard("a")  # the last write was just now: batched
-        record.flush()
+        record.flush()  # on disk before it returns
+        assert on_disk() == {"b", "c"}
 
     asyncio.run(flushed())
-    assert set(json.loads(path.read_text())) == {"b", "c"}
     record.discard("b")  # no loop running: written at once
-    assert set(json.loads(path.read_text())) == {"c"}
+    assert on_disk() == {"c"}
