@@ -108,8 +108,9 @@ probe() {
     ffprobe -v error -select_streams v:0 -show_entries stream=codec_name,width,height,avg_frame_rate \
         -of default=noprint_wrappers=1 "$playlist" 2>/dev/null | awk '!seen[$0]++'
 }
-rewritten() {  # by the restored FFmpeg, not just left by the first one
-    "$py" -c 'import os, sys; sys.exit(os.stat(sys.argv[1]).st_mtime <= float(sys.argv[2]))' \
+rewritten() {  # by the restored FFmpeg (a new start clears the old playlist first)
+    [ -f "$playlist" ] && "$py" -c \
+        'import os, sys; sys.exit(os.stat(sys.argv[1]).st_mtime <= float(sys.argv[2]))' \
         "$playlist" "$restored_at"
 }
 info=""

@@ -78,12 +78,7 @@ def _bind(path: Path) -> socket.socket:
                 path.unlink()  # left by a daemon that died: nobody answers on it
             else:
                 raise OperationFailed(f"another daemon is answering on {path}")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)
-    try:
-        sock.bind(str(path))
-    finally:
-        os.umask(old_umask)
+    sock = home.bind_private(path)
     os.chmod(path, 0o600)
     return sock
 

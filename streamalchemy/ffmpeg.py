@@ -206,7 +206,9 @@ def _audio_args(spec: StreamSpec) -> list[str]:
 def _output_args(spec: StreamSpec, target: str) -> list[str]:
     muxer = output_muxer(spec.output)
     if muxer == "null":
-        return ["-f", "null", "-"]
+        # Muxed into NUT (which carries every codec here) and thrown away: unlike the
+        # null muxer, a real muxer counts its bytes, so the bitrate is known.
+        return ["-f", "nut", "-y", "/dev/null"]
     if spec.codec == "h265" and muxer in ("hls", "mp4", "mov"):
         # Apple players want HEVC tagged hvc1 (FFmpeg defaults to hev1).
         return ["-tag:v", "hvc1", *_container_args(muxer, target)]

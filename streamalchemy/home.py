@@ -11,6 +11,7 @@ starts a daemon, so the user sees the same one line instead of a timeout.
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from pathlib import Path
 
@@ -109,3 +110,17 @@ def prepare(settings: Settings) -> None:
             path.mkdir(mode=0o700, exist_ok=True)
             os.chmod(path, 0o700)
     check(settings)
+
+
+def bind_private(path: Path) -> socket.socket:
+    """A Unix socket bound at ``path`` with mode 0600 from its first instant (umask 177)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old_umask)
+    return sock

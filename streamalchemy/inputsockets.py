@@ -19,6 +19,8 @@ import socket
 import struct
 from pathlib import Path
 
+from streamalchemy import home
+
 log = logging.getLogger("streamalchemy.inputs")
 
 
@@ -45,12 +47,7 @@ class InputSockets:
         path = self.path_for(name)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)
-        try:
-            listener.bind(str(path))
-        finally:
-            os.umask(old_umask)
+        listener = home.bind_private(path)
         listener.listen(16)
         listener.setblocking(False)
         payload = script.encode()

@@ -302,7 +302,7 @@ def test_no_audio_and_a_file_output() -> None:
 @pytest.mark.parametrize(
     ("output", "tail"),
     [
-        ("null", "-f null -"),
+        ("null", "-f nut -y /dev/null"),
         ("rtmp://h/live/k", "-f flv rtmp://h/live/k"),
         ("srt://h:9000?streamid=x", "-f mpegts srt://h:9000?streamid=x"),
         ("udp://239.0.0.1:1234", "-f mpegts udp://239.0.0.1:1234"),
