@@ -312,7 +312,7 @@ def daemon_run(
     shard: str | None = None,
     metrics_addr: str | None = None,
 ) -> None:
-    from streamalchemy import apply_commands, daemon
+    from streamalchemy import daemon
     from streamalchemy.settings import parse_addr
 
     settings = load_settings()
@@ -321,7 +321,11 @@ def daemon_run(
             settings = settings._replace(metrics_addr=parse_addr(metrics_addr))
         except ValueError as exc:
             raise InvalidInput(f"--metrics-addr {metrics_addr!r} is invalid: {exc}") from None
-    apply = apply_commands.daemon_apply(apply_file, shard, settings)
+    apply = None
+    if apply_file is not None or shard is not None:  # apply's modules only when asked
+        from streamalchemy import apply_commands
+
+        apply = apply_commands.daemon_apply(apply_file, shard, settings)
     daemon.run(settings, restore=restore, apply=apply)
 
 

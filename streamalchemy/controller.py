@@ -18,10 +18,10 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import streamalchemy
-from streamalchemy import __version__, applier, encoders
+from streamalchemy import __version__, encoders
 from streamalchemy.credentials import has_secret, resolve_spec, unresolved
 from streamalchemy.details import running_details, saved_details
 from streamalchemy.errors import (
@@ -50,6 +50,9 @@ from streamalchemy.spec import (
     validate_name,
 )
 from streamalchemy.supervisor import REPLACED, USER_RESTART, USER_STOP, Stream, Supervisor
+
+if TYPE_CHECKING:
+    from streamalchemy import applier
 
 log = logging.getLogger("streamalchemy.daemon")
 
@@ -680,6 +683,8 @@ class Controller:
         }
 
     async def route_apply(self, req: Request) -> Reply:
+        from streamalchemy import applier  # apply's modules: not on every launch's path
+
         return await applier.handle_request(self.apply_ops(), req.body)
 
     def apply_ops(self) -> applier.Ops:
@@ -707,6 +712,8 @@ class Controller:
 
         def running() -> dict[str, StreamSpec]:
             return {n: s.spec for n, s in self.supervisor.streams.items() if s.active}
+
+        from streamalchemy import applier
 
         return applier.Ops(start, stop, self.writer.load, running)
 

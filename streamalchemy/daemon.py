@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from streamalchemy import __version__, applier, home, mediamtx, procs, systemd
+from streamalchemy import __version__, home, mediamtx, procs, systemd
 from streamalchemy.controller import Controller
 from streamalchemy.credentials import mask_record
 from streamalchemy.errors import OperationFailed
@@ -128,6 +128,8 @@ async def _serve(settings: Settings, restore: bool, apply: ApplyOption) -> None:
         # The streams this shard lost while it was down must not come back, even briefly.
         apply_file, shard = apply
         ops = controller.apply_ops()
+        from streamalchemy import applier  # only with --apply: not on every launch's path
+
         watch = applier.file_applier(ops, apply_file, shard, settings.data_dir)
         await watch.prune_first(ops, shard)
     if restore and controller.store.enabled:
