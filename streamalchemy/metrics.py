@@ -17,8 +17,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import psutil
-
 from streamalchemy import __version__
 from streamalchemy.errors import InvalidInput
 from streamalchemy.httpserver import Reply, Text, TextReply, connection_handler
@@ -79,6 +77,8 @@ def process_usage(pid: int) -> tuple[float, int] | None:
             return None  # a Linux process that has ended
     except (OSError, ValueError, IndexError):
         return None
+    import psutil  # only where there is no /proc: its import costs every launch
+
     try:
         proc = psutil.Process(pid)
         times = proc.cpu_times()

@@ -28,11 +28,12 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import psutil
+from typing import TYPE_CHECKING, Any
 
 from streamalchemy.credentials import mask_argv
+
+if TYPE_CHECKING:
+    import psutil
 
 log = logging.getLogger("streamalchemy.procs")
 
@@ -131,9 +132,8 @@ class ChildRecord:
         self._file_lock = threading.Lock()  # one write at a time, never an older one
 
     def add(self, name: str, pid: int, argv: Sequence[str]) -> None:
-        try:
-            create_time = psutil.Process(pid).create_time()
-        except psutil.Error:
+        create_time = _create_time(pid)
+        if create_time is None:
             return  # already gone: nothing to clean up later
         self._children[name] = {
             "pid": pid,
@@ -240,6 +240,8 @@ class ChildRecord:
 
     def reap_leftovers(self) -> list[int]:
         """Kill what the children a previous daemon recorded left running; return the pids."""
+        import psutil  # here: psutil's import costs every launch ~6 ms, most have no record
+
         killed: list[int] = []
         for name, rec in self._read().items():
             try:
@@ -259,8 +261,35 @@ class ChildRecord:
         return killed
 
 
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _create_time(pid: int) -> float | None:
+    """psutil's ``Process(pid).create_time()`` (None once it is gone), from /proc where
+    there is one: the boot time plus the start in clock ticks, as psutil computes it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            ticks = int(f.read().rpartition(b")")[2].split()[19])
+        with open("/proc/stat", "rb") as f:
+            boot = next(float(line.split()[1]) for line in f if line.startswith(b"btime"))
+        return ticks / _TICKS + boot
+    except FileNotFoundError:
+        if os.path.isdir("/proc/self"):
+            return None  # a Linux process that has ended
+    except (OSError, ValueError, IndexError, StopIteration):
+        pass
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
+
+
 def _leftovers(rec: Mapping[str, Any]) -> list[psutil.Process]:
     """The recorded child, or what is left of its process group, that is still ours."""
+    import psutil
+
     pgid = int(rec["pid"])
     argv = [str(a) for a in rec["argv"]]
     created = float(rec["create_time"])
