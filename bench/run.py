@@ -290,7 +290,7 @@ def render(rep: Report, info: dict[str, str], quick: bool) -> str:
         "# Benchmarks",
         "",
         "How fast StreamAlchemy brings streams back and how little it costs while it "
-        "watches them. Re-run with `bash bench/run.sh` (about 15 minutes; "
+        "watches them. Re-run with `bash bench/run.sh` (about 10 minutes; "
         "`bash bench/run.sh --quick` for a smoke run that does not touch this page).",
         "",
         f"- Date: {info['date']}" + (" — **quick smoke run, not for comparison**" if quick else ""),
