@@ -304,8 +304,12 @@ class Controller:
         except Exception:
             await checking  # the source's own error, if it has one, comes first
             raise
-        await self._stop_stream(name, REPLACED)
-        stream = self._launch(spec, time.time() if saved_at is None else saved_at, encoder)
+        try:
+            await self._stop_stream(name, REPLACED)
+            stream = self._launch(spec, time.time() if saved_at is None else saved_at, encoder)
+        except BaseException:
+            checking.cancel()  # its verdict no longer matters
+            raise
         try:
             await checking
         except Exception as exc:

@@ -169,7 +169,10 @@ class ChildRecord:
             self._next, start = taken, not self._busy
             self._busy = True
         if start:
-            loop.run_in_executor(None, self._drain)
+            try:
+                loop.run_in_executor(None, self._drain)
+            except RuntimeError:  # the loop's executor is shut down: write here
+                self._drain()
 
     def _drain(self) -> None:
         while True:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,29 @@ def test_the_children_record_batches_a_burst_and_flushes_it(tmp_path: Path) -> N
     asyncio.run(flushed())
     record.discard("b")  # no loop running: written at once
     assert on_disk() == {"c"}
+
+
+def test_a_file_that_fails_the_probe_fails_the_start_and_never_stops_a_replaced_one(
+    tmp_path: Path,
+) -> None:
+    from test_controller import make_controller, run, saved, spec
+
+    from streamalchemy.errors import InvalidInput
+
+    c, fake = make_controller(tmp_path)
+
+    def refused(spec: object, ffprobe: str) -> None:
+        time.sleep(0.05)  # the probe runs while FFmpeg starts
+        raise InvalidInput("source file '/x.mp4' is not a playable video: no video stream")
+
+    try:
+        run(c.start_spec(spec("old")))
+        c.check_source = refused
+        with pytest.raises(InvalidInput, match="not a playable video"):
+            run(c.start_spec(spec("new")))
+        assert fake.running() == {"old"} and saved(tmp_path) == {"old"}
+        with pytest.raises(InvalidInput, match="not a playable video"):
+            run(c.start_spec(spec("old"), replace=True))
+        assert fake.launched.count("old") == 1 and fake.running() == {"old"}
+    finally:
+        c.writer.close()
