@@ -153,9 +153,12 @@ class RtspReceiver:
 
     def _wait_listening(self) -> None:
         # A probing connect would be taken as the one client FFmpeg's listen mode accepts.
+        # A client already accepted counts too: a stream retrying against this port can
+        # connect in the instant between two polls, and listen mode then stops listening.
         def listening() -> bool:
             return any(
-                c.status == psutil.CONN_LISTEN and c.laddr.port == self.port
+                c.status in (psutil.CONN_LISTEN, psutil.CONN_ESTABLISHED)
+                and c.laddr.port == self.port
                 for c in psutil.Process(self.proc.pid).net_connections("tcp")
             )
 
