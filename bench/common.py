@@ -46,6 +46,22 @@ class BenchError(Exception):
     """A benchmark could not run; the message says why and what to look at."""
 
 
+DOC = REPO / "docs" / "benchmarks.md"
+
+
+def write_section(block: str, begin: str, end: str) -> None:
+    """Put ``block`` (which starts with ``begin`` and ends with ``end``) into the benchmark
+    page in place of the previous one between those markers, or at its end the first time."""
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    if begin in text and end in text:
+        head, _, rest = text.partition(begin)
+        _, _, tail = rest.partition(end)
+        text = head + block.strip("\n") + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + block.strip("\n") + "\n"
+    DOC.write_text(text)
+
+
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 

@@ -28,9 +28,16 @@ from typing import Any
 
 import psutil
 
-from bench.common import REPO, BenchError, Daemon, kill_pids, log, make_clip, temp_home
+from bench.common import (
+    BenchError,
+    Daemon,
+    kill_pids,
+    log,
+    make_clip,
+    temp_home,
+    write_section,
+)
 
-DOC = REPO / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- fleet: begin (bench/fleet.py --write) -->", "<!-- fleet: end -->"
 CONVERGE_TIMEOUT = 120.0
 
@@ -227,15 +234,7 @@ def table(rows: list[dict[str, Any]], shards: int, streams: int) -> str:
 
 
 def write_doc(section: str) -> None:
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n## Fleet: shards on one machine\n\n{section}\n{END}"
-    if BEGIN in text and END in text:
-        head, _, rest = text.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.write_text(text)
+    write_section(f"{BEGIN}\n## Fleet: shards on one machine\n\n{section}\n{END}", BEGIN, END)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,9 +26,16 @@ from typing import Any
 
 import psutil
 
-from bench.common import REPO, BenchError, Daemon, ffmpeg_version, log, make_clip, temp_home
+from bench.common import (
+    BenchError,
+    Daemon,
+    ffmpeg_version,
+    log,
+    make_clip,
+    temp_home,
+    write_section,
+)
 
-DOC = REPO / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- load:begin -->", "<!-- load:end -->"
 
 
@@ -167,17 +174,6 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_doc(section: str) -> None:
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        before, rest = text.split(BEGIN, 1)
-        _, after = rest.split(END, 1)
-        text = before + section.rstrip("\n") + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOC.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", type=int, default=100)
@@ -192,7 +188,7 @@ def main() -> None:
         raise SystemExit(1) from None
     print(json.dumps(result, indent=1))
     if not args.no_doc:
-        write_doc(markdown(result))
+        write_section(markdown(result), BEGIN, END)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import re
 import statistics
 import sys
 import threading
@@ -26,10 +25,20 @@ from pathlib import Path
 
 import psutil
 
-from bench.common import REPO, BenchError, Daemon, Sample, log, make_clip, temp_home, write_state
+from bench.common import (
+    DOC,
+    REPO,
+    BenchError,
+    Daemon,
+    Sample,
+    log,
+    make_clip,
+    temp_home,
+    write_section,
+    write_state,
+)
 from bench.run import num, spread
 
-DOC = REPO / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- metrics: begin (bench/metrics_scrape.py --write) -->", "<!-- metrics: end -->"
 STREAMS = 50
 SETTLE = 5.0
@@ -177,12 +186,6 @@ scrape, on a shared machine under the load above.
 {END}"""
 
 
-def write(text: str) -> None:
-    doc = DOC.read_text()
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    doc = pattern.sub(lambda _: text, doc) if pattern.search(doc) else doc.rstrip() + "\n\n" + text
-    DOC.write_text(doc.rstrip() + "\n")
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -192,7 +195,7 @@ def main() -> None:
     text = section(run(args.quick))
     print(text)
     if args.write:
-        write(text)
+        write_section(text, BEGIN, END)
         log(f"wrote {Path(DOC).relative_to(REPO)}")
 
 

@@ -45,7 +45,6 @@ import psutil
 from bench.common import (
     FFMPEG,
     PYTHON,
-    REPO,
     BenchError,
     Daemon,
     env_for,
@@ -53,12 +52,12 @@ from bench.common import (
     log,
     make_clip,
     temp_home,
+    write_section,
 )
 
 FFPROBE = FFMPEG.replace("ffmpeg", "ffprobe") if "ffmpeg" in FFMPEG else "ffprobe"
 SMALL = ["--resolution", "480", "--fps", "10"]
 LOG_MAX_BYTES = 256 << 10  # small enough that the soak sees rotation in minutes
-DOC = REPO / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
 METHOD = f"""How it runs: one private `STREAMALCHEMY_HOME` with `STREAMALCHEMY_LOG_MAX_BYTES` at
 {LOG_MAX_BYTES // 1024} KiB; four streams started with the CLI: `--testsrc --resolution 480
@@ -384,17 +383,6 @@ def doc_section(tables: str) -> str:
     )
 
 
-def write_doc(section: str) -> None:
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        before, rest = text.split(BEGIN, 1)
-        _, after = rest.split(END, 1)
-        text = before + section.rstrip("\n") + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOC.write_text(text)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=4.0, help="how long (default 4)")
@@ -413,7 +401,7 @@ def main() -> None:
         raise SystemExit(1) from None
     print(text)
     if not args.no_doc:
-        write_doc(doc_section(text))
+        write_section(doc_section(text), BEGIN, END)
 
 
 if __name__ == "__main__":
