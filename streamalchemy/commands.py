@@ -282,11 +282,10 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rpartition(b")")[2].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): kill(0) is all there is
+    from streamalchemy.procs import HAVE_PROC, stat_fields
+
+    fields = stat_fields(pid) if HAVE_PROC else None  # no /proc (macOS): kill(0) is all
+    return not fields or fields[0] != b"Z"
 
 
 def daemon_stop() -> MessageResult:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from streamalchemy import __version__
+from streamalchemy import __version__, procs
 from streamalchemy.errors import InvalidInput
 from streamalchemy.httpserver import Reply, Text, TextReply, connection_handler
 
@@ -58,35 +58,6 @@ class _Growing:
         return self.base + value
 
 
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def process_usage(pid: int) -> tuple[float, int] | None:
-    """User + system CPU seconds and resident bytes of ``pid``; None once it is gone.
-
-    One read of ``/proc/PID/stat`` where there is one (a scrape does this per stream,
-    every second: a third of what two psutil calls cost), psutil elsewhere.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rpartition(b")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / _TICKS, int(fields[21]) * _PAGE
-    except FileNotFoundError:
-        if os.path.isdir("/proc/self"):
-            return None  # a Linux process that has ended
-    except (OSError, ValueError, IndexError):
-        return None
-    import psutil  # only where there is no /proc: its import costs every launch
-
-    try:
-        proc = psutil.Process(pid)
-        times = proc.cpu_times()
-        return times.user + times.system, int(proc.memory_info().rss)
-    except psutil.Error:
-        return None
-
-
 @dataclass
 class _Ledger:
     """One stream's counters, kept growing across FFmpeg restarts and replaced runs."""
@@ -104,7 +75,7 @@ class _Ledger:
             # so the counter may fall short by that much, but it never goes back.
             self.cpu_base += self.cpu_last
             self.cpu_pid, self.cpu_last = pid, 0.0
-        usage = None if pid is None else process_usage(pid)
+        usage = None if pid is None else procs.process_usage(pid)
         if usage is None:
             return self.cpu_base + self.cpu_last, None
         self.cpu_last = max(self.cpu_last, usage[0])

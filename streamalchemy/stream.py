@@ -20,7 +20,6 @@ from typing import Any, Protocol
 
 from streamalchemy import procs
 from streamalchemy.backoff import Backoff
-from streamalchemy.metrics import process_usage
 from streamalchemy.outputs import OutputFiles
 from streamalchemy.progress import Progress, ProgressParser, explain_failure, root_cause
 from streamalchemy.spec import StreamSpec, mask_credentials
@@ -374,7 +373,7 @@ class Stream:
             return None, None
         # One read of /proc/PID/stat: ``list`` polls this for every stream, and two
         # psutil calls per stream cost a loaded daemon (a restore) three times as much.
-        figures = process_usage(pid)
+        figures = procs.process_usage(pid)
         if figures is None:
             return None, None
         cpu_s, rss = figures
