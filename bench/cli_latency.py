@@ -56,7 +56,7 @@ _WRAPPER = """#!{python}
 # -*- coding: utf-8 -*-
 import re
 import sys
-from streamalchemy.main import main
+from streamalchemy.client.fastpath import main
 if __name__ == '__main__':
     sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])
     sys.exit(main())

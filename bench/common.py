@@ -388,9 +388,9 @@ def daemon_argvs(home: Path, entries: dict[str, Any]) -> list[list[str]]:
     """The argv the daemon would run for each saved entry (ffmpeg.build_argv)."""
     try:
         from streamalchemy import encoders
-        from streamalchemy.ffmpeg import build_argv, output_target
+        from streamalchemy.core.spec import spec_from_entry
         from streamalchemy.settings import load_settings
-        from streamalchemy.spec import spec_from_entry
+        from streamalchemy.supervision.ffmpeg import build_argv, output_target
     except ImportError as exc:
         raise BenchError(f"streamalchemy does not import yet: {exc}") from exc
     settings = load_settings(env=env_for(home))

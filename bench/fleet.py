@@ -43,7 +43,7 @@ CONVERGE_TIMEOUT = 120.0
 
 
 def owner(name: str, shards: int) -> int:
-    from streamalchemy.declarative import owner as rendezvous
+    from streamalchemy.apply.declarative import owner as rendezvous
 
     return rendezvous(name, shards)
 

@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 
 from bench.common import BenchError, kill_pids
-from streamalchemy.procs import with_parent_death_signal
+from streamalchemy.supervision.procs import with_parent_death_signal
 
 
 class Children:

@@ -14,7 +14,7 @@ import signal
 import sys
 from types import FrameType
 
-from streamalchemy.main import main
+from streamalchemy.client.fastpath import main
 
 
 def run(argv: list[str]) -> None:

@@ -1,4 +1,4 @@
-"""Write deploy/kubernetes/ from streamalchemy.kube, so the repository's manifests and
+"""Write deploy/kubernetes/ from streamalchemy.deploy.kubernetes, so the repository's manifests and
 ``export --format kubernetes`` never drift (tests/test_kube.py fails when they do).
 
 Usage: python scripts/gen_kubernetes.py [--check]
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from streamalchemy import kube
+from streamalchemy.deploy import kubernetes as kube
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
 

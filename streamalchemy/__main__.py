@@ -1,3 +1,3 @@
-from streamalchemy.main import main
+from streamalchemy.client.fastpath import main
 
 main()

@@ -13,11 +13,12 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from streamalchemy import __version__, commands
+from streamalchemy import __version__
+from streamalchemy.client import commands
+from streamalchemy.client.fastpath import report_failure
+from streamalchemy.client.text import plain
+from streamalchemy.core.spec import START_OPTIONS, check_option
 from streamalchemy.errors import InvalidInput, StreamAlchemyError
-from streamalchemy.main import report_failure
-from streamalchemy.spec import START_OPTIONS, check_option
-from streamalchemy.text import plain
 
 app = typer.Typer(
     name="streamalchemy",
@@ -93,7 +94,7 @@ def _render(view: str) -> Callable[[Any], None]:
     """The rich view of ``render`` by name, imported only when a person reads it."""
 
     def show(result: Any) -> None:
-        from streamalchemy import render
+        from streamalchemy.client import render
 
         getattr(render, view)(result)
 
@@ -167,7 +168,7 @@ def start(
         return commands.start(body)
 
     def show(result: Any) -> None:
-        from streamalchemy.render import started
+        from streamalchemy.client.render import started
 
         started(result["stream"])
 
@@ -318,8 +319,8 @@ def top(as_json: JsonOpt = False) -> None:
     if as_json:
         _emit(True, commands.list_streams, print)
         return
-    from streamalchemy import top as view
-    from streamalchemy.render import console
+    from streamalchemy.client import top as view
+    from streamalchemy.client.render import console
 
     fetch = view.fetcher(commands.client())
     try:
@@ -351,7 +352,7 @@ def apply_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Make the running streams match a declarative file; print the plan and what it did."""
-    from streamalchemy import apply_commands
+    from streamalchemy.apply import commands as apply_commands
 
     result = _emit(
         as_json,
@@ -398,7 +399,7 @@ def export_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Write the saved streams as a file `apply` takes back, or as Kubernetes manifests."""
-    from streamalchemy import apply_commands
+    from streamalchemy.apply import commands as apply_commands
 
     def show(result: Any) -> None:
         if result["output"] is None:
@@ -501,7 +502,7 @@ def service_install(
     """Write a systemd unit that runs `streamalchemy daemon run`, then enable and start it."""
 
     def show(result: Any) -> None:
-        from streamalchemy import service
+        from streamalchemy.deploy import service
 
         if print_only:
             print(result["unit"], end="")
@@ -522,7 +523,7 @@ def service_uninstall(
     """Stop and disable the systemd unit and remove it; saved streams stay saved."""
 
     def show(result: Any) -> None:
-        from streamalchemy import service
+        from streamalchemy.deploy import service
 
         print(service.summary(result))
 

@@ -19,14 +19,16 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from streamalchemy import __version__, home, mediamtx, procs, systemd
-from streamalchemy.controller import Controller
-from streamalchemy.credentials import mask_record
+from streamalchemy import __version__, home
+from streamalchemy.core.credentials import mask_record
+from streamalchemy.deploy import systemd
 from streamalchemy.errors import OperationFailed
-from streamalchemy.httpserver import connection_handler
-from streamalchemy.metrics import listen
+from streamalchemy.server.controller import Controller
+from streamalchemy.server.httpserver import connection_handler
+from streamalchemy.server.metrics import listen
 from streamalchemy.settings import Settings
-from streamalchemy.streamlog import CappedHandler
+from streamalchemy.supervision import mediamtx, procs
+from streamalchemy.supervision.streamlog import CappedHandler
 
 log = logging.getLogger("streamalchemy.daemon")
 
@@ -128,7 +130,7 @@ async def _serve(settings: Settings, restore: bool, apply: ApplyOption) -> None:
         # The streams this shard lost while it was down must not come back, even briefly.
         apply_file, shard = apply
         ops = controller.apply_ops()
-        from streamalchemy import applier  # only with --apply: not on every launch's path
+        from streamalchemy.apply import applier  # only with --apply: not on every launch's path
 
         watch = applier.file_applier(ops, apply_file, shard, settings.data_dir)
         await watch.prune_first(ops, shard)

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamalchemy.errors import EncoderUnavailable, OperationFailed, StreamAlchemyError
-from streamalchemy.ffmpeg import VAAPI_DEVICE, probe_argv
+from streamalchemy.supervision.ffmpeg import VAAPI_DEVICE, probe_argv
 
 if TYPE_CHECKING:
-    from streamalchemy.spec import StreamSpec
+    from streamalchemy.core.spec import StreamSpec
 
 log = logging.getLogger(__name__)
 

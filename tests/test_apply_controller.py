@@ -11,7 +11,7 @@ from typing import Any
 
 from test_controller import make_controller, saved
 
-from streamalchemy import applier, declarative
+from streamalchemy.apply import applier, declarative
 
 CHEAP = 'testsrc = true\noutput = "null"\n'
 

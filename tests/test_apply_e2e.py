@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from conftest import Daemon, end_daemon_of, wait_for
-from streamalchemy.declarative import owner
+from streamalchemy.apply.declarative import owner
 
 pytestmark = pytest.mark.e2e
 

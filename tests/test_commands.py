@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from streamalchemy import commands, main
-from streamalchemy.details import saved_details, spec_doc
+from streamalchemy.client import commands
+from streamalchemy.client import fastpath as main
+from streamalchemy.core.details import saved_details, spec_doc
+from streamalchemy.core.spec import START_OPTIONS, spec_from_request
 from streamalchemy.errors import InvalidInput
-from streamalchemy.spec import START_OPTIONS, spec_from_request
 
 
 def test_every_start_option_shows_its_default_in_help() -> None:
@@ -57,8 +58,8 @@ def test_the_fast_path_takes_only_the_polled_json_commands(
 def test_the_fast_path_imports_no_typer_rich_or_tomllib() -> None:
     heavy = "{'typer', 'rich', 'tomllib', 'dataclasses', 'inspect', 'typing', 'asyncio'}"
     code = (
-        "import sys; import streamalchemy.main as m; m._fast_path(['list', '--json']); "
-        "import streamalchemy.commands; "
+        "import sys; import streamalchemy.client.fastpath as m; m._fast_path(['list', '--json']); "
+        "import streamalchemy.client.commands; "
         f"bad = {heavy} & set(sys.modules); "
         "print(sorted(bad))"
     )

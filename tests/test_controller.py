@@ -19,13 +19,14 @@ from typing import Any, TypeVar
 
 import pytest
 
-from streamalchemy import commands, daemon
-from streamalchemy.controller import RESTORE_PARALLEL, Controller
+from streamalchemy import daemon
+from streamalchemy.client import commands
+from streamalchemy.client.logfollow import Follower
+from streamalchemy.core.spec import StreamSpec, spec_from_entry, spec_from_request
 from streamalchemy.errors import InvalidInput, OperationFailed, StateFileError, StreamExists
-from streamalchemy.logfollow import Follower
 from streamalchemy.persist import new_entry
+from streamalchemy.server.controller import RESTORE_PARALLEL, Controller
 from streamalchemy.settings import load_settings
-from streamalchemy.spec import StreamSpec, spec_from_entry, spec_from_request
 
 T = TypeVar("T")
 _pids = itertools.count(1000)

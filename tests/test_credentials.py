@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from streamalchemy import spec
-from streamalchemy.credentials import (
+from streamalchemy.core import spec
+from streamalchemy.core.credentials import (
     CredentialError,
     has_secret,
     is_secret_param,
@@ -171,8 +171,8 @@ def test_resolve_replaces_references_and_names_a_missing_one(tmp_path: Path) -> 
 
 
 def test_restore_plan_skips_a_stream_whose_reference_is_missing(tmp_path: Path) -> None:
-    from streamalchemy.credentials import unresolved as missing_in
-    from streamalchemy.restore import plan
+    from streamalchemy.core.credentials import unresolved as missing_in
+    from streamalchemy.core.restore import plan
 
     entry = {
         "config": {"stream_type": "rtsp", "source_url": "rtsp://u:${CAM_PASS}@h/x"},
@@ -193,7 +193,7 @@ def test_input_socket_serves_the_script_to_each_connection_then_goes(tmp_path: P
     import asyncio
     import socket
 
-    from streamalchemy.inputsockets import InputSockets
+    from streamalchemy.server.inputsockets import InputSockets
 
     async def main() -> None:
         inputs = InputSockets(tmp_path / "in")

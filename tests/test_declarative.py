@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from streamalchemy import applier, declarative
-from streamalchemy.declarative import owner, parse, plan
+from streamalchemy.apply import applier, declarative
+from streamalchemy.apply.declarative import owner, parse, plan
+from streamalchemy.core.spec import StreamSpec
 from streamalchemy.errors import InvalidInput, StreamExists
 from streamalchemy.persist import new_entry
-from streamalchemy.spec import StreamSpec
 
 GOOD = """
 [streams.cam1]

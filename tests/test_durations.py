@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamalchemy.durations import (
+from streamalchemy.core.durations import (
     MAX_SECONDS,
     duration_text,
     hours_text,

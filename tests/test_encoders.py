@@ -19,9 +19,9 @@ import pytest
 
 from conftest import FFMPEG
 from streamalchemy import encoders
+from streamalchemy.core.spec import spec_from_request
 from streamalchemy.encoders import Encoder, choose, detect, parse_encoders, report
 from streamalchemy.errors import EncoderUnavailable, OperationFailed
-from streamalchemy.spec import spec_from_request
 
 DATA = Path(__file__).parent / "data"
 # Captured verbatim: `ffmpeg -hide_banner -encoders` of Debian 12's FFmpeg 5.1.

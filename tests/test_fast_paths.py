@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from streamalchemy.main import _start_args
-from streamalchemy.procs import RECORD_EVERY, ChildRecord
+from streamalchemy.client.fastpath import _start_args
+from streamalchemy.supervision.procs import RECORD_EVERY, ChildRecord
 
 
 def test_a_plain_start_is_parsed_as_typer_would() -> None:

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 
 from conftest import FFMPEG, FFPROBE, RtspReceiver, free_port, kill_tree, wait_for
-from streamalchemy import ffmpeg
-from streamalchemy.ffmpeg import build_argv, output_target
-from streamalchemy.sources import check_source
-from streamalchemy.spec import StreamSpec, spec_from_request
+from streamalchemy.core.spec import StreamSpec, spec_from_request
+from streamalchemy.supervision import ffmpeg
+from streamalchemy.supervision.ffmpeg import build_argv, output_target
+from streamalchemy.supervision.sources import check_source
 
 SMALL = {"resolution": 480, "fps": 10}
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from streamalchemy import httpserver
+from streamalchemy.server import httpserver
 
 
 async def _handle(method: str, path: str, query: dict[str, str], body: dict[str, Any]) -> Any:

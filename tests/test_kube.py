@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from streamalchemy import kube
+from streamalchemy.deploy import kubernetes as kube
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "kubernetes"
@@ -63,9 +63,9 @@ def test_statefulset_runs_each_shard_as_the_contract_says() -> None:
 
 
 def test_exported_manifests_validate_strictly(tmp_path: Path) -> None:
-    from streamalchemy import declarative
+    from streamalchemy.apply import declarative
+    from streamalchemy.core.spec import spec_from_request
     from streamalchemy.persist import new_entry
-    from streamalchemy.spec import spec_from_request
 
     spec = spec_from_request({"name": "cam1", "url": "rtsp://u:secret@h/x", "codec": "copy"})
     tables = declarative.export_tables({"cam1": new_entry(spec.to_config(), 1.0)})

@@ -22,8 +22,8 @@ import psutil
 import pytest
 
 from conftest import FFMPEG, cli, cli_json, wait_for
+from streamalchemy.core.spec import spec_from_request
 from streamalchemy.persist import new_entry
-from streamalchemy.spec import spec_from_request
 
 pytestmark = pytest.mark.e2e
 

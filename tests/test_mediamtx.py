@@ -16,8 +16,8 @@ import psutil
 import pytest
 
 from conftest import Daemon, cli_json, free_port, wait_for
-from streamalchemy import mediamtx
 from streamalchemy.settings import load_settings
+from streamalchemy.supervision import mediamtx
 
 # Each stand-in appends "<pid> <cwd>" to $STANDIN_MARKER when it starts.
 LISTENER = """\

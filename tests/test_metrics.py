@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamalchemy import __version__
-from streamalchemy.metrics import CONTENT_TYPE, DaemonFigures, Metrics
+from streamalchemy.server.metrics import CONTENT_TYPE, DaemonFigures, Metrics
 
 PER_STREAM = (
     "streamalchemy_stream_up",

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from conftest import kill_tree, wait_for
-from streamalchemy.procs import MARK_VAR, ChildRecord, with_parent_death_signal
+from streamalchemy.supervision.procs import MARK_VAR, ChildRecord, with_parent_death_signal
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamalchemy.progress import ProgressParser, explain_failure, root_cause
+from streamalchemy.supervision.progress import ProgressParser, explain_failure, root_cause
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Daemon, cli, cli_json, wait_for
-from streamalchemy.restore import plan
+from streamalchemy.core.restore import plan
 
 pytestmark = pytest.mark.e2e
 

@@ -23,9 +23,9 @@ import psutil
 import pytest
 
 from conftest import FFMPEG, free_port, kill_tree
-from streamalchemy.ffmpeg import INPUT_PROTOCOLS, build_argv, input_script
-from streamalchemy.inputsockets import InputSockets
-from streamalchemy.spec import StreamSpec, spec_from_request
+from streamalchemy.core.spec import StreamSpec, spec_from_request
+from streamalchemy.server.inputsockets import InputSockets
+from streamalchemy.supervision.ffmpeg import INPUT_PROTOCOLS, build_argv, input_script
 
 
 def _spec(url: str) -> StreamSpec:

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from conftest import cli, cli_json, kill_tree, wait_for
-from streamalchemy import service
+from streamalchemy.deploy import service
 from streamalchemy.errors import InvalidInput, OperationFailed
-from streamalchemy.supervisor import Supervisor
+from streamalchemy.supervision.supervisor import Supervisor
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 

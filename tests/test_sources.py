@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from conftest import FFMPEG, FFPROBE
+from streamalchemy.core.spec import StreamSpec, spec_from_request
 from streamalchemy.errors import InvalidInput, OperationFailed
-from streamalchemy.sources import check_source
-from streamalchemy.spec import StreamSpec, spec_from_request
+from streamalchemy.supervision.sources import check_source
 
 
 def file_spec(path: Path) -> StreamSpec:

@@ -9,14 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamalchemy.errors import InvalidInput
-from streamalchemy.spec import (
+from streamalchemy.core.spec import (
     StreamSpec,
     mask_credentials,
     spec_from_entry,
     spec_from_request,
     validate_name,
 )
+from streamalchemy.errors import InvalidInput
 
 
 def request(**body: Any) -> StreamSpec:

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from streamalchemy import procs
-from streamalchemy.backoff import Backoff
+from streamalchemy.core.spec import StreamSpec
 from streamalchemy.errors import StreamExists
-from streamalchemy.spec import StreamSpec
-from streamalchemy.supervisor import (
+from streamalchemy.supervision import procs
+from streamalchemy.supervision.backoff import Backoff
+from streamalchemy.supervision.supervisor import (
     DURATION_REACHED,
     SHUTDOWN,
     USER_STOP,

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from streamalchemy import render
-from streamalchemy.text import plain
+from streamalchemy.client import render
+from streamalchemy.client.text import plain
 
 ESC = "\x1b[2J"
 
@@ -120,7 +120,7 @@ def test_saved_and_restore_report_a_bad_name_from_the_state_file_and_keep_it(
 
 
 def test_completion_offers_only_valid_names(tmp_home: Path) -> None:
-    from streamalchemy.commands import stream_names
+    from streamalchemy.client.commands import stream_names
     from streamalchemy.settings import load_settings
 
     state = tmp_home / "active_streams.json"

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from streamalchemy import top
+from streamalchemy.client import top
 
 
 def stream(name: str, status: str = "running", **figures: Any) -> dict[str, Any]:
@@ -80,7 +80,7 @@ def test_no_streams() -> None:
 FAKE = """
 import sys
 from rich.console import Console
-from streamalchemy import top
+from streamalchemy.client import top
 doc = {"streams": [{"name": "fake1", "status": "running", "pid": 1, "restarts": 0}]}
 sys.exit(top.live(lambda autostart: doc, Console()))
 """

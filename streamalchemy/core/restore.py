@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streamalchemy.core.spec import StreamSpec, read_saved
 from streamalchemy.errors import EncoderUnavailable, StreamAlchemyError
-from streamalchemy.spec import StreamSpec, read_saved
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamalchemy.errors import InvalidInput
-from streamalchemy.spec import (
+from streamalchemy.core.spec import (
     SOURCE,
     START_OPTIONS,
     StreamSpec,
@@ -30,6 +29,7 @@ from streamalchemy.spec import (
     spec_from_entry,
     spec_from_request,
 )
+from streamalchemy.errors import InvalidInput
 
 SOURCE_KEYS = ("file", "url", "testsrc")
 OPTION_KEYS = tuple(START_OPTIONS)  # the start options after the source: one vocabulary

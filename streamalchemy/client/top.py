@@ -25,10 +25,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from streamalchemy.client import Client
+from streamalchemy.client.connection import Client
+from streamalchemy.client.render import STATUS_STYLE, span, styled
+from streamalchemy.client.text import plain
 from streamalchemy.errors import StreamAlchemyError
-from streamalchemy.render import STATUS_STYLE, span, styled
-from streamalchemy.text import plain
 
 REFRESH = 1.0  # seconds between two reads of the daemon
 PROBLEMS = ("failed", "retrying")  # shown first: what needs a look is never scrolled away

@@ -22,8 +22,16 @@ from typing import TYPE_CHECKING, Any
 
 import streamalchemy
 from streamalchemy import __version__, encoders
-from streamalchemy.credentials import has_secret, resolve_spec, unresolved
-from streamalchemy.details import running_details, saved_details
+from streamalchemy.core.credentials import has_secret, resolve_spec, unresolved
+from streamalchemy.core.details import running_details, saved_details
+from streamalchemy.core.restore import Step, dry_run_results, plan
+from streamalchemy.core.spec import (
+    StreamSpec,
+    mask_credentials,
+    read_saved,
+    spec_from_request,
+    validate_name,
+)
 from streamalchemy.errors import (
     InvalidInput,
     OperationFailed,
@@ -32,27 +40,25 @@ from streamalchemy.errors import (
     StreamExists,
     StreamNotFound,
 )
-from streamalchemy.ffmpeg import STATS_PERIOD, build_argv, input_script, output_target
-from streamalchemy.httpserver import Reply, TextReply
-from streamalchemy.inputsockets import InputSockets
-from streamalchemy.metrics import Metrics
-from streamalchemy.outputs import refuse_existing_file
 from streamalchemy.persist import StateStore, StateWriter, new_entry
-from streamalchemy.procs import ChildRecord
-from streamalchemy.restore import Step, dry_run_results, plan
+from streamalchemy.server.httpserver import Reply, TextReply
+from streamalchemy.server.inputsockets import InputSockets
+from streamalchemy.server.metrics import Metrics
 from streamalchemy.settings import Settings
-from streamalchemy.sources import check_file, check_source
-from streamalchemy.spec import (
-    StreamSpec,
-    mask_credentials,
-    read_saved,
-    spec_from_request,
-    validate_name,
+from streamalchemy.supervision.ffmpeg import STATS_PERIOD, build_argv, input_script, output_target
+from streamalchemy.supervision.procs import ChildRecord
+from streamalchemy.supervision.recordings import refuse_existing_file
+from streamalchemy.supervision.sources import check_file, check_source
+from streamalchemy.supervision.supervisor import (
+    REPLACED,
+    USER_RESTART,
+    USER_STOP,
+    Stream,
+    Supervisor,
 )
-from streamalchemy.supervisor import REPLACED, USER_RESTART, USER_STOP, Stream, Supervisor
 
 if TYPE_CHECKING:
-    from streamalchemy import applier
+    from streamalchemy.apply import applier
 
 log = logging.getLogger("streamalchemy.daemon")
 
@@ -687,7 +693,7 @@ class Controller:
         }
 
     async def route_apply(self, req: Request) -> Reply:
-        from streamalchemy import applier  # apply's modules: not on every launch's path
+        from streamalchemy.apply import applier  # apply's modules: not on every launch's path
 
         return await applier.handle_request(self.apply_ops(), req.body)
 
@@ -717,7 +723,7 @@ class Controller:
         def running() -> dict[str, StreamSpec]:
             return {n: s.spec for n, s in self.supervisor.streams.items() if s.active}
 
-        from streamalchemy import applier
+        from streamalchemy.apply import applier
 
         return applier.Ops(start, stop, self.writer.load, running)
 

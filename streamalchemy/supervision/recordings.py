@@ -17,8 +17,8 @@ import os
 import re
 from pathlib import Path
 
+from streamalchemy.core.spec import output_muxer
 from streamalchemy.errors import InvalidInput
-from streamalchemy.spec import output_muxer
 
 HLS_SEGMENT = "segment_%05d.ts"
 _SEGMENT = re.compile(r"segment_\d+\.ts")

@@ -18,12 +18,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from streamalchemy import procs
-from streamalchemy.backoff import Backoff
-from streamalchemy.outputs import OutputFiles
-from streamalchemy.progress import Progress, ProgressParser, explain_failure, root_cause
-from streamalchemy.spec import StreamSpec, mask_credentials
-from streamalchemy.streamlog import LOG_BACKUPS, LOG_MAX_BYTES, StreamLog, read_lines
+from streamalchemy.core.spec import StreamSpec, mask_credentials
+from streamalchemy.supervision import procs
+from streamalchemy.supervision.backoff import Backoff
+from streamalchemy.supervision.progress import Progress, ProgressParser, explain_failure, root_cause
+from streamalchemy.supervision.recordings import OutputFiles
+from streamalchemy.supervision.streamlog import LOG_BACKUPS, LOG_MAX_BYTES, StreamLog, read_lines
 
 log = logging.getLogger("streamalchemy.supervisor")
 

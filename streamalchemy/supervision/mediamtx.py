@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from streamalchemy import procs
-from streamalchemy.backoff import Backoff
 from streamalchemy.settings import Settings
-from streamalchemy.streamlog import LOG_BACKUPS, LOG_MAX_BYTES, StreamLog, read_lines
+from streamalchemy.supervision import procs
+from streamalchemy.supervision.backoff import Backoff
+from streamalchemy.supervision.streamlog import LOG_BACKUPS, LOG_MAX_BYTES, StreamLog, read_lines
 
 log = logging.getLogger("streamalchemy.mediamtx")
 

@@ -16,10 +16,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 # The one masking function lives in credentials; imported from here too.
-from streamalchemy.credentials import mask_credentials as mask_credentials
-from streamalchemy.durations import hours_text, parse_duration, parse_duration_hours
+from streamalchemy.core.credentials import mask_credentials as mask_credentials
+from streamalchemy.core.durations import hours_text, parse_duration, parse_duration_hours
+from streamalchemy.core.names import validate_name as validate_name
 from streamalchemy.errors import InvalidInput
-from streamalchemy.names import validate_name as validate_name
 
 CODECS = ("h264", "h265", "mpeg4", "copy")
 RESOLUTIONS = (480, 720, 1080, 1440, 2160)

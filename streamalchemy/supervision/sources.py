@@ -10,8 +10,8 @@ import os
 import stat
 import subprocess
 
+from streamalchemy.core.spec import StreamSpec
 from streamalchemy.errors import InvalidInput, OperationFailed
-from streamalchemy.spec import StreamSpec
 
 
 def check_source(spec: StreamSpec, ffprobe: str, timeout: float = 10.0) -> None:

@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from streamalchemy import declarative
+from streamalchemy.apply import declarative
 from streamalchemy.errors import InvalidInput, OperationFailed
 from streamalchemy.settings import Settings, load_settings
 
@@ -24,7 +24,7 @@ def apply_file(
     path: str, *, prune: bool, dry_run: bool, shard: str | None, settings: Settings | None = None
 ) -> dict[str, Any]:
     """Validate FILE, then have the daemon make its streams match it (or plan only)."""
-    from streamalchemy.client import Client
+    from streamalchemy.client.connection import Client
 
     desired = declarative.load_file(Path(os.path.expanduser(path)))
     if shard is not None:
@@ -104,7 +104,7 @@ def export(
     )
     text = declarative.export_toml(tables)
     if fmt == "kubernetes":
-        from streamalchemy import kube
+        from streamalchemy.deploy import kubernetes as kube
 
         text = kube.dump(kube.manifests(text, shards))
     result: dict[str, Any] = {
@@ -133,7 +133,7 @@ def render_plan(doc: dict[str, Any]) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from streamalchemy.render import console
+    from streamalchemy.client.render import console
 
     style = {"done": "green", "failed": "red", "planned": "cyan"}
     table = Table(box=None, header_style="bold")

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 def report_failure(exc: StreamAlchemyError, as_json: bool) -> int:
     """Print a failure the contract's way (one stderr line) and return its exit code."""
-    from streamalchemy.credentials import mask_credentials
+    from streamalchemy.core.credentials import mask_credentials
 
     message = mask_credentials(" ".join(str(exc).split()))  # one line, no secret
     if as_json:
@@ -49,7 +49,7 @@ def _fast_path(args: list[str]) -> Callable[[], Any] | None:
     if args.count("--json") != 1:
         return None
     words = [a for a in args if a != "--json"]
-    from streamalchemy import commands
+    from streamalchemy.client import commands
 
     match words:
         case ["list"]:
@@ -75,8 +75,8 @@ def _start_args(args: list[str]) -> tuple[str, dict[str, Any]] | None:
     as Typer would take it; None for anything else (help, an error), which Typer parses."""
     if args[:1] != ["start"]:
         return None
+    from streamalchemy.core.spec import START_OPTIONS, check_option
     from streamalchemy.errors import InvalidInput
-    from streamalchemy.spec import START_OPTIONS, check_option
 
     names: list[str] = []
     opts: dict[str, Any] = {}
@@ -122,7 +122,7 @@ def _start(args: list[str]) -> int | None:
     as_json = opts.pop("json", False)
     for key in _START_VALUES - {"file", "url", "output"}:
         opts.setdefault(key, None)  # the body Typer's command sends: None is the default
-    from streamalchemy import commands
+    from streamalchemy.client import commands
     from streamalchemy.errors import StreamAlchemyError
 
     def action() -> Any:
@@ -135,11 +135,11 @@ def _start(args: list[str]) -> int | None:
     except StreamAlchemyError as exc:
         return report_failure(exc, as_json=False)
     if stream.get("remaining_seconds") is None and not sys.stderr.isatty():
-        from streamalchemy.text import plain
+        from streamalchemy.client.text import plain
 
         print(plain(stream["output"]))  # render.started's whole output in this case
     else:
-        from streamalchemy.render import started
+        from streamalchemy.client.render import started
 
         started(stream)
     return 0
@@ -150,7 +150,7 @@ def _daemon_run(args: list[str]) -> int | None:
     50 ms of every daemon launch, before a restore can begin. None: not this command."""
     if args[:2] != ["daemon", "run"] or args[2:] not in ([], ["--no-restore"]):
         return None
-    from streamalchemy import commands
+    from streamalchemy.client import commands
     from streamalchemy.errors import StreamAlchemyError
 
     try:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from streamalchemy.outputs import HLS_SEGMENT
-from streamalchemy.spec import TESTSRC_FPS, TESTSRC_RESOLUTION, StreamSpec, output_muxer
+from streamalchemy.core.spec import TESTSRC_FPS, TESTSRC_RESOLUTION, StreamSpec, output_muxer
+from streamalchemy.supervision.recordings import HLS_SEGMENT
 
 # How long a network source may stay silent before FFmpeg gives up (and the
 # supervisor restarts it), in microseconds as FFmpeg wants it.

@@ -16,9 +16,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from streamalchemy.durations import duration_text
-from streamalchemy.spec import mask_credentials, read_saved
-from streamalchemy.text import plain
+from streamalchemy.client.text import plain
+from streamalchemy.core.durations import duration_text
+from streamalchemy.core.spec import mask_credentials, read_saved
 
 
 class PlainConsole(Console):

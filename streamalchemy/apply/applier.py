@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streamalchemy import declarative
-from streamalchemy.declarative import Step
+from streamalchemy.apply import declarative
+from streamalchemy.apply.declarative import Step
+from streamalchemy.core.spec import StreamSpec, mask_credentials
 from streamalchemy.errors import InvalidInput, StreamAlchemyError, StreamNotFound
-from streamalchemy.spec import StreamSpec, mask_credentials
 
 log = logging.getLogger("streamalchemy.apply")
 

@@ -17,16 +17,17 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from streamalchemy import __version__, procs
+from streamalchemy import __version__
 from streamalchemy.errors import InvalidInput
-from streamalchemy.httpserver import Reply, Text, TextReply, connection_handler
+from streamalchemy.server.httpserver import Reply, Text, TextReply, connection_handler
+from streamalchemy.supervision import procs
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from prometheus_client.core import Metric
 
-    from streamalchemy.controller import Controller
-    from streamalchemy.stream import Stream
+    from streamalchemy.server.controller import Controller
+    from streamalchemy.supervision.stream import Stream
 
 log = logging.getLogger("streamalchemy.metrics")
 

@@ -21,7 +21,7 @@ from streamalchemy.errors import InvalidInput
 if TYPE_CHECKING:
     import logging
 
-    from streamalchemy.spec import StreamSpec
+    from streamalchemy.core.spec import StreamSpec
 
 MASK = "***"
 # Query parameter names that carry a secret: these words alone or as a part

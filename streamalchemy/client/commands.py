@@ -11,16 +11,16 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 
-from streamalchemy.client import Client
+from streamalchemy.client.connection import Client
+from streamalchemy.core.names import is_valid_name, validate_name
 from streamalchemy.errors import DaemonUnreachable, InvalidInput, OperationFailed, StreamNotFound
-from streamalchemy.names import is_valid_name, validate_name
 from streamalchemy.settings import Settings, load_settings
 
 TYPE_CHECKING = False  # not typing's: see main.py
 if TYPE_CHECKING:
     from typing import Any, cast
 
-    from streamalchemy.documents import (
+    from streamalchemy.core.documents import (
         EncodersResult,
         ListResult,
         LogsResult,
@@ -56,7 +56,7 @@ def _store(settings: Settings) -> StateStore:
 
 def _masked(doc: object) -> object:
     """``doc`` with every secret masked (credentials imports what the polled path skips)."""
-    from streamalchemy.credentials import mask_document
+    from streamalchemy.core.credentials import mask_document
 
     return mask_document(doc)
 
@@ -80,7 +80,7 @@ def start_body(
 
     ``options`` are the start options of ``spec.START_OPTIONS``; None means the default.
     """
-    from streamalchemy.spec import START_OPTIONS, source_kind
+    from streamalchemy.core.spec import START_OPTIONS, source_kind
 
     unknown = sorted(set(options) - set(START_OPTIONS))
     if unknown:
@@ -156,8 +156,8 @@ def show(name: str) -> ShowResult:
     c = client()
     if c.reachable():
         return cast("ShowResult", c.request("GET", f"/streams/{name}/details", autostart=False))
-    from streamalchemy import details
-    from streamalchemy.ffmpeg import output_target
+    from streamalchemy.core import details
+    from streamalchemy.supervision.ffmpeg import output_target
 
     settings = c.settings
     entries = _store(settings).load()
@@ -205,7 +205,8 @@ def restore(dry_run: bool) -> RestoreResult:
 
 
 def _plan_offline(settings: Settings) -> dict[str, dict[str, str]]:
-    from streamalchemy import encoders, restore
+    from streamalchemy import encoders
+    from streamalchemy.core import restore
 
     choose = encoders.Chooser(settings.ffmpeg, settings.data_dir)
     steps = restore.plan(_store(settings).load(), running=(), choose_encoder=choose)
@@ -282,7 +283,7 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    from streamalchemy.procs import HAVE_PROC, stat_fields
+    from streamalchemy.supervision.procs import HAVE_PROC, stat_fields
 
     fields = stat_fields(pid) if HAVE_PROC else None  # no /proc (macOS): kill(0) is all
     return not fields or fields[0] != b"Z"
@@ -322,7 +323,7 @@ def daemon_run(
             raise InvalidInput(f"--metrics-addr {metrics_addr!r} is invalid: {exc}") from None
     apply = None
     if apply_file is not None or shard is not None:  # apply's modules only when asked
-        from streamalchemy import apply_commands
+        from streamalchemy.apply import commands as apply_commands
 
         apply = apply_commands.daemon_apply(apply_file, shard, settings)
     daemon.run(settings, restore=restore, apply=apply)
@@ -331,7 +332,7 @@ def daemon_run(
 def service_install(
     user: bool | None, print_only: bool, run_as: str | None, no_systemctl: bool
 ) -> dict[str, Any]:
-    from streamalchemy import service
+    from streamalchemy.deploy import service
 
     flavour = service.flavour_for(user)
     unit = service.build(flavour, os.environ, run_as)
@@ -342,7 +343,7 @@ def service_install(
 
 
 def service_uninstall(user: bool | None, no_systemctl: bool) -> dict[str, Any]:
-    from streamalchemy import service
+    from streamalchemy.deploy import service
 
     flavour = service.flavour_for(user)
     use = not no_systemctl and service.systemctl_usable(flavour)
@@ -356,7 +357,7 @@ def follow(
 
     Runs until the caller stops iterating (Ctrl-C); starts at the end of each file.
     """
-    from streamalchemy.logfollow import Follower
+    from streamalchemy.client.logfollow import Follower
 
     offsets = offsets or {}
     followers = {name: Follower(path, offsets.get(name)) for name, path in paths.items()}

@@ -20,8 +20,8 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from streamalchemy.progress import clean_line
-from streamalchemy.spec import mask_credentials
+from streamalchemy.core.spec import mask_credentials
+from streamalchemy.supervision.progress import clean_line
 
 LOG_MAX_BYTES = 10 << 20
 LOG_BACKUPS = 3

@@ -11,11 +11,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from streamalchemy.durations import duration_text
-from streamalchemy.spec import StreamSpec, mask_credentials, read_saved
+from streamalchemy.core.durations import duration_text
+from streamalchemy.core.spec import StreamSpec, mask_credentials, read_saved
 
 if TYPE_CHECKING:
-    from streamalchemy.documents import ShowResult, StreamDoc
+    from streamalchemy.core.documents import ShowResult, StreamDoc
 
 # The status of a stream that is saved but not running (restore skipped it, or the
 # daemon is down): not one of a running stream's statuses.

@@ -13,10 +13,10 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from streamalchemy import procs
+from streamalchemy.core.spec import StreamSpec
 from streamalchemy.errors import StreamExists
-from streamalchemy.spec import StreamSpec
-from streamalchemy.stream import (
+from streamalchemy.supervision import procs
+from streamalchemy.supervision.stream import (
     ACTIVE,
     DURATION_REACHED,
     REPLACED,
@@ -30,7 +30,7 @@ from streamalchemy.stream import (
     SystemClock,
     should_restart,
 )
-from streamalchemy.streamlog import LOG_BACKUPS, LOG_MAX_BYTES, StreamLog
+from streamalchemy.supervision.streamlog import LOG_BACKUPS, LOG_MAX_BYTES, StreamLog
 
 __all__ = [
     "ACTIVE",

@@ -1,0 +1,1 @@
+"""Declarative files: parse them, plan against what runs, carry the plan out."""

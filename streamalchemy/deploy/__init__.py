@@ -1,0 +1,1 @@
+"""The daemon under another manager: systemd units and Kubernetes manifests."""
