@@ -78,9 +78,15 @@ class StopResult(TypedDict):
     stopped: list[str]
 
 
+class RestartFailure(TypedDict):
+    name: str
+    reason: str
+
+
 class RestartResult(TypedDict):
     success: bool
     restarted: list[str]
+    failed: list[RestartFailure]
 
 
 class SavedResult(TypedDict):
