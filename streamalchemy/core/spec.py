@@ -26,7 +26,7 @@ from streamalchemy.errors import InvalidInput
 CODECS = ("h264", "h265", "mpeg4", "copy")
 RESOLUTIONS = (480, 720, 1080, 1440, 2160)
 FPS_RANGE = (1, 120)
-AUDIO_CODECS = ("aac", "pcm_alaw", "none")
+AUDIO_CODECS = ("auto", "aac", "pcm_alaw", "none")
 HWACCELS = ("none", "auto", "nvenc", "vaapi", "qsv", "videotoolbox")
 RESTARTS = ("on-failure", "always", "never")
 SOURCE_TYPES = ("file", "rtsp", "testsrc")
@@ -68,7 +68,12 @@ START_OPTIONS: dict[str, StartOption] = {
         f"{TESTSRC_FPS}).",
         metavar="source|1-120",
     ),
-    "audio": StartOption("none", "Audio codec.", AUDIO_CODECS),
+    "audio": StartOption(
+        "auto",
+        "The source's audio: auto keeps it (copied with --codec copy, else AAC; a test "
+        "pattern has none), none drops it.",
+        AUDIO_CODECS,
+    ),
     "hwaccel": StartOption("none", "Hardware encoder.", HWACCELS),
     "duration": StartOption(
         "0", "0 = unlimited; hours as a number (1.5) or 90m, 2h, 45s, 1h30m.", metavar="DURATION"
@@ -98,7 +103,7 @@ class StreamSpec:
     codec: str = "h264"
     resolution: int | None = None  # None: the source's (and always with codec copy)
     fps: int | None = None  # None: the source's (and always with codec copy)
-    audio: str = "none"
+    audio: str = "auto"  # "auto": the source's audio kept, if it has any
     hwaccel: str = "none"
     duration: float = 0.0  # seconds, 0 = unlimited
     output: str = ""  # "" = default RTSP URL, "null", "hls", a URL or an absolute file path
@@ -112,8 +117,9 @@ class StreamSpec:
             # copy keeps neither; "" says so instead of a misleading default.
             "resolution": _config_size(self.codec, self.resolution),
             "target_fps": _config_size(self.codec, self.fps),
-            "audio_enabled": "no" if self.audio == "none" else "yes",
-            "audio_codec": self.audio,
+            "audio_enabled": _AUDIO_ENABLED.get(self.audio, "yes"),
+            # The original app reads a codec here: auto's re-encode is AAC.
+            "audio_codec": "aac" if self.audio == "auto" else self.audio,
             "hardware_accel": {"none": "no", "auto": "yes"}.get(self.hwaccel, self.hwaccel),
             "duration_hours": hours_text(self.duration),
             "stream_type": self.source_type,
@@ -125,6 +131,10 @@ class StreamSpec:
             config["source_url"] = self.source
         config.update(output=self.output, restart=self.restart, priority=str(self.priority))
         return config
+
+
+# The state file's audio_enabled for a spec's audio; a codec's is "yes".
+_AUDIO_ENABLED = {"none": "no", "auto": "auto"}
 
 
 def _config_size(codec: str, value: int | None) -> str:
@@ -195,15 +205,18 @@ def spec_from_entry(name: str, entry: Mapping[str, Any]) -> StreamSpec:
         source = config.get("source_url")
     else:
         source = ""
+    # Absent: the original app kept a source's audio unless told "no"; auto does that.
     audio_enabled = _choice(
-        "audio_enabled", _blank(config.get("audio_enabled")), ("yes", "no"), "no"
+        "audio_enabled", _blank(config.get("audio_enabled")), ("yes", "no", "auto"), "auto"
     )
     hardware = config.get("hardware_accel")
     fields = {
         "codec": config.get("video_codec"),
         "resolution": config.get("resolution"),
         "fps": config.get("target_fps"),
-        "audio": (config.get("audio_codec") or "aac") if audio_enabled == "yes" else "none",
+        "audio": (config.get("audio_codec") or "aac")
+        if audio_enabled == "yes"
+        else {"no": "none", "auto": "auto"}[audio_enabled],
         "hwaccel": {"yes": "auto", "no": "none"}.get(hardware, hardware)
         if isinstance(hardware, str)
         else hardware,
