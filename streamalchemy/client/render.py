@@ -18,7 +18,8 @@ from rich.text import Text
 
 from streamalchemy.client.text import plain
 from streamalchemy.core.durations import duration_text
-from streamalchemy.core.spec import mask_credentials, read_saved
+from streamalchemy.core.masking import mask_url
+from streamalchemy.core.spec import read_saved
 
 
 class PlainConsole(Console):
@@ -148,13 +149,13 @@ def saved(result: dict[str, Any]) -> None:
         table.add_row(
             name,
             spec.source_type,
-            mask_credentials(spec.source or "testsrc"),
+            mask_url(spec.source or "testsrc"),
             spec.codec,
             duration_text(spec.duration) if spec.duration else "unlimited",
             _when(view.saved_at),
             "unlimited" if deadline is None else span(max(0.0, deadline - now)),
             str(spec.priority),
-            mask_credentials(spec.output or "default RTSP"),
+            mask_url(spec.output or "default RTSP"),
         )
     if result["streams"]:
         console.print(table)

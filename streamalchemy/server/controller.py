@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import streamalchemy
 from streamalchemy import __version__, encoders
-from streamalchemy.core.credentials import has_secret, resolve_spec, unresolved
 from streamalchemy.core.details import running_details, saved_details
+from streamalchemy.core.masking import has_secret, remember, spec_secrets
 from streamalchemy.core.restore import Step, dry_run_results, plan
 from streamalchemy.core.spec import (
     StreamSpec,
@@ -44,6 +44,7 @@ from streamalchemy.persist import StateStore, StateWriter, new_entry
 from streamalchemy.server.httpserver import Reply, TextReply
 from streamalchemy.server.inputsockets import InputSockets
 from streamalchemy.server.metrics import Metrics
+from streamalchemy.server.references import resolve_spec, resolved_values, unresolved
 from streamalchemy.server.shedder import SIDE_FILE, Shedder
 from streamalchemy.settings import Settings
 from streamalchemy.supervision.ffmpeg import STATS_PERIOD, build_argv, input_script, output_target
@@ -204,7 +205,11 @@ class Controller:
         target = output_target(spec, self.settings.rtsp_url, self.settings.hls_dir)
         real = self._secrets(spec)
         real_target = output_target(real, self.settings.rtsp_url, self.settings.hls_dir)
-        # A source with a secret reaches FFmpeg through a private socket, not argv.
+        # Known before FFmpeg says a word: hidden in every reply and log line from now on.
+        config_dir = self.settings.config_file.parent
+        found = resolved_values([spec.source, spec.output], config_dir)
+        remember(spec_secrets([real.source, real.output], found))
+        # A source with any secret reaches FFmpeg through a private socket, not argv.
         secret_source = spec.source_type == "rtsp" and has_secret(spec.source)
         input_socket = self.inputs.open(spec.name, input_script(real)) if secret_source else None
 
