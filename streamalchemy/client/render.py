@@ -22,7 +22,8 @@ from streamalchemy.client import columns
 from streamalchemy.client.columns import ALWAYS, Column
 from streamalchemy.client.text import plain
 from streamalchemy.core.durations import duration_text
-from streamalchemy.core.spec import StreamSpec, mask_credentials, read_saved
+from streamalchemy.core.masking import mask_url
+from streamalchemy.core.spec import StreamSpec, read_saved
 
 
 class PlainConsole(Console):
@@ -160,13 +161,13 @@ def _saved_row(name: str, entry: Any, now: float) -> dict[str, Any]:
     return {
         "name": name,
         "type": source_kind(spec),
-        "source": mask_credentials(spec.source or "testsrc"),
+        "source": mask_url(spec.source or "testsrc"),
         "codec": spec.codec,
         "duration": duration_text(spec.duration) if spec.duration else "unlimited",
         "saved": _when_short(view.saved_at),
         "left": "unlimited" if deadline is None else span(max(0.0, deadline - now)),
         "priority": str(spec.priority),
-        "output": mask_credentials(spec.output or "default RTSP"),
+        "output": mask_url(spec.output or "default RTSP"),
     }
 
 

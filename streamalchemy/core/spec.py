@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-# The one masking function lives in credentials; imported from here too.
-from streamalchemy.core.credentials import mask_credentials as mask_credentials
 from streamalchemy.core.durations import hours_text, parse_duration, parse_duration_hours
+
+# The one masking function lives in masking; imported from here too.
+from streamalchemy.core.masking import mask_credentials as mask_credentials
+from streamalchemy.core.masking import mask_url
 from streamalchemy.core.names import validate_name as validate_name
 from streamalchemy.errors import InvalidInput
 
@@ -462,10 +464,13 @@ def _url(field: str, value: object, schemes: tuple[str, ...]) -> str:
     accepted = f"a URL starting with {', '.join(s + '://' for s in schemes)}"
     if not isinstance(value, str) or "://" not in value:
         raise InvalidInput(f"invalid {field} {value!r}: use {accepted}")
-    shown = mask_credentials(value)
+    shown = mask_url(value)
     if not value.isprintable():
         raise InvalidInput(f"invalid {field} {shown!r}: a URL cannot contain control characters")
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:  # an unbalanced [ or ] in the host
+        raise InvalidInput(f"invalid {field} {shown!r}: {exc}") from None
     if parts.scheme.lower() not in schemes or not parts.netloc:
         raise InvalidInput(f"invalid {field} {shown!r}: use {accepted}")
     return value
@@ -510,7 +515,7 @@ def _check_container(codec: str, audio: str, output: str) -> None:
     muxer = output_muxer(output)
     if muxer == "flv" and codec in ("h265", "mpeg4"):
         raise InvalidInput(
-            f"codec {codec} cannot go to output {mask_credentials(output)!r}: "
+            f"codec {codec} cannot go to output {mask_url(output)!r}: "
             "FLV (rtmp://, .flv) carries h264 only; use --codec h264 or another output"
         )
     if muxer == "mp4" and audio == "pcm_alaw":
