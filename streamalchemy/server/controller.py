@@ -597,7 +597,10 @@ class Controller:
         }
         return {
             "success": True,
-            "streams": [s.snapshot() for _, s in sorted(self.supervisor.streams.items())],
+            "streams": [
+                {**s.snapshot(), "saved": n in saved}
+                for n, s in sorted(self.supervisor.streams.items())
+            ],
             "not_running": not_running,
         }
 
@@ -630,9 +633,11 @@ class Controller:
         """``show NAME``: a stream the supervisor has, or a saved one that does not run."""
         name = validate_name(name)
         stream = self.supervisor.streams.get(name)
+        saved = await self.writer.load()
         if stream is not None:
-            return 200, dict(running_details(stream.snapshot(), stream.spec))
-        entry = (await self.writer.load()).get(name)
+            doc = running_details({**stream.snapshot(), "saved": name in saved}, stream.spec)
+            return 200, dict(doc)
+        entry = saved.get(name)
         if entry is None:
             raise StreamNotFound(f"no such stream: {name}")
         settings = self.settings
