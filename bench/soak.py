@@ -1,18 +1,23 @@
-"""Soak: a mix of streams left running, with random FFmpeg kills and daemon restarts.
+"""Soak: a mix of streams left running, flapping streams, random FFmpeg kills and daemon restarts.
 
 Streams: a test pattern to HLS, a test pattern recorded to an MP4 file, a short clip
 served by a local HTTP server relayed by URL (it ends every few seconds), and a test
 pattern pushed to an FFmpeg RTSP receiver in listen mode (which exits with each
 client, and is started again). Every ``--event-every`` seconds, at random, one
 stream's FFmpeg is SIGKILLed or the daemon is restarted (SIGTERM, then a new
-``daemon run`` that restores the streams).
+``daemon run`` that restores the streams; ``--daemon-restarts 0`` for none, so that
+one daemon's memory is followed over the whole run). Every ``--flap-every`` seconds a
+uniquely named, time-limited stream is started (as scripts do): it finishes by
+itself, or is stopped by hand one time in three.
 
 Every sample reports the disk used by the home (state, logs, HLS; recordings are
 written outside it), the files in the HLS directory, the daemon's resident memory,
-the streams missing from the state file, and the recording files; the end checks
-that no recording lost a byte and every one plays.
+the streams missing from the state file, the recording files, the daemon's open
+fds and threads, the files in the home and the stream log files, and the streams
+`list` shows; the end checks that no recording lost a byte and every one plays.
 
-    python -m bench.soak                 # 4 minutes
+    python -m bench.soak                 # an hour
+    python -m bench.soak --minutes 4     # a smoke run
     python -m bench.soak --hours 24      # a day
     python -m bench.soak --no-doc        # print only
 
@@ -57,6 +62,7 @@ from bench.common import (
 
 FFPROBE = FFMPEG.replace("ffmpeg", "ffprobe") if "ffmpeg" in FFMPEG else "ffprobe"
 SMALL = ["--resolution", "480", "--fps", "10"]
+TINY = ["--resolution", "480", "--fps", "5"]
 LOG_MAX_BYTES = 256 << 10  # small enough that the soak sees rotation in minutes
 BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
 METHOD = f"""How it runs: one private `STREAMALCHEMY_HOME` with `STREAMALCHEMY_LOG_MAX_BYTES` at
@@ -66,12 +72,16 @@ of an 8 s clip served by Python's `http.server` with `--codec copy --output null
 every 8 s, so it is restarted all the time), and the test pattern pushed to
 `ffmpeg -rtsp_flags listen` (restarted by the bench each time it exits with its client).
 Every 10-30 s one event at random: a SIGKILL of one stream's FFmpeg process group (3 in 4)
-or a daemon restart (SIGTERM, then `daemon run`, which restores the four streams). At each
-sample: disk blocks under the home, files in `hls/hls/`, the daemon's RSS, names missing
-from `active_streams.json`, and the FFmpeg processes per stream. A recording file no
-longer written must never shrink (bytes lost = the sum of any shrinking) and must play in
-`ffprobe` at the end. The home's disk dips after each daemon restart because a restore is
-a new start of the HLS stream and clears its directory.
+or a daemon restart (SIGTERM, then `daemon run`, which restores the four streams; the
+share is `--daemon-restarts`, 0 to follow one daemon's memory over the whole run). Every
+`--flap-every` seconds (10) a uniquely named test pattern (`--resolution 480 --fps 5
+--output null --duration` 5-30 s) is started, as scripts do; one in three is stopped by
+hand. At each sample: disk blocks under the home, files in `hls/hls/`, the daemon's RSS,
+open fds and threads, the files in the home and in `logs/streams/`, the streams `list`
+shows, names missing from `active_streams.json`, and the FFmpeg processes per stream. A
+recording file no longer written must never shrink (bytes lost = the sum of any
+shrinking) and must play in `ffprobe` at the end. The home's disk dips after each daemon
+restart because a restore is a new start of the HLS stream and clears its directory.
 """
 
 
@@ -178,6 +188,7 @@ class Soak:
     daemon_restarts: int = 0
     missing_worst: int = 0
     duplicates_worst: int = 0
+    flaps: int = 0
 
     def start_daemon(self) -> None:
         os.environ["STREAMALCHEMY_LOG_MAX_BYTES"] = str(LOG_MAX_BYTES)
@@ -202,6 +213,17 @@ class Soak:
                 os.killpg(pid, signal.SIGKILL)
             self.ffmpeg_kills += 1
 
+    def flap(self, seconds: float) -> None:
+        """A uniquely named stream that ends by itself (or is stopped by hand, 1 in 3)."""
+        self.flaps += 1
+        name = f"flap{self.flaps}"
+        code, doc = cli(self.home, "start", name, "--testsrc", *TINY, "--output", "null",
+                        "--duration", f"{seconds:.0f}s")  # fmt: skip
+        if code != 0:
+            self.events.append(f"flap {name} failed to start: {doc.get('message')}")
+        if self.flaps % 3 == 0:
+            cli(self.home, "stop", f"flap{self.flaps - 1}")
+
     def sample(self, t: float) -> dict[str, Any]:
         assert self.daemon is not None
         running = self.streams()
@@ -222,9 +244,11 @@ class Soak:
                 size = f.stat().st_size
                 self.closed_sizes[f.name] = max(self.closed_sizes.get(f.name, 0), size)
         try:
-            rss = psutil.Process(self.daemon.pid).memory_info().rss / 2**20
+            me = psutil.Process(self.daemon.pid)
+            rss, fds, threads = me.memory_info().rss / 2**20, me.num_fds(), me.num_threads()
         except psutil.Error:
-            rss = float("nan")
+            rss, fds, threads = float("nan"), 0, 0
+        logs = self.home / "logs" / "streams"
         row = {
             "t": t,
             "home_kib": disk_kib(self.home),
@@ -233,7 +257,13 @@ class Soak:
             "rec_files": len(recs),
             "rec_mib": sum(f.stat().st_size for f in recs) / 2**20,
             "rss_mib": rss,
-            "running": sum(1 for s in running.values() if s.get("status") == "running"),
+            "fds": fds,
+            "threads": threads,
+            "home_files": sum(len(files) for _, _, files in os.walk(self.home)),
+            "log_files": len(list(logs.glob("*.log*"))),
+            "listed": len(running),
+            "flaps": self.flaps,
+            "running": sum(1 for n in self.names if running.get(n, {}).get("status") == "running"),
             "missing": len(missing),
             "kills": self.ffmpeg_kills,
             "restarts": self.daemon_restarts,
@@ -255,7 +285,14 @@ def playable(path: Path) -> bool:
     return proc.returncode == 0 and int((proc.stdout.strip() or "0").split(",")[0]) > 0
 
 
-def run(seconds: float, sample_every: float, event_every: float, seed: int) -> str:
+def run(
+    seconds: float,
+    sample_every: float,
+    event_every: float,
+    seed: int,
+    daemon_share: float = 0.25,
+    flap_every: float = 10.0,
+) -> str:
     rand = random.Random(seed)
     with temp_home("soak") as home, temp_home("soak-rec") as recdir, temp_home("soak-www") as www:
         clip = make_clip(www, seconds=8)
@@ -289,10 +326,13 @@ def run(seconds: float, sample_every: float, event_every: float, seed: int) -> s
                         raise BenchError(f"start {name} failed ({code}): {doc.get('message')}")
                 log(f"soak: 4 streams up; running {seconds:g}s")
                 t0 = time.monotonic()
-                next_sample, next_event = 0.0, event_every
+                next_sample, next_event, next_flap = 0.0, event_every, flap_every
                 while (now := time.monotonic() - t0) < seconds:
+                    if flap_every and now >= next_flap:
+                        soak.flap(rand.uniform(5, 30))
+                        next_flap = now + flap_every
                     if now >= next_event:
-                        if rand.random() < 0.25:
+                        if rand.random() < daemon_share:
                             soak.restart_daemon()
                             soak.events.append(f"{now:.0f}s daemon restart")
                         else:
@@ -303,7 +343,10 @@ def run(seconds: float, sample_every: float, event_every: float, seed: int) -> s
                         log(
                             f"soak t={now:5.0f}s home={row['home_kib']} KiB "
                             f"hls={row['hls_files']} rss={row['rss_mib']:.1f} MiB "
-                            f"missing={row['missing']} rec={row['rec_files']}"
+                            f"fds={row['fds']} threads={row['threads']} "
+                            f"files={row['home_files']} logs={row['log_files']} "
+                            f"listed={row['listed']} missing={row['missing']} "
+                            f"rec={row['rec_files']}"
                         )
                         next_sample = now + sample_every
                     time.sleep(0.5)
@@ -337,20 +380,24 @@ def report(
     warm = [r for r in rows if r["t"] >= min(60.0, seconds / 3)] or rows
     lines = [
         f"Soak of {seconds / 60:g} min: 4 streams (HLS, MP4 recording, HTTP clip relay, RTSP "
-        f"push to a listen-mode receiver), {soak.ffmpeg_kills} FFmpeg SIGKILLs and "
+        f"push to a listen-mode receiver), {soak.flaps} flapping streams (uniquely named, "
+        f"5-30 s long, one in three stopped by hand), {soak.ffmpeg_kills} FFmpeg SIGKILLs and "
         f"{soak.daemon_restarts} daemon restarts at random; log cap "
         f"{LOG_MAX_BYTES // 1024} KiB x 3 copies.",
         "",
         "| time | home on disk | of which logs | files in the HLS dir "
-        "| recordings (files, MiB) | daemon RSS | streams running "
-        "| missing from state file | FFmpeg kills | daemon restarts |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| recordings (files, MiB) | daemon RSS | fds | threads | files in the home "
+        "| stream log files | streams listed | streams running "
+        "| missing from state file | flaps | FFmpeg kills | daemon restarts |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in shown:
         lines.append(
             f"| {r['t']:.0f} s | {r['home_kib']} KiB | {r['logs_kib']} KiB | {r['hls_files']} "
-            f"| {r['rec_files']}, {r['rec_mib']:.1f} | {r['rss_mib']:.1f} MiB | {r['running']}/4 "
-            f"| {r['missing']} | {r['kills']} | {r['restarts']} |"
+            f"| {r['rec_files']}, {r['rec_mib']:.1f} | {r['rss_mib']:.1f} MiB | {r['fds']} "
+            f"| {r['threads']} | {r['home_files']} | {r['log_files']} | {r['listed']} "
+            f"| {r['running']}/4 | {r['missing']} | {r['flaps']} | {r['kills']} "
+            f"| {r['restarts']} |"
         )
     lines += [
         "",
@@ -369,6 +416,14 @@ def report(
         f"| most FFmpeg per stream name (worst sample) | {soak.duplicates_worst} | 1 |",
         f"| daemon RSS once warm: most in the first half, in the second half "
         f"| {halves(warm, 'rss_mib', '{:.1f} MiB')} | no growth |",
+        f"| daemon fds once warm (first half, second half) "
+        f"| {halves(warm, 'fds', '{:d}')} | no growth |",
+        f"| daemon threads once warm (first half, second half) "
+        f"| {halves(warm, 'threads', '{:d}')} | no growth |",
+        f"| streams listed once warm (first half, second half) "
+        f"| {halves(warm, 'listed', '{:d}')} | bounded (finished ones leave after 5 min) |",
+        f"| stream log files once warm (first half, second half) "
+        f"| {halves(warm, 'log_files', '{:d}')} | bounded (logs of 100 gone names) |",
     ]
     return "\n".join(lines) + "\n"
 
@@ -377,25 +432,36 @@ def doc_section(tables: str) -> str:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return (
         f"{BEGIN}\n## Soak: streams that run for days (bench/soak.py)\n\n"
-        f"`bash bench/run.sh --soak` (`python -m bench.soak`; 4 minutes by default, "
-        f"`--hours N` for a long run), {when}, {os.cpu_count()} CPUs, "
+        f"`bash bench/run.sh --soak` (`python -m bench.soak`; an hour by default, "
+        f"`--minutes N` for a shorter run), {when}, {os.cpu_count()} CPUs, "
         f"FFmpeg {ffmpeg_version()}.\n\n{tables}\n{METHOD}{END}\n"
     )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--minutes", type=float, default=4.0, help="how long (default 4)")
+    p.add_argument("--minutes", type=float, default=60.0, help="how long (default 60)")
     p.add_argument("--hours", type=float, default=None, help="how long, in hours")
     p.add_argument("--sample-every", type=float, default=None, help="seconds between samples")
     p.add_argument("--event-every", type=float, default=20.0, help="mean seconds between faults")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--daemon-restarts", type=float, default=0.25, help="share of faults that restart it"
+    )
+    p.add_argument("--flap-every", type=float, default=10.0, help="seconds between flaps (0: none)")
     p.add_argument("--no-doc", action="store_true", help="print only; leave docs/ alone")
     args = p.parse_args()
     seconds = args.hours * 3600 if args.hours is not None else args.minutes * 60
     sample_every = args.sample_every or max(10.0, seconds / 60)
     try:
-        text = run(seconds, sample_every, args.event_every, args.seed)
+        text = run(
+            seconds,
+            sample_every,
+            args.event_every,
+            args.seed,
+            daemon_share=args.daemon_restarts,
+            flap_every=args.flap_every,
+        )
     except BenchError as exc:
         print(f"soak: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

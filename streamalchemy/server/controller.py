@@ -51,6 +51,7 @@ from streamalchemy.supervision.ffmpeg import STATS_PERIOD, build_argv, input_scr
 from streamalchemy.supervision.procs import ChildRecord
 from streamalchemy.supervision.recordings import refuse_existing_file
 from streamalchemy.supervision.sources import check_file, check_source
+from streamalchemy.supervision.streamlog import sweep_logs
 from streamalchemy.supervision.supervisor import (
     REPLACED,
     SHED,
@@ -68,6 +69,8 @@ log = logging.getLogger("streamalchemy.daemon")
 CONFIRM_WINDOW = 5.0  # seconds a start waits for FFmpeg's first progress report
 RESTORE_PARALLEL = 64  # FFmpeg processes starting at once during a restore
 WRITE_RETRY = 2.0  # seconds between retries of a state write that failed
+FINISHED_KEEP = 300.0  # seconds a finished stream stays listed before only `show` has it
+LOG_SWEEP_EVERY = 60.0  # seconds between two sweeps of the logs of streams that are gone
 
 
 Results = dict[str, dict[str, str]]
@@ -165,6 +168,8 @@ class Controller:
         self._restoring: asyncio.Task[Results] | None = None
         self._retrying: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self.finished_keep = FINISHED_KEEP
+        self._swept_at: float | None = None
         self.inputs = InputSockets(settings.socket.parent / "in")
         self.shedder = Shedder(self, settings.shed_after, settings.data_dir / SIDE_FILE)
 
@@ -254,6 +259,26 @@ class Controller:
             with contextlib.suppress(StateFileError):  # status shows it; retried below
                 await self.writer.remove(name)
         self._keep_retrying()
+        # Listed a while longer (a script polling for its end sees it), then only `show`
+        # has it: streams that end by themselves never pile up in memory or /metrics.
+        asyncio.get_running_loop().call_later(self.finished_keep, self.supervisor.forget, stream)
+        self._sweep_logs()
+
+    def _sweep_logs(self) -> None:
+        """Now and then, remove the logs of streams long gone (``streamlog.sweep_logs``)."""
+        now = time.monotonic()
+        if self._swept_at is not None and now - self._swept_at < LOG_SWEEP_EVERY:
+            return
+        self._swept_at = now
+
+        async def sweep() -> None:
+            keep = set(self.supervisor.streams) | set(await self.writer.load())
+            directory = self.supervisor.log_dir / "streams"
+            gone = await asyncio.to_thread(sweep_logs, directory, keep, time.time())
+            if gone:
+                log.info("removed the logs of %d stream(s) long gone", len(gone))
+
+        self._spawn(sweep())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -397,6 +422,7 @@ class Controller:
         await _all_done([stop_one(n) for n in names])
         if errors:
             self._keep_retrying()
+        self._sweep_logs()
         stopped.sort(key=names.index)
         unknown = [n for n in names if n not in stopped]
         return StopResult(stopped, unknown, errors[0] if errors else None)
@@ -551,6 +577,7 @@ class Controller:
 
     async def restore_at_launch(self) -> None:
         await self.restore(dry_run=False)
+        self._sweep_logs()
 
     async def close(self) -> None:
         """Stop every FFmpeg (the streams stay saved) and try once more any pending write."""
@@ -632,8 +659,10 @@ class Controller:
     async def details(self, name: str) -> Reply:
         """``show NAME``: a stream the supervisor has, or a saved one that does not run."""
         name = validate_name(name)
-        stream = self.supervisor.streams.get(name)
         saved = await self.writer.load()
+        stream = self.supervisor.streams.get(name)
+        if stream is None and name not in saved:
+            stream = self.supervisor.ended.get(name)  # finished: a bounded recent history
         if stream is not None:
             doc = running_details({**stream.snapshot(), "saved": name in saved}, stream.spec)
             return 200, dict(doc)

@@ -161,3 +161,46 @@ class CappedHandler(logging.Handler):
             self.handleError(record)
             return
         self._file.write(text)
+
+
+LOG_KEEP_SECONDS = 7 * 86400  # the logs of a name no longer saved nor running, kept a week
+LOG_KEEP_NAMES = 100  # and of at most this many such names, the most recently written
+_STREAM_LOG = re.compile(r"(?P<name>[A-Za-z0-9_-]{1,64})\.log(?:\.\d{1,3})?")
+
+
+def sweep_logs(
+    directory: Path,
+    keep: set[str],
+    now: float,
+    max_age: float = LOG_KEEP_SECONDS,
+    max_names: int = LOG_KEEP_NAMES,
+) -> list[str]:
+    """Remove the stream logs of names not in ``keep`` that are older than ``max_age``,
+    or past the ``max_names`` most recently written; return the names removed.
+
+    As ``pm2 flush`` or logrotate's ``maxage``, for streams that are gone: the logs of
+    the streams that run or are saved stay, whatever their age. Blocking: call it in
+    a thread.
+    """
+    files: dict[str, list[tuple[Path, float]]] = {}
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return []
+    for entry in entries:
+        m = _STREAM_LOG.fullmatch(entry.name)
+        if m is None or m["name"] in keep:
+            continue
+        with contextlib.suppress(OSError):
+            files.setdefault(m["name"], []).append((Path(entry.path), entry.stat().st_mtime))
+    newest = sorted(files, key=lambda n: max(t for _, t in files[n]), reverse=True)
+    gone = [
+        name
+        for rank, name in enumerate(newest)
+        if rank >= max_names or now - max(t for _, t in files[name]) > max_age
+    ]
+    for name in gone:
+        for path, _ in files[name]:
+            with contextlib.suppress(OSError):
+                path.unlink()
+    return gone

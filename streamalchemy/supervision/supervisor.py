@@ -8,6 +8,7 @@ this module carries it out (each stream in ``stream.Stream``) and reports throug
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 from collections.abc import Callable
@@ -55,6 +56,7 @@ TICK = 1.0  # seconds between deadline and stall checks
 # A tick this late means the daemon itself was not running (SIGSTOP, a suspended VM):
 # the streams' silence meanwhile is not theirs.
 PAUSE_GAP = 3.0
+ENDED_KEPT = 100  # streams that ended by themselves, kept for `show` once unlisted
 
 
 class Supervisor:
@@ -91,6 +93,7 @@ class Supervisor:
         self.clock = clock or SystemClock()
         self.rand = rand or random.Random()
         self.streams: dict[str, Stream] = {}
+        self.ended: collections.OrderedDict[str, Stream] = collections.OrderedDict()
         self._spawn = spawn
         self._on_end = on_end
         self._ticker: asyncio.Task[None] | None = None
@@ -165,6 +168,18 @@ class Supervisor:
     async def stop(self, name: str, reason: str = USER_STOP) -> None:
         stream = self.streams.pop(name)
         await stream.stop(reason)
+
+    def forget(self, stream: Stream) -> None:
+        """A stream that ended for good leaves ``streams`` (the list, the metrics) for
+        ``ended``, the last ``ENDED_KEPT`` of them, which ``show`` still finds."""
+        name = stream.spec.name
+        if self.streams.get(name) is not stream or stream.active:
+            return  # started again meanwhile
+        del self.streams[name]
+        self.ended[name] = stream
+        self.ended.move_to_end(name)
+        while len(self.ended) > ENDED_KEPT:
+            self.ended.popitem(last=False)
 
     async def stop_all(self, reason: str = SHUTDOWN) -> None:
         await asyncio.gather(*(self.stop(name, reason) for name in list(self.streams)))
