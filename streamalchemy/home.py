@@ -113,14 +113,17 @@ def prepare(settings: Settings) -> None:
 
 
 def bind_private(path: Path) -> socket.socket:
-    """A Unix socket bound at ``path`` with mode 0600 from its first instant (umask 177)."""
+    """A Unix socket bound at ``path``, mode 0600, in a directory that is the user's alone.
+
+    The umask is the process's: changing it here, even briefly, would change the mode
+    of every file other threads create meanwhile. The daemon runs under umask 077, so
+    the socket is the user's alone from its first instant; the chmod drops its x bits.
+    """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)
     try:
         sock.bind(str(path))
+        os.chmod(path, 0o600)
     except OSError:
         sock.close()
         raise
-    finally:
-        os.umask(old_umask)
     return sock

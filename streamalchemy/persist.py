@@ -95,49 +95,90 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+STUCK_WAIT = 0.1  # seconds a caller waits on a lock already found held past a timeout
+
+
+class _Waiter:
+    """A thread blocked in flock(2) on one descriptor of a lock file."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.guard = threading.Lock()
+        self.taken = threading.Event()
+        self.abandoned = False  # its caller gave up: drop the lock as soon as it is had
+        self.closed = False
+        self.error: OSError | None = None
+
+
+# Per lock file, the waiter whose caller gave up and that still waits: the next caller
+# takes its wait over, so a lock held for minutes costs one thread and one fd, not one
+# per caller (a `list` every second would otherwise leak both until the release).
+_STUCK: dict[str, _Waiter] = {}
+_STUCK_GUARD = threading.Lock()
+
+
 def _lock(path: Path, timeout: float) -> int:
     """Take an exclusive flock on ``path`` (created 0600, never through a symlink).
 
     A waiter sleeps in the kernel and is woken when the lock is released, instead of
     polling: a writer in a loop cannot starve it. flock(2) has no timeout, so the
     wait runs in a helper thread; a caller that gives up leaves it to take the lock
-    and drop it at once. Returns the descriptor; closing it releases the lock.
-    TimeoutError after ``timeout`` seconds.
+    and drop it at once, and the next caller takes that wait over for ``STUCK_WAIT``
+    seconds at most (the lock has been held long already: a clear answer soon beats a
+    queue). Returns the descriptor; closing it releases the lock. TimeoutError after
+    the wait.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return fd
-    except BlockingIOError:
-        pass
-    except BaseException:
-        os.close(fd)
-        raise
-    errors: list[OSError] = []
-    guard = threading.Lock()
-    taken, abandoned = threading.Event(), threading.Event()
-
-    def wait() -> None:
+    key = str(path)
+    with _STUCK_GUARD:
+        waiter = _STUCK.pop(key, None)
+    if waiter is not None:
+        with waiter.guard:
+            if waiter.closed:
+                waiter = None  # it had the lock and dropped it meanwhile: start afresh
+            else:
+                waiter.abandoned = False
+                timeout = min(timeout, STUCK_WAIT)
+    if waiter is None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as exc:
-            errors.append(exc)
-        with guard:
-            if abandoned.is_set():
-                os.close(fd)  # the caller gave up: drop the lock at once
-                return
-            taken.set()
-
-    threading.Thread(target=wait, name="state-lock-wait", daemon=True).start()
-    if not taken.wait(timeout):
-        with guard:
-            if not taken.is_set():
-                abandoned.set()
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        waiter = _Waiter(fd)
+        threading.Thread(
+            target=_wait, args=(key, waiter), name="state-lock-wait", daemon=True
+        ).start()
+    if not waiter.taken.wait(timeout):
+        with waiter.guard:
+            if not waiter.taken.is_set():
+                waiter.abandoned = True
+                with _STUCK_GUARD:
+                    _STUCK[key] = waiter
                 raise TimeoutError(path)
-    if errors:
-        os.close(fd)
-        raise errors[0]
-    return fd
+    if waiter.error is not None:
+        os.close(waiter.fd)
+        raise waiter.error
+    return waiter.fd
+
+
+def _wait(key: str, waiter: _Waiter) -> None:
+    try:
+        fcntl.flock(waiter.fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        waiter.error = exc
+    with waiter.guard:
+        if waiter.abandoned:
+            os.close(waiter.fd)  # the caller gave up: drop the lock at once
+            waiter.closed = True
+            with _STUCK_GUARD:
+                if _STUCK.get(key) is waiter:
+                    del _STUCK[key]
+            return
+        waiter.taken.set()
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -225,8 +266,12 @@ class StateStore:
         return present
 
     def flush(self) -> None:
-        """Write the pending removals, if any; StateFileError while it still cannot."""
-        self._update(lambda doc: False)
+        """Write the pending removals, if any; StateFileError while it still cannot.
+
+        After a failed write it writes the file again even with nothing pending: a write
+        that succeeds is what clears ``write_error`` (and ends the daemon's retries).
+        """
+        self._update(lambda doc: self.write_error is not None)
 
     def clear(self) -> None:
         """Empty the file; the write rotates the previous contents into ``.backup.1``."""

@@ -22,9 +22,10 @@ def main() -> None:
     p.add_argument("--say", default="", help="a stderr line written just before the end")
     p.add_argument("--long-line", type=int, default=0, help="one stderr line of this many bytes")
     p.add_argument("--out", default="", help="a file to create (refused if it exists, as -n)")
+    p.add_argument("--ignore-term", action="store_true", help="SIGTERM does nothing")
     args = p.parse_args()
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(255))
+    signal.signal(signal.SIGTERM, signal.SIG_IGN if args.ignore_term else lambda *_: sys.exit(255))
     if args.out:
         try:
             with Path(args.out).open("x") as f:

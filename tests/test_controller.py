@@ -380,3 +380,22 @@ def test_a_planted_pid_file_symlink_is_refused(tmp_path: Path) -> None:
     with pytest.raises(OperationFailed, match="symlink"):
         daemon._hold_instance_lock(tmp_path)
     assert victim.read_text() == "keep"
+
+
+def test_a_failed_launch_restore_is_tried_again(
+    controller: tuple[Controller, FakeSupervisor], home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c, fake = controller
+    save_many(c, ["a", "b"])
+    monkeypatch.setattr("streamalchemy.server.controller.RESTORE_RETRY", 0.01)
+    load = c.writer.load
+    failures = [StateFileError("the state file is still locked")]
+
+    async def flaky() -> dict[str, dict[str, Any]]:
+        if failures:
+            raise failures.pop()
+        return await load()
+
+    c.writer.load = flaky  # type: ignore[method-assign]
+    run(asyncio.wait_for(c.restore_at_launch(), 10))
+    assert not failures and fake.running() == {"a", "b"}

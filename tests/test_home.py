@@ -122,3 +122,18 @@ def test_a_state_file_symlink_planted_by_another_user_is_refused(base: Path) -> 
     os.chmod(base, 0o700)
     with pytest.raises(home.UnsafeHome, match="chown -h root"):
         home.check(load_settings(env={"STREAMALCHEMY_HOME": str(base)}))
+
+
+def test_bind_private_never_touches_the_process_umask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_umask(mask: int) -> int:
+        raise AssertionError("the umask is the whole process's: other threads create files")
+
+    monkeypatch.setattr(os, "umask", no_umask)
+    path = tmp_path / "s.sock"
+    sock = home.bind_private(path)
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_ISSOCK(path.stat().st_mode)
+    finally:
+        sock.close()

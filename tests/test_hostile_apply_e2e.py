@@ -2,7 +2,7 @@
 
 A malformed URL, a file rewritten in place under a watching daemon, a restart of
 every stream past one that cannot come back, an ``--overwrite`` from a bad source,
-and an apply that must bring back what does not run.
+an apply that must bring back what does not run, and a stop while the daemon is down.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from conftest import Daemon, cli, cli_json, wait_for
 pytestmark = pytest.mark.e2e
 
 CHEAP = 'testsrc = true\nresolution = 480\nfps = 5\noutput = "null"\n'
+CHEAP_ARGS = ("--testsrc", "--resolution", "480", "--fps", "5", "--output", "null")
 
 BAD_URLS = ["rtsp://[::1/x", "rtsp://cam:99999/x", "rtsp://cam:port/x"]
 
@@ -179,5 +180,27 @@ def test_apply_brings_back_a_saved_stream_and_records_into_the_next_file(
         shown = cli_json("show", "rec")[1]
         assert shown["stream"]["output"].endswith(".ts") and out.exists()
         assert any(p.name != "r.ts" for p in out.parent.iterdir())
+    finally:
+        d.stop()
+
+
+def test_stop_with_the_daemon_down_answers_from_the_state_file(tmp_home: Path) -> None:
+    d = Daemon(tmp_home)
+    try:
+        for name in ("a", "b"):
+            assert cli("start", name, *CHEAP_ARGS).returncode == 0
+    finally:
+        d.stop()  # the streams stay saved, to come back at the next launch
+    code, doc = cli_json("stop", "a")
+    assert (code, doc["stopped"]) == (0, ["a"])
+    assert not (tmp_home / "streamalchemy.sock").exists()  # no daemon, no restore of a
+    assert cli("stop", "zz").returncode == 4
+    assert set(cli_json("saved")[1]["streams"]) == {"b"}
+    d = Daemon(tmp_home)
+    try:
+        wait_for(lambda: "b" in running(), 20, "the restore of b")
+        assert "a" not in running()
+        second_launch = (tmp_home / "logs" / "daemon.log").read_text().split("listening on")[-1]
+        assert "starting b ->" in second_launch and "starting a ->" not in second_launch
     finally:
         d.stop()

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from streamalchemy.core.spec import StreamSpec
-from streamalchemy.errors import StreamExists
+from streamalchemy.errors import OperationFailed, StreamExists
 from streamalchemy.supervision import procs
 from streamalchemy.supervision.backoff import Backoff
 from streamalchemy.supervision.supervisor import (
@@ -375,5 +375,53 @@ def test_a_note_reaches_the_log_of_a_stream_that_is_not_running(tmp_path: Path) 
     async def test(h: Harness) -> None:
         h.sup.note("cam", "restore skipped: file /v.mp4 is missing")
         assert "restore skipped" in h.sup.log_path("cam").read_text()
+
+    run(tmp_path, test)
+
+
+def test_deadline_escalates_to_sigkill_after_the_grace(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        s = h.launch(spec(duration=3.0), stub("--ignore-term"))
+        await until(lambda: s.status == "running", "running")
+        pid = s.pid
+        await h.ticks(3)  # the deadline: SIGTERM, ignored
+        await asyncio.sleep(0.3)
+        assert s.pid == pid and s.active
+        await h.ticks(3)  # past the grace (2 s): SIGKILL
+        await until(lambda: h.ended, "the end")
+        assert s.status == "finished"
+        assert "ignored SIGTERM: killing it" in log_text(s)
+
+    run(tmp_path, test)
+
+
+def test_stop_never_swallows_its_callers_cancellation(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        s = h.launch(spec(), stub())
+        await until(lambda: s.status == "running", "running")
+        run_loop = s.task
+        s.task = asyncio.create_task(asyncio.Event().wait())  # a loop slow to end
+        stopping = asyncio.create_task(s.stop(USER_STOP))
+        await asyncio.sleep(0.5)
+        stopping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stopping
+        assert not s.task.cancelled()  # the caller's cancellation is the caller's
+        s.task.cancel()
+        await asyncio.wait([run_loop], timeout=10)
+
+    run(tmp_path, test)
+
+
+def test_nothing_launches_once_stop_all_has_begun(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        s = h.launch(spec("a"), stub())
+        await until(lambda: s.status == "running", "running")
+        stopping = asyncio.create_task(h.sup.stop_all())
+        await asyncio.sleep(0)  # stop_all has begun; a request still in flight launches now
+        with pytest.raises(OperationFailed, match="shutting down"):
+            h.launch(spec("b"), stub())
+        await stopping
+        assert "b" not in h.sup.streams and "a" not in h.sup.streams
 
     run(tmp_path, test)

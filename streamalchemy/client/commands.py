@@ -118,8 +118,31 @@ def _names_or_all(names: Sequence[str], all_streams: bool, verb: str) -> dict[st
 
 
 def stop(names: Sequence[str], all_streams: bool) -> StopResult:
-    reply = client().request("POST", "/stop", _names_or_all(names, all_streams, "stop"))
+    """Stop streams; with the daemon down, remove them from the state file instead.
+
+    Starting the daemon for a stop would restore every saved stream first, the ones
+    to stop included: they would run for seconds, and a recording would begin a file.
+    """
+    body = _names_or_all(names, all_streams, "stop")
+    c = client()
+    if not c.reachable():
+        return _stop_saved(c.settings, [validate_name(n) for n in names], all_streams)
+    reply = c.request("POST", "/stop", body)
     return {"success": True, "stopped": reply["stopped"]}
+
+
+def _stop_saved(settings: Settings, names: list[str], all_streams: bool) -> StopResult:
+    store = _store(settings)
+    saved = store.load()
+    names = sorted(saved) if all_streams else list(dict.fromkeys(names))
+    stopped = [n for n in names if n in saved]
+    if stopped:
+        store.remove(*stopped)
+    unknown = [n for n in names if n not in saved]
+    if unknown:
+        done = f" (stopped: {', '.join(stopped)})" if stopped else ""
+        raise StreamNotFound(f"no such stream: {', '.join(unknown)}{done}")
+    return {"success": True, "stopped": stopped}
 
 
 def restart(names: Sequence[str], all_streams: bool) -> RestartResult:

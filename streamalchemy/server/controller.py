@@ -69,6 +69,8 @@ log = logging.getLogger("streamalchemy.daemon")
 CONFIRM_WINDOW = 5.0  # seconds a start waits for FFmpeg's first progress report
 RESTORE_PARALLEL = 64  # FFmpeg processes starting at once during a restore
 WRITE_RETRY = 2.0  # seconds between retries of a state write that failed
+RESTORE_RETRY = 2.0  # seconds before a failed launch restore is tried again, doubling
+RESTORE_RETRY_MAX = 60.0
 FINISHED_KEEP = 300.0  # seconds a finished stream stays listed before only `show` has it
 LOG_SWEEP_EVERY = 60.0  # seconds between two sweeps of the logs of streams that are gone
 
@@ -379,6 +381,7 @@ class Controller:
                 await self.writer.save(name, new_entry(spec.to_config(), stream.saved_at))
             except StateFileError as exc:
                 failure = f"it could not be saved, so its FFmpeg was stopped: {exc}"
+                self._keep_retrying()  # until a write succeeds and the status clears
             else:
                 self.children.flush()  # recorded, as saved, before the start answers
                 return stream
@@ -576,7 +579,19 @@ class Controller:
         return result
 
     async def restore_at_launch(self) -> None:
-        await self.restore(dry_run=False)
+        """The launch restore, tried again (the wait doubling) until it runs: a state file
+        locked or unreadable for a while must not leave every stream down until a
+        restart of the daemon."""
+        delay = RESTORE_RETRY
+        while True:
+            try:
+                await self.restore(dry_run=False)
+            except Exception as exc:
+                log.error("the launch restore failed: %s; trying again in %gs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, RESTORE_RETRY_MAX)
+            else:
+                break
         self._sweep_logs()
 
     async def close(self) -> None:

@@ -125,6 +125,7 @@ class Stream:
         self._progress_at = 0.0
         self._stopping: str | None = None  # why, once a stop is asked for
         self._stalled = False
+        self._ending: tuple[int, float] | None = None  # pid asked to end at the deadline, when
         self._returncode = 0  # of the last FFmpeg, negative for a signal
         self._wake = asyncio.Event()
         self._confirmed: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
@@ -348,7 +349,7 @@ class Stream:
             return
         if self.deadline is not None and now >= self.deadline and self.active:
             if pid is not None:
-                procs.signal_group(pid, signal.SIGTERM)
+                self._end_at_deadline(pid, mono)
             self._wake.set()
         elif (
             pid is not None
@@ -362,6 +363,17 @@ class Stream:
             )
             procs.signal_group(pid, signal.SIGKILL)
 
+    def _end_at_deadline(self, pid: int, mono: float) -> None:
+        """SIGTERM once; SIGKILL once the grace period has passed (a blocked output can
+        keep FFmpeg from exiting), as a stop does."""
+        if self._ending is None or self._ending[0] != pid:
+            self._ending = (pid, mono)
+            procs.signal_group(pid, signal.SIGTERM)
+        elif mono - self._ending[1] >= self.settings.grace:
+            self.log.event(f"duration reached; FFmpeg (pid {pid}) ignored SIGTERM: killing it")
+            self._ending = (pid, float("inf"))  # killed: no more signals to this pid
+            procs.signal_group(pid, signal.SIGKILL)
+
     def forgive_pause(self, mono: float) -> None:
         """The daemon was not running until ``mono``: restart the stall clock from now."""
         self._progress_at = max(self._progress_at, mono)
@@ -373,8 +385,10 @@ class Stream:
         self._wake.set()
         if self._proc is not None:
             await procs.stop(self._proc, self.settings.grace)
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
+        if not self.task.done():
+            # Waits for the loop to end without taking its outcome: a cancellation of
+            # the caller still reaches the caller.
+            await asyncio.wait([self.task])
         self.log.event(reason)
         self.output.end()
 

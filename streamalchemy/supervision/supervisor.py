@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from streamalchemy.core.spec import StreamSpec
-from streamalchemy.errors import StreamExists
+from streamalchemy.errors import OperationFailed, StreamExists
 from streamalchemy.supervision import procs
 from streamalchemy.supervision.stream import (
     ACTIVE,
@@ -99,6 +99,7 @@ class Supervisor:
         self._ticker: asyncio.Task[None] | None = None
         self._tick_every = tick_every
         self._last_tick: float | None = None
+        self.closed = False  # stop_all has begun: nothing launches any more
 
     @property
     def stall_timeout(self) -> float:
@@ -137,6 +138,8 @@ class Supervisor:
         that is still active: stop it first. ``held``: the stream is shed, for that
         reason, and runs nothing (its deadline is still watched).
         """
+        if self.closed:  # a request still in flight at shutdown: no FFmpeg after stop_all
+            raise OperationFailed(f"{spec.name}: not started: the daemon is shutting down")
         current = self.streams.get(spec.name)
         if current is not None and current.active:
             raise StreamExists(f"stream {spec.name!r} is already running (pid {current.pid})")
@@ -182,6 +185,7 @@ class Supervisor:
             self.ended.popitem(last=False)
 
     async def stop_all(self, reason: str = SHUTDOWN) -> None:
+        self.closed = True
         await asyncio.gather(*(self.stop(name, reason) for name in list(self.streams)))
         self.record.flush()  # the children's record written before the loop ends
         if self._ticker is not None:
