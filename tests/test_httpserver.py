@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import tempfile
 import threading
@@ -27,8 +28,8 @@ async def _handle(method: str, path: str, query: dict[str, str], body: dict[str,
 
 @pytest.fixture
 def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setattr(httpserver, "REQUEST_TIMEOUT", 0.5)
     monkeypatch.setattr(httpserver, "_DRAIN_AFTER_ERROR", 0.2)
+    limits = dataclasses.replace(httpserver.CONTROL, request_timeout=0.5)
     path = Path(tempfile.mkdtemp(prefix="sa-", dir="/tmp")) / "s.sock"
     loop = asyncio.new_event_loop()
     ready = threading.Event()
@@ -36,7 +37,7 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
     async def main() -> None:
         srv = await asyncio.start_unix_server(
-            httpserver.connection_handler(_handle), path=str(path)
+            httpserver.connection_handler(_handle, limits), path=str(path)
         )
         ready.set()
         async with srv:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from streamalchemy import __version__
 from streamalchemy.errors import InvalidInput
-from streamalchemy.server.httpserver import Reply, Text, TextReply, connection_handler
+from streamalchemy.server.httpserver import PUBLIC, Reply, Text, TextReply, connection_handler
 from streamalchemy.supervision import procs
 
 if TYPE_CHECKING:
@@ -299,10 +299,11 @@ class Metrics:
         self, method: str, path: str, query: dict[str, str], body: dict[str, Any]
     ) -> Reply | TextReply:
         """The TCP listener's only route; everything else is refused there."""
+        # Fixed words: nothing of a network peer's request is repeated back to it.
         if path != "/metrics":
             return 404, {"success": False, "message": "only GET /metrics is served on this address"}
         if method != "GET":
-            return 405, {"success": False, "message": f"{method} /metrics: only GET is allowed"}
+            return 405, {"success": False, "message": "only GET is allowed on /metrics"}
         try:
             return self.reply()
         except Exception as exc:  # a bug must not take the listener down
@@ -315,7 +316,7 @@ async def listen(metrics: Metrics, addr: tuple[str, int]) -> asyncio.Server:
     host, port = addr
     try:
         return await asyncio.start_server(
-            connection_handler(metrics.handle_tcp, check_uid=False), host, port
+            connection_handler(metrics.handle_tcp, PUBLIC), host, port
         )
     except OSError as exc:
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
