@@ -255,3 +255,10 @@ def test_tcp_handler_serves_metrics_and_refuses_everything_else() -> None:
     ):
         status, body = ask(method, path)
         assert status in (403, 404, 405) and body["success"] is False, (method, path)
+
+
+def test_tcp_refusals_never_repeat_the_request() -> None:
+    fake = Fake()
+    for method, path in (("X" * 8000, "/metrics"), ("GET", "/" + "rtsp://" * 1000)):
+        status, body = asyncio.run(fake.metrics.handle_tcp(method, path, {}, {}))
+        assert status in (404, 405) and len(body["message"]) < 100
