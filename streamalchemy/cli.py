@@ -90,15 +90,38 @@ def _emit(as_json: bool, action: Callable[[], Any], show: Callable[[Any], None])
     return result
 
 
-def _render(view: str) -> Callable[[Any], None]:
+def _render(view: str, **options: Any) -> Callable[[Any], None]:
     """The rich view of ``render`` by name, imported only when a person reads it."""
 
     def show(result: Any) -> None:
         from streamalchemy.client import render
 
-        getattr(render, view)(result)
+        getattr(render, view)(result, **options)
 
     return show
+
+
+def _output_format(value: str) -> str:
+    if value != "wide":
+        raise typer.BadParameter(f"{value!r} is not wide (use --json for JSON)")
+    return value
+
+
+WideOpt = Annotated[
+    bool,
+    typer.Option("--wide", help="Every column, however narrow the terminal (else some drop out)."),
+]
+FormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "-o",
+        "--output",
+        metavar="wide",
+        help="-o wide is --wide, as in kubectl. \\[default: the columns that fit]",
+        show_default=False,
+        parser=_output_format,
+    ),
+]
 
 
 NameArg = Annotated[
@@ -188,15 +211,19 @@ def stop(names: NamesArg = None, all_streams: AllOpt = False, as_json: JsonOpt =
 
 
 @app.command("list")
-def list_streams(as_json: JsonOpt = False) -> None:
-    """Show the daemon's streams with live figures, and saved streams that are not running."""
-    _emit(as_json, commands.list_streams, _render("streams"))
+def list_streams(wide: WideOpt = False, fmt: FormatOpt = None, as_json: JsonOpt = False) -> None:
+    """Show the daemon's streams with live figures, and saved streams that are not running.
+
+    Name, status and time left always show; at a narrow terminal other columns drop
+    out (source and output first), --wide shows them all.
+    """
+    _emit(as_json, commands.list_streams, _render("streams", wide=wide or fmt == "wide"))
 
 
 @app.command()
-def saved(as_json: JsonOpt = False) -> None:
+def saved(wide: WideOpt = False, fmt: FormatOpt = None, as_json: JsonOpt = False) -> None:
     """Show the state file's entries (works while the daemon is down)."""
-    _emit(as_json, commands.saved, _render("saved"))
+    _emit(as_json, commands.saved, _render("saved", wide=wide or fmt == "wide"))
 
 
 @app.command()
@@ -310,7 +337,7 @@ def show(name: NameArg, as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def top(as_json: JsonOpt = False) -> None:
+def top(wide: WideOpt = False, fmt: FormatOpt = None, as_json: JsonOpt = False) -> None:
     """Watch the streams live, full screen, refreshed every second (q or Ctrl-C leaves).
 
     Failed and retrying streams come first, then the others, by name. When stdout is
@@ -323,8 +350,12 @@ def top(as_json: JsonOpt = False) -> None:
     from streamalchemy.client.render import console
 
     fetch = view.fetcher(commands.client())
+    wide = wide or fmt == "wide"
     try:
-        code = view.live(fetch, console) if console.is_terminal else view.once(fetch, console)
+        if console.is_terminal:
+            code = view.live(fetch, console, wide=wide)
+        else:
+            code = view.once(fetch, console, wide=wide)
     except StreamAlchemyError as exc:
         _fail(exc, False)
     raise typer.Exit(code)

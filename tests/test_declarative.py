@@ -313,3 +313,31 @@ def test_file_applier_retries_failed_steps_later(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     assert fake.calls == [("start", "a"), ("start", "a")]
+
+
+def test_a_masked_export_applied_keeps_the_saved_secrets() -> None:
+    specs = parse(
+        '[streams.cam]\nurl = "rtsp://cam:Kq\'7 Zt\\"9w@h/x?token=abc123"\n'
+        "[streams.ref]\nurl = 'rtsp://admin:${CAM_PW}@h/y'\n"
+        "[streams.key]\ntestsrc = true\noutput = 'rtmp://h/live/StreamKey9'\n"
+    )
+    saved = saved_of(specs)
+    masked = declarative.export_toml(declarative.export_tables(saved))
+    assert "Kq'7" not in masked and "StreamKey9" not in masked and "abc123" not in masked
+    assert "rtsp://admin:${CAM_PW}@h/y" in masked  # a reference exactly as written
+    steps = plan(parse(masked), declarative.current_specs(saved, {}))
+    assert [(s.action, s.spec) for s in steps] == [("unchanged", specs[s.name]) for s in steps]
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        "[streams.new]\nurl = 'rtsp://***:***@h/x'\n",  # no saved secret to keep
+        "[streams.cam]\nurl = 'rtsp://***:***@other/x'\n",  # the URL changed around it
+    ],
+)
+def test_a_masked_secret_that_cannot_be_kept_is_refused(table: str) -> None:
+    saved = saved_of(parse("[streams.cam]\nurl = 'rtsp://u:hunter2@h/x'\n"))
+    with pytest.raises(InvalidInput, match=r"--include-secrets") as err:
+        plan(parse(table), declarative.current_specs(saved, {}))
+    assert err.value.exit_code == 2 and "${NAME}" in str(err.value)

@@ -12,6 +12,7 @@ Pure: nothing here starts, stops or saves a stream (``applier`` carries a plan o
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -21,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streamalchemy.core.masking import MASK, mask_url, secrets_in_url
 from streamalchemy.core.spec import (
     SOURCE,
     START_OPTIONS,
     StreamSpec,
-    mask_credentials,
     spec_from_entry,
     spec_from_request,
 )
@@ -214,8 +215,33 @@ def table_of(spec: StreamSpec) -> Table:
 
 
 def _shown(key: str, value: Any) -> Any:
-    # mask_credentials keeps a ${NAME} reference: it names a secret, it holds none.
-    return mask_credentials(value) if key in ("url", "output") and isinstance(value, str) else value
+    # mask_url keeps a ${NAME} reference (and its user name): it names a secret, holds none.
+    return mask_url(value) if key in ("url", "output") and isinstance(value, str) else value
+
+
+def with_saved_secrets(spec: StreamSpec, saved: StreamSpec | None) -> StreamSpec:
+    """``spec`` with each URL that holds ``***`` where a secret goes given back its saved one.
+
+    An export without ``--include-secrets`` writes ``***``; applied unchanged, it means
+    "keep the saved secret" (the stream does not even restart). Anything else with
+    ``***`` there (a new stream, a URL changed around it) is refused: apply never
+    saves a masked value over a credential.
+    """
+    kept: dict[str, str] = {}
+    for attr, label in (("source", "url"), ("output", "output")):
+        value = getattr(spec, attr)
+        if MASK not in secrets_in_url(value):
+            continue
+        before = getattr(saved, attr) if saved is not None else ""
+        if not before or mask_url(before) != value:
+            raise InvalidInput(
+                f"stream {spec.name!r}: {label} {value!r} holds {MASK} where a secret goes, "
+                "and it is not the saved URL masked: write the secret as ${NAME} (see the "
+                "README) or export with --include-secrets"
+            )
+        kept[attr] = before
+    source, output = kept.get("source", spec.source), kept.get("output", spec.output)
+    return dataclasses.replace(spec, source=source, output=output) if kept else spec
 
 
 def changes_between(old: StreamSpec, new: StreamSpec) -> Changes:
@@ -352,6 +378,7 @@ def plan(
                 steps.append(Step(name, "other-shard", reason=where))
             continue
         old = current.get(name)
+        spec = with_saved_secrets(spec, old)
         if not here:
             steps.append(Step(name, "create", spec))
         elif old == spec:

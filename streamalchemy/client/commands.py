@@ -55,8 +55,8 @@ def _store(settings: Settings) -> StateStore:
 
 
 def _masked(doc: object) -> object:
-    """``doc`` with every secret masked (credentials imports what the polled path skips)."""
-    from streamalchemy.core.credentials import mask_document
+    """``doc`` with every secret masked (masking imports what the polled path skips)."""
+    from streamalchemy.core.masking import mask_document
 
     return mask_document(doc)
 

@@ -46,6 +46,8 @@ class StreamDoc(TypedDict):
     last_error: str | None
     log_file: str
     current_output: NotRequired[str]  # the file being written now, for a file output
+    # Whether the state file holds it (list and show): if not, a daemon restart ends it.
+    saved: NotRequired[bool]
     exits: NotRequired[list[ExitDoc]]
 
 
