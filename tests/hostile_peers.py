@@ -130,6 +130,7 @@ class Hostile:
                 sock = self._connect()
                 if sock is None:
                     break
+                sock.setblocking(False)  # so that checking it never waits
                 self.idle.append(sock)
                 self.reconnects += 1
             self.stop.wait(0.5)
