@@ -25,6 +25,7 @@ from streamalchemy.client.logfollow import Follower
 from streamalchemy.core.spec import StreamSpec, spec_from_entry, spec_from_request
 from streamalchemy.errors import InvalidInput, OperationFailed, StateFileError, StreamExists
 from streamalchemy.persist import new_entry
+from streamalchemy.server import routes
 from streamalchemy.server.controller import RESTORE_PARALLEL, Controller
 from streamalchemy.settings import load_settings
 
@@ -127,11 +128,13 @@ def home(tmp_path: Path) -> Path:
 
 def make_controller(home: Path, delay: float = 0.01) -> tuple[Controller, FakeSupervisor]:
     settings = load_settings(env={"STREAMALCHEMY_HOME": str(home), "STREAMALCHEMY_MEDIAMTX": "off"})
-    controller = Controller(settings)
     fake = FakeSupervisor(home / "logs", delay)
-    controller.supervisor = fake  # type: ignore[assignment]
-    controller.choose_encoder = FakeChooser()  # type: ignore[assignment]
-    controller.check_source = lambda spec, ffprobe: None
+    controller = Controller.from_settings(
+        settings,
+        supervise=lambda on_end: fake,  # type: ignore[arg-type,return-value]
+        choose_encoder=FakeChooser(),  # type: ignore[arg-type]
+        check_source=lambda spec, ffprobe: None,
+    )
     return controller, fake
 
 
@@ -294,17 +297,18 @@ def test_stop_stops_even_when_the_write_fails_and_the_stream_stays_gone(
 
     monkeypatch.setattr(c.store, "_write", full)
     result = run(c.stop_names(["a"]))
-    status, reply = result.reply()
+    status, reply = routes.stop_reply(result)
     assert result.stopped == ["a"] and status == 500 and "disk full" in reply["message"]
     assert fake.running() == {"b"}
-    assert c.status()["state_write_ok"] is False and "disk full" in c.status()["state_write_error"]
+    report = routes.status(c)
+    assert report["state_write_ok"] is False and "disk full" in report["state_write_error"]
     # Still in the file, but hidden from every reader and never restored.
     assert "a" in saved(home) and "a" not in c.store.load()
     assert run(c.restore())["b"]["result"] == "skipped"
     assert fake.running() == {"b"}
     monkeypatch.setattr(c.store, "_write", real_write)
     run(c.writer.flush())
-    assert saved(home) == {"b"} and c.status()["state_write_ok"] is True
+    assert saved(home) == {"b"} and routes.status(c)["state_write_ok"] is True
 
 
 def test_an_exception_in_one_restore_is_that_streams_failure(

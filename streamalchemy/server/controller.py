@@ -1,47 +1,40 @@
-"""The daemon's decisions: what each request does to the streams and the state file.
+"""The daemon's decisions: the per-name lifecycle of every stream.
 
-One method per request, and the HTTP routes as a table (``ROUTES``) mapping a
-method and a path pattern to a handler. Nothing here binds sockets, handles
-signals or sets up logging (that is ``daemon``); the supervisor carries the
-decisions out and the state store records them. Every start that answers success
-is in the state file.
+One owner per name (``Controller.owning``): every start, stop, restart, restore and
+apply step of a name runs under that name's lock. The controller is given its parts
+(state store, child record, supervisor, encoder chooser, source check, input sockets);
+``Controller.from_settings`` builds the real ones. Nothing here parses HTTP requests
+(that is ``server.routes``), binds sockets, handles signals or sets up logging (that is
+``daemon``); the supervisor carries the decisions out and the state store records them.
+Every start that answers success is in the state file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-import os
-import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import streamalchemy
-from streamalchemy import __version__, encoders
+from streamalchemy import encoders
 from streamalchemy.core.credentials import has_secret, resolve_spec, unresolved
-from streamalchemy.core.details import running_details, saved_details
 from streamalchemy.core.restore import Step, dry_run_results, plan
 from streamalchemy.core.spec import (
     StreamSpec,
     mask_credentials,
     read_saved,
-    spec_from_request,
     validate_name,
 )
 from streamalchemy.errors import (
-    InvalidInput,
     OperationFailed,
     StateFileError,
-    StreamAlchemyError,
     StreamExists,
     StreamNotFound,
 )
 from streamalchemy.persist import StateStore, StateWriter, new_entry
-from streamalchemy.server.httpserver import Reply, TextReply
 from streamalchemy.server.inputsockets import InputSockets
 from streamalchemy.server.metrics import Metrics
 from streamalchemy.settings import Settings
@@ -78,23 +71,6 @@ class StopResult:
     unknown: list[str]
     write_error: str | None = None
 
-    def reply(self) -> Reply:
-        if self.write_error is not None:
-            return 500, {
-                "success": False,
-                "message": f"stopped {', '.join(self.stopped)}, but {self.write_error}; "
-                "they will not be restored, and the write is retried",
-                "stopped": self.stopped,
-            }
-        if self.unknown:
-            done = f" (stopped: {', '.join(self.stopped)})" if self.stopped else ""
-            return 404, {
-                "success": False,
-                "message": f"no such stream: {', '.join(self.unknown)}{done}",
-                "stopped": self.stopped,
-            }
-        return 200, {"success": True, "stopped": self.stopped}
-
 
 async def _all_done(jobs: list[Coroutine[Any, Any, None]]) -> None:
     """Run ``jobs`` together and wait for every one; then raise the first error, if any."""
@@ -112,17 +88,6 @@ class _Snapshot:
     saved: dict[str, dict[str, Any]]
 
 
-@dataclass(frozen=True)
-class Request:
-    """One HTTP request as a handler sees it: ``params`` are the path pattern's fields."""
-
-    method: str
-    path: str
-    params: dict[str, str]
-    query: dict[str, str]
-    body: dict[str, Any]
-
-
 class Controller:
     """The daemon's decisions: what each request does to the streams and the state file.
 
@@ -134,35 +99,72 @@ class Controller:
     ``stop_names``, ``restart_name`` and ``restore``.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: StateStore,
+        children: ChildRecord,
+        supervise: Callable[[Callable[[Stream], None]], Supervisor],
+        choose_encoder: encoders.Chooser,
+        check_source: Callable[[StreamSpec, str], None],
+        inputs: InputSockets,
+    ) -> None:
+        """``supervise`` makes the supervisor, given the callback for a stream that ends."""
         self.settings = settings
-        self.store = StateStore(
-            settings.state_file,
-            backup_count=settings.backup_count,
-            enabled=settings.persistence_enabled,
-        )
-        self.writer = StateWriter(self.store)
-        self.children = ChildRecord(settings.data_dir / "children.json")
-        self.supervisor = Supervisor(
-            record=self.children,
-            log_dir=settings.log_dir,
-            stall_timeout=settings.stall_timeout,
-            on_end=self._on_end,
-            log_max_bytes=settings.log_max_bytes,
-            log_backups=settings.log_backups,
-        )
+        self.store = store
+        self.writer = StateWriter(store)
+        self.children = children
+        self.supervisor = supervise(self._on_end)
         self.started = time.time()
-        self.metrics = Metrics.of(self)
+        self.metrics = Metrics.of(store, self.started, lambda: self.supervisor.streams.values())
         self.not_restored: dict[str, str] = {}  # saved streams left out, and why
         self.shutdown = asyncio.Event()
-        self.choose_encoder = encoders.Chooser(settings.ffmpeg, settings.data_dir)
-        self.check_source: Callable[[StreamSpec, str], None] = check_source
+        self.choose_encoder = choose_encoder
+        self.check_source = check_source
+        self.inputs = inputs
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiting: dict[str, int] = {}
         self._restoring: asyncio.Task[Results] | None = None
         self._retrying: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
-        self.inputs = InputSockets(settings.socket.parent / "in")
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        supervise: Callable[[Callable[[Stream], None]], Supervisor] | None = None,
+        choose_encoder: encoders.Chooser | None = None,
+        check_source: Callable[[StreamSpec, str], None] = check_source,
+    ) -> Controller:
+        """The daemon's controller; a test passes fakes for the parts it replaces."""
+        children = ChildRecord(settings.data_dir / "children.json")
+
+        def real_supervisor(on_end: Callable[[Stream], None]) -> Supervisor:
+            return Supervisor(
+                record=children,
+                log_dir=settings.log_dir,
+                stall_timeout=settings.stall_timeout,
+                on_end=on_end,
+                log_max_bytes=settings.log_max_bytes,
+                log_backups=settings.log_backups,
+            )
+
+        store = StateStore(
+            settings.state_file,
+            backup_count=settings.backup_count,
+            enabled=settings.persistence_enabled,
+        )
+        return cls(
+            settings,
+            store=store,
+            children=children,
+            supervise=supervise or real_supervisor,
+            choose_encoder=choose_encoder or encoders.Chooser(settings.ffmpeg, settings.data_dir),
+            check_source=check_source,
+            inputs=InputSockets(settings.socket.parent / "in"),
+        )
 
     # -- one owner per name --------------------------------------------------------
 
@@ -533,170 +535,6 @@ class Controller:
                 await self.writer.flush()
         self.writer.close()
 
-    # -- reports -------------------------------------------------------------------
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "success": True,
-            "pid": os.getpid(),
-            "version": __version__,
-            "uptime_seconds": time.time() - self.started,
-            "socket": str(self.settings.socket),
-            "state_file": str(self.settings.state_file),
-            "persistence_enabled": self.store.enabled,
-            "streams": sum(1 for s in self.supervisor.streams.values() if s.active),
-            "log_dir": str(self.settings.log_dir),
-            "ffmpeg": self.settings.ffmpeg,
-            "state_write_ok": self.store.write_error is None,
-            "state_write_error": self.store.write_error,
-            # Which home and which installation answer: a second install's CLI
-            # would otherwise drive this daemon without knowing it.
-            "home": str(self.settings.data_dir),
-            "install_path": os.path.dirname(os.path.abspath(streamalchemy.__file__)),
-        }
-
-    async def list_streams(self) -> dict[str, Any]:
-        saved = await self.writer.load()
-        active = {n for n, s in self.supervisor.streams.items() if s.active}
-        not_running = {
-            name: self.not_restored.get(name, "not started since the daemon launched")
-            for name in sorted(saved)
-            if name not in active
-        }
-        return {
-            "success": True,
-            "streams": [s.snapshot() for _, s in sorted(self.supervisor.streams.items())],
-            "not_running": not_running,
-        }
-
-    def logs(self, name: str, lines: str) -> Reply:
-        name = validate_name(name)
-        try:
-            count = int(lines)
-            if count < 0:
-                raise ValueError
-        except ValueError as exc:
-            raise InvalidInput(f"lines must be a whole number >= 0, not {lines!r}") from exc
-        path = self.supervisor.log_path(name)
-        if not path.exists() and name not in self.supervisor.streams:
-            raise StreamNotFound(f"no such stream: {name}")
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            data = b""
-        tail = data.decode(errors="replace").splitlines()[-count:] if count else []
-        # ``offset``: where a follower starts, so no line between this read and its own is lost.
-        return 200, {
-            "success": True,
-            "name": name,
-            "path": str(path),
-            "lines": tail,
-            "offset": len(data),
-        }
-
-    async def details(self, name: str) -> Reply:
-        """``show NAME``: a stream the supervisor has, or a saved one that does not run."""
-        name = validate_name(name)
-        stream = self.supervisor.streams.get(name)
-        if stream is not None:
-            return 200, dict(running_details(stream.snapshot(), stream.spec))
-        entry = (await self.writer.load()).get(name)
-        if entry is None:
-            raise StreamNotFound(f"no such stream: {name}")
-        settings = self.settings
-        doc = saved_details(
-            name,
-            entry,
-            log_file=str(self.supervisor.log_path(name)),
-            why=self.not_restored.get(name, "not started since the daemon launched"),
-            target=lambda spec: output_target(spec, settings.rtsp_url, settings.hls_dir),
-        )
-        return 200, dict(doc)
-
-    async def route_details(self, req: Request) -> Reply:
-        return await self.details(req.params["name"])
-
-    # -- routes: one handler per (method, path pattern) of ROUTES --------------------
-
-    async def route_status(self, req: Request) -> Reply:
-        return 200, self.status()
-
-    async def route_metrics(self, req: Request) -> TextReply:
-        return self.metrics.reply()
-
-    async def route_shutdown(self, req: Request) -> Reply:
-        asyncio.get_running_loop().call_later(0.05, self.shutdown.set)
-        return 200, {"success": True, "message": "shutting down", "pid": os.getpid()}
-
-    async def route_list(self, req: Request) -> Reply:
-        return 200, await self.list_streams()
-
-    async def route_start(self, req: Request) -> Reply:
-        return await self.start(req.body)
-
-    async def start(self, body: dict[str, Any]) -> Reply:
-        """``POST /streams``: the request-shaped form of ``start_spec``."""
-        spec = spec_from_request(body)
-        flags = {key: body.get(key, False) for key in ("replace", "overwrite")}
-        for key, value in flags.items():
-            if not isinstance(value, bool):
-                raise InvalidInput(f"{key} must be true or false, not {value!r}")
-        stream = await self.start_spec(spec, replace=flags["replace"], overwrite=flags["overwrite"])
-        return 200, {"success": True, "stream": stream.snapshot()}
-
-    async def route_stream(self, req: Request) -> Reply:
-        stream = self.supervisor.streams.get(req.params["name"])
-        if stream is None:
-            raise StreamNotFound(f"no such stream: {req.params['name']}")
-        return 200, {"success": True, "stream": stream.snapshot()}
-
-    async def route_delete(self, req: Request) -> Reply:
-        return await self.stop([req.params["name"]], False)
-
-    async def route_stop(self, req: Request) -> Reply:
-        names = req.body.get("names", [])
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise InvalidInput("names must be a list of stream names")
-        return await self.stop(names, req.body.get("all") is True)
-
-    async def stop(self, names: list[str], all_streams: bool) -> Reply:
-        """``POST /stop``: the request-shaped form of ``stop_names`` and ``stop_all``."""
-        result = await (self.stop_all() if all_streams else self.stop_names(names))
-        return result.reply()
-
-    async def restart(self, name: str) -> Reply:
-        """``POST /streams/NAME/restart``: the request-shaped form of ``restart_name``."""
-        stream = await self.restart_name(name)
-        return 200, {"success": True, "restarted": [name], "stream": stream.snapshot()}
-
-    async def route_restart(self, req: Request) -> Reply:
-        return await self.restart(req.params["name"])
-
-    async def route_logs(self, req: Request) -> Reply:
-        # A log of up to its size cap is read in a thread, off the event loop.
-        return await asyncio.to_thread(self.logs, req.params["name"], req.query.get("lines", "50"))
-
-    async def route_saved(self, req: Request) -> Reply:
-        saved = await self.writer.load()
-        return 200, {"success": True, "streams": saved, "enabled": self.store.enabled}
-
-    async def route_clear(self, req: Request) -> Reply:
-        await self.writer.clear()
-        return 200, {"success": True, "message": "All persistent streams cleared"}
-
-    async def route_restore(self, req: Request) -> Reply:
-        results = await self.restore(req.body.get("dry_run") is True)
-        return 200, {
-            "success": all(r["result"] != "failed" for r in results.values()),
-            "message": "Stream restoration triggered",
-            "results": results,
-        }
-
-    async def route_apply(self, req: Request) -> Reply:
-        from streamalchemy.apply import applier  # apply's modules: not on every launch's path
-
-        return await applier.handle_request(self.apply_ops(), req.body)
-
     def apply_ops(self) -> applier.Ops:
         """An apply's steps go through the lifecycle API: each waits its turn on its name."""
 
@@ -726,49 +564,3 @@ class Controller:
         from streamalchemy.apply import applier
 
         return applier.Ops(start, stop, self.writer.load, running)
-
-    # -- dispatch ----------------------------------------------------------------
-
-    async def handle(
-        self, method: str, path: str, query: dict[str, str], body: dict[str, Any]
-    ) -> Reply | TextReply:
-        """Answer one request; every failure becomes a reply, never an exception."""
-        try:
-            for route_method, pattern, handler in ROUTES:
-                if route_method == method and (m := _compile(pattern).fullmatch(path)):
-                    return await handler(self, Request(method, path, m.groupdict(), query, body))
-        except StreamAlchemyError as exc:
-            return exc.http_status, {"success": False, "message": str(exc)}
-        except Exception as exc:  # a bug must not take the daemon down
-            log.exception("error handling %s %s", method, path)
-            return 500, {"success": False, "message": f"daemon error: {exc}"}
-        return 404, {"success": False, "message": f"no such endpoint: {method} {path}"}
-
-
-Handler = Callable[[Controller, Request], Awaitable[Reply | TextReply]]
-
-# (method, path pattern, handler); ``{field}`` matches one path segment and reaches
-# the handler as ``req.params[field]``. Add a route with one line here.
-ROUTES: list[tuple[str, str, Handler]] = [
-    ("GET", "/status", Controller.route_status),
-    ("GET", "/metrics", Controller.route_metrics),
-    ("POST", "/shutdown", Controller.route_shutdown),
-    ("GET", "/streams", Controller.route_list),
-    ("POST", "/streams", Controller.route_start),
-    ("GET", "/streams/{name}", Controller.route_stream),
-    ("DELETE", "/streams/{name}", Controller.route_delete),
-    ("POST", "/stop", Controller.route_stop),
-    ("GET", "/streams/{name}/logs", Controller.route_logs),
-    ("GET", "/persistent_streams", Controller.route_saved),
-    ("POST", "/clear_persistent_streams", Controller.route_clear),
-    ("POST", "/restore_streams", Controller.route_restore),
-    ("POST", "/streams/{name}/restart", Controller.route_restart),
-    ("GET", "/streams/{name}/details", Controller.route_details),
-    ("POST", "/apply", Controller.route_apply),
-]
-
-
-@functools.cache
-def _compile(pattern: str) -> re.Pattern[str]:
-    fields = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(pattern))
-    return re.compile(fields)
