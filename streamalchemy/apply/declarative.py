@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streamalchemy.core import outputs
 from streamalchemy.core.spec import (
     SOURCE,
     START_OPTIONS,
@@ -92,7 +93,7 @@ def resolve_paths(table: Table, base_dir: Path) -> Table:
         value = out.get(key)
         if not isinstance(value, str) or not value or "://" in value:
             continue
-        if key == "output" and value in ("null", "hls"):
+        if key == "output" and not outputs.is_path(value):
             continue
         out[key] = os.path.abspath(base_dir / os.path.expanduser(value))
     return out

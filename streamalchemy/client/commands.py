@@ -80,6 +80,7 @@ def start_body(
 
     ``options`` are the start options of ``spec.START_OPTIONS``; None means the default.
     """
+    from streamalchemy.core import outputs
     from streamalchemy.core.spec import START_OPTIONS, source_kind
 
     unknown = sorted(set(options) - set(START_OPTIONS))
@@ -94,8 +95,7 @@ def start_body(
     else:
         body["testsrc"] = True
     if output is not None:
-        is_path = output not in ("null", "hls") and "://" not in output
-        body["output"] = _abs_path(output) if is_path else output
+        body["output"] = _abs_path(output) if outputs.is_path(output) else output
     return body
 
 
@@ -157,7 +157,6 @@ def show(name: str) -> ShowResult:
     if c.reachable():
         return cast("ShowResult", c.request("GET", f"/streams/{name}/details", autostart=False))
     from streamalchemy.core import details
-    from streamalchemy.supervision.ffmpeg import output_target
 
     settings = c.settings
     entries = _store(settings).load()
@@ -168,7 +167,7 @@ def show(name: str) -> ShowResult:
         entries[name],
         log_file=str(settings.log_dir / "streams" / f"{name}.log"),
         why="the daemon is not running",
-        target=lambda spec: output_target(spec, settings.rtsp_url, settings.hls_dir),
+        target=lambda spec: spec.target(settings.rtsp_url, settings.hls_dir),
     )
     return cast("ShowResult", _masked(found))
 

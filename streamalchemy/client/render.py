@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from streamalchemy.client.text import plain
+from streamalchemy.core import outputs
 from streamalchemy.core.durations import duration_text
 from streamalchemy.core.spec import mask_credentials, read_saved
 
@@ -153,7 +154,7 @@ def saved(result: dict[str, Any]) -> None:
             _when(view.saved_at),
             "unlimited" if deadline is None else span(max(0.0, deadline - now)),
             str(spec.priority),
-            mask_credentials(spec.output or "default RTSP"),
+            mask_credentials(outputs.shown(spec.output)),
         )
     if result["streams"]:
         console.print(table)

@@ -12,8 +12,11 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 from urllib.parse import urlsplit
+
+from streamalchemy.core import outputs
 
 # The one masking function lives in credentials; imported from here too.
 from streamalchemy.core.credentials import mask_credentials as mask_credentials
@@ -29,9 +32,6 @@ HWACCELS = ("none", "auto", "nvenc", "vaapi", "qsv", "videotoolbox")
 RESTARTS = ("on-failure", "always", "never")
 SOURCE_TYPES = ("file", "rtsp", "testsrc")
 SOURCE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "srt", "udp", "tcp")
-OUTPUT_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "srt", "udp", "tcp")
-# File extension -> the FFmpeg muxer that writes it; only containers that take a live stream.
-FILE_MUXERS = {".ts": "mpegts", ".mp4": "mp4", ".mkv": "matroska", ".flv": "flv", ".mov": "mov"}
 
 INTEGER_MAX = 999_999_999  # nine digits, the most a saved string field may hold
 PRIORITY_ACCEPTED = f"a whole number from -{INTEGER_MAX} to {INTEGER_MAX}"
@@ -102,6 +102,10 @@ class StreamSpec:
     output: str = ""  # "" = default RTSP URL, "null", "hls", a URL or an absolute file path
     restart: str = "on-failure"
     priority: int = 0
+
+    def target(self, rtsp_url: str, hls_dir: PurePath) -> str:
+        """Where the stream goes, as users see it: the URL, the HLS playlist or file path."""
+        return outputs.target(self.output, self.name, rtsp_url, hls_dir)
 
     def to_config(self) -> dict[str, str]:
         """The state file's ``config`` object, in the original StreamAlchemy's string format."""
@@ -336,7 +340,7 @@ def _validated(
     output = _output(fields["output"])
     _check_container(codec, audio, output)
     source = _source(source_type, source, label)
-    is_file = output.startswith("/")
+    is_file = outputs.kind_of(output).is_file
     if source_type == "file" and is_file and os.path.realpath(source) == os.path.realpath(output):
         # FFmpeg's -y would overwrite the video while it reads it.
         raise InvalidInput(f"invalid output {output!r}: it is the source file; choose another path")
@@ -459,14 +463,13 @@ def _url(field: str, value: object, schemes: tuple[str, ...]) -> str:
 
 
 def _output(value: object) -> str:
-    if value is None or value in ("", "null", "hls"):
+    extensions = _either(outputs.EXTENSIONS)
+    if value is None or value in outputs.WORDS:
         return str(value or "")
     if isinstance(value, str) and value.startswith("/"):
         path = _absolute_path("output", value)
-        if os.path.splitext(path)[1].lower() not in FILE_MUXERS:
-            raise InvalidInput(
-                f"invalid output {value!r}: a file output must end in {_either(tuple(FILE_MUXERS))}"
-            )
+        if not outputs.extension_known(path):
+            raise InvalidInput(f"invalid output {value!r}: a file output must end in {extensions}")
         parent = os.path.dirname(path)
         if not os.path.isdir(parent):
             raise InvalidInput(
@@ -474,34 +477,20 @@ def _output(value: object) -> str:
             )
         return path
     if isinstance(value, str) and "://" in value:
-        return _url("output", value, OUTPUT_SCHEMES)
+        return _url("output", value, outputs.SCHEMES)
     raise InvalidInput(
-        f"invalid output {value!r}: use null, hls, a URL "
-        f"({', '.join(s + '://' for s in OUTPUT_SCHEMES)}) "
-        f"or an absolute file path ending in {_either(tuple(FILE_MUXERS))}"
+        f"invalid output {value!r}: use {', '.join(filter(None, outputs.WORDS))}, a URL "
+        f"({', '.join(s + '://' for s in outputs.SCHEMES)}) "
+        f"or an absolute file path ending in {extensions}"
     )
-
-
-def output_muxer(output: str) -> str:
-    """The FFmpeg muxer for a validated ``output`` ("" is the default RTSP push)."""
-    if output in ("null", "hls"):
-        return output
-    if output.startswith("/"):
-        return FILE_MUXERS[os.path.splitext(output)[1].lower()]
-    scheme = urlsplit(output).scheme.lower() or "rtsp"
-    return {"rtsp": "rtsp", "rtsps": "rtsp", "rtmp": "flv", "rtmps": "flv"}.get(scheme, "mpegts")
 
 
 def _check_container(codec: str, audio: str, output: str) -> None:
     """Refuse up front what FFmpeg 5.1's muxers would refuse only once started."""
-    muxer = output_muxer(output)
-    if muxer == "flv" and codec in ("h265", "mpeg4"):
+    row = outputs.kind_of(output)
+    if codec in row.refused_codecs:
         raise InvalidInput(
-            f"codec {codec} cannot go to output {mask_credentials(output)!r}: "
-            "FLV (rtmp://, .flv) carries h264 only; use --codec h264 or another output"
+            f"codec {codec} cannot go to output {mask_credentials(output)!r}: {row.codec_advice}"
         )
-    if muxer == "mp4" and audio == "pcm_alaw":
-        raise InvalidInput(
-            f"audio pcm_alaw cannot go to output {output!r}: MP4 does not carry it; "
-            "use --audio aac or a .mkv, .mov or .ts file"
-        )
+    if audio in row.refused_audio:
+        raise InvalidInput(f"audio {audio} cannot go to output {output!r}: {row.audio_advice}")

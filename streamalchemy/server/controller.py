@@ -38,7 +38,7 @@ from streamalchemy.persist import StateStore, StateWriter, new_entry
 from streamalchemy.server.inputsockets import InputSockets
 from streamalchemy.server.metrics import Metrics
 from streamalchemy.settings import Settings
-from streamalchemy.supervision.ffmpeg import STATS_PERIOD, build_argv, input_script, output_target
+from streamalchemy.supervision.ffmpeg import STATS_PERIOD, build_argv, input_script
 from streamalchemy.supervision.procs import ChildRecord
 from streamalchemy.supervision.recordings import refuse_existing_file
 from streamalchemy.supervision.sources import check_file, check_source
@@ -196,9 +196,9 @@ class Controller:
         """Start supervising ``spec``; the caller owns the name and has checked it is free."""
         if self._active(spec.name) is not None:  # never a second FFmpeg for a name
             raise StreamExists(f"stream {spec.name!r} is already running")
-        target = output_target(spec, self.settings.rtsp_url, self.settings.hls_dir)
+        target = spec.target(self.settings.rtsp_url, self.settings.hls_dir)
         real = self._secrets(spec)
-        real_target = output_target(real, self.settings.rtsp_url, self.settings.hls_dir)
+        real_target = real.target(self.settings.rtsp_url, self.settings.hls_dir)
         # A source with a secret reaches FFmpeg through a private socket, not argv.
         secret_source = spec.source_type == "rtsp" and has_secret(spec.source)
         input_socket = self.inputs.open(spec.name, input_script(real)) if secret_source else None

@@ -24,7 +24,6 @@ from streamalchemy.core.spec import spec_from_request, validate_name
 from streamalchemy.errors import InvalidInput, StreamAlchemyError, StreamNotFound
 from streamalchemy.server.controller import Controller, StopResult
 from streamalchemy.server.httpserver import Reply, TextReply
-from streamalchemy.supervision.ffmpeg import output_target
 
 log = logging.getLogger("streamalchemy.daemon")
 
@@ -139,7 +138,7 @@ async def details(c: Controller, name: str) -> Reply:
         entry,
         log_file=str(c.supervisor.log_path(name)),
         why=c.not_restored.get(name, NOT_STARTED),
-        target=lambda spec: output_target(spec, settings.rtsp_url, settings.hls_dir),
+        target=lambda spec: spec.target(settings.rtsp_url, settings.hls_dir),
     )
     return 200, dict(doc)
 
