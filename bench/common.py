@@ -388,7 +388,7 @@ def daemon_argvs(home: Path, entries: dict[str, Any]) -> list[list[str]]:
     """The argv the daemon would run for each saved entry (ffmpeg.build_argv)."""
     try:
         from streamalchemy import encoders
-        from streamalchemy.core.spec import spec_from_entry
+        from streamalchemy.core.saved import spec_from_entry
         from streamalchemy.settings import load_settings
         from streamalchemy.supervision.ffmpeg import build_argv
     except ImportError as exc:

@@ -22,7 +22,8 @@ import pytest
 from streamalchemy import daemon
 from streamalchemy.client import commands
 from streamalchemy.client.logfollow import Follower
-from streamalchemy.core.spec import StreamSpec, spec_from_entry, spec_from_request
+from streamalchemy.core.saved import spec_from_entry, to_config
+from streamalchemy.core.spec import StreamSpec, spec_from_request
 from streamalchemy.errors import InvalidInput, OperationFailed, StateFileError, StreamExists
 from streamalchemy.persist import new_entry
 from streamalchemy.server import routes
@@ -149,7 +150,7 @@ def saved(home: Path) -> set[str]:
 
 def save_many(controller: Controller, names: list[str]) -> None:
     for name in names:
-        controller.store.save(name, new_entry(spec(name).to_config(), time.time()))
+        controller.store.save(name, new_entry(to_config(spec(name)), time.time()))
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -373,7 +374,7 @@ def test_priority_is_bounded_alike_for_start_and_restore() -> None:
     with pytest.raises(InvalidInput, match="priority"):
         spec_from_request({"name": "p", "testsrc": True, "priority": 1_000_000_000})
     ok = spec_from_request({"name": "p", "testsrc": True, "priority": -999_999_999})
-    again = spec_from_entry("p", new_entry(ok.to_config(), time.time()))
+    again = spec_from_entry("p", new_entry(to_config(ok), time.time()))
     assert again.priority == ok.priority == -999_999_999
 
 

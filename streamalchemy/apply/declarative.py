@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from streamalchemy.core import outputs
+from streamalchemy.core.saved import spec_from_entry
 from streamalchemy.core.spec import (
     SOURCE,
     START_OPTIONS,
     StreamSpec,
     mask_credentials,
-    spec_from_entry,
     spec_from_request,
 )
 from streamalchemy.errors import InvalidInput

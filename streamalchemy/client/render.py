@@ -19,7 +19,8 @@ from rich.text import Text
 from streamalchemy.client.text import plain
 from streamalchemy.core import outputs
 from streamalchemy.core.durations import duration_text
-from streamalchemy.core.spec import mask_credentials, read_saved
+from streamalchemy.core.saved import read_saved
+from streamalchemy.core.spec import mask_credentials
 
 
 class PlainConsole(Console):

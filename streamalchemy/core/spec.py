@@ -1,6 +1,6 @@
 """One validated stream spec for the ``start`` request, the HTTP API body and the state file.
 
-A new stream and a restored one pass through the same ``_validated`` so that a
+A new stream and a restored one pass through the same ``validated`` so that a
 hand-edited or old state file obeys the same rules as the command line. Nothing
 here starts processes; the only file-system look is whether an output file's
 directory exists.
@@ -20,7 +20,7 @@ from streamalchemy.core import outputs
 
 # The one masking function lives in credentials; imported from here too.
 from streamalchemy.core.credentials import mask_credentials as mask_credentials
-from streamalchemy.core.durations import hours_text, parse_duration, parse_duration_hours
+from streamalchemy.core.durations import parse_duration, parse_duration_hours
 from streamalchemy.core.names import validate_name as validate_name
 from streamalchemy.errors import InvalidInput
 
@@ -107,40 +107,13 @@ class StreamSpec:
         """Where the stream goes, as users see it: the URL, the HLS playlist or file path."""
         return outputs.target(self.output, self.name, rtsp_url, hls_dir)
 
-    def to_config(self) -> dict[str, str]:
-        """The state file's ``config`` object, in the original StreamAlchemy's string format."""
-        config = {
-            "video_codec": self.codec,
-            # copy keeps neither; "" says so instead of a misleading default.
-            "resolution": _config_size(self.codec, self.resolution),
-            "target_fps": _config_size(self.codec, self.fps),
-            "audio_enabled": "no" if self.audio == "none" else "yes",
-            "audio_codec": self.audio,
-            "hardware_accel": {"none": "no", "auto": "yes"}.get(self.hwaccel, self.hwaccel),
-            "duration_hours": hours_text(self.duration),
-            "stream_type": self.source_type,
-        }
-        if self.source_type == "file":
-            config["video_file_path"] = self.source
-            config["file_source_type"] = "custom"
-        elif self.source_type == "rtsp":
-            config["source_url"] = self.source
-        config.update(output=self.output, restart=self.restart, priority=str(self.priority))
-        return config
-
-
-def _config_size(codec: str, value: int | None) -> str:
-    if codec == "copy":
-        return ""
-    return SOURCE if value is None else str(value)
-
 
 def check_option(key: str, value: object) -> None:
     """Refuse a bad value of a ``start`` option as early as the command line, by the same
     rule the daemon applies (choices, the fps range, the duration forms)."""
     option = START_OPTIONS[key]
     if option.choices:
-        _choice(key, value, option.choices, option.default)
+        choice(key, value, option.choices, option.default)
     elif key == "fps":
         _fps(key, value)
     elif key == "duration":
@@ -173,7 +146,7 @@ def spec_from_request(body: Mapping[str, Any]) -> StreamSpec:
         )
     kind = source_kind(body)
     source_type = {"file": "file", "url": "rtsp", "testsrc": "testsrc"}[kind]
-    return _validated(
+    return validated(
         body.get("name"),
         source_type,
         "" if kind == "testsrc" else body[kind],
@@ -181,83 +154,6 @@ def spec_from_request(body: Mapping[str, Any]) -> StreamSpec:
         labels={"file": "file", "url": "url"},
         refuse_copy_options=True,
     )
-
-
-def spec_from_entry(name: str, entry: Mapping[str, Any]) -> StreamSpec:
-    """Validate a state-file entry, ours or the original StreamAlchemy's (all values strings)."""
-    config = entry.get("config") if isinstance(entry, Mapping) else None
-    if not isinstance(config, Mapping):
-        raise InvalidInput(f"saved stream {name!r} has no config object")
-    stream_type = config.get("stream_type")
-    if stream_type not in SOURCE_TYPES:
-        raise InvalidInput(f"invalid stream_type {stream_type!r}: use {_either(SOURCE_TYPES)}")
-    if stream_type == "file":
-        source = config.get("video_file_path") or config.get("video_file")
-    elif stream_type == "rtsp":
-        source = config.get("source_url")
-    else:
-        source = ""
-    audio_enabled = _choice(
-        "audio_enabled", _blank(config.get("audio_enabled")), ("yes", "no"), "no"
-    )
-    hardware = config.get("hardware_accel")
-    fields = {
-        "codec": config.get("video_codec"),
-        "resolution": config.get("resolution"),
-        "fps": config.get("target_fps"),
-        "audio": (config.get("audio_codec") or "aac") if audio_enabled == "yes" else "none",
-        "hwaccel": {"yes": "auto", "no": "none"}.get(hardware, hardware)
-        if isinstance(hardware, str)
-        else hardware,
-        "duration": _Hours(config.get("duration_hours")),
-        "output": config.get("output"),
-        "restart": config.get("restart"),
-        "priority": config.get("priority"),
-    }
-    return _validated(
-        name,
-        stream_type,
-        source,
-        {k: _blank(v) for k, v in fields.items()},
-        labels={**_ENTRY_LABELS, "file": "video_file_path", "url": "source_url"},
-        refuse_copy_options=False,
-    )
-
-
-@dataclass(frozen=True)
-class SavedStream:
-    """One state-file entry as every reader sees it: its spec, or why it has none."""
-
-    name: str
-    spec: StreamSpec | None  # None when the entry is invalid
-    saved_at: float
-    priority: int
-    error: str = ""  # why the entry is invalid
-
-    @property
-    def deadline(self) -> float | None:
-        """When the stream ends for good; None when unlimited (or invalid)."""
-        if self.spec is None or not self.spec.duration:
-            return None
-        return self.saved_at + self.spec.duration
-
-
-def read_saved(name: str, entry: Any) -> SavedStream:
-    """The one view of a saved entry, for the restore, ``saved``, ``show`` and the renderer."""
-    try:
-        spec = spec_from_entry(name, entry)
-        saved_at = float(entry["saved_at"])
-    except (InvalidInput, KeyError, TypeError, ValueError) as exc:
-        return SavedStream(name, None, 0.0, _loose_priority(entry), f"invalid saved entry: {exc}")
-    return SavedStream(name, spec, saved_at, spec.priority)
-
-
-def _loose_priority(entry: Any) -> int:
-    """An invalid entry's priority, when it has a readable one, for the restore order."""
-    try:
-        return int(entry["config"].get("priority") or 0)
-    except (TypeError, KeyError, AttributeError, ValueError):
-        return 0
 
 
 # -- the one validation path -------------------------------------------------------------
@@ -273,34 +169,27 @@ _FIELDS = (
     "restart",
     "priority",
 )
-_ENTRY_LABELS = {
-    "codec": "video_codec",
-    "fps": "target_fps",
-    "audio": "audio_codec",
-    "hwaccel": "hardware_accel",
-    "duration": "duration_hours",
-}
 _COPY_REFUSES = ("resolution", "fps", "hwaccel")
 
 
 @dataclass(frozen=True)
-class _Hours:
+class SavedHours:
     """A saved ``duration_hours``: plain hours, unlike a request's ``duration``."""
 
     value: object
 
 
-def _blank(value: object) -> object:
+def blank(value: object) -> object:
     """None for what the original app writes when a value does not apply: "" or null."""
     return None if isinstance(value, str) and not value.strip() else value
 
 
-def _either(choices: tuple[object, ...]) -> str:
+def either(choices: tuple[object, ...]) -> str:
     words = [str(c) for c in choices]
     return ", ".join(words[:-1]) + " or " + words[-1]
 
 
-def _validated(
+def validated(
     name: object,
     source_type: str,
     source: object,
@@ -363,14 +252,14 @@ def _validated(
 def _option(key: str, label: Callable[[str], str], fields: Mapping[str, object]) -> str:
     """A choice option of START_OPTIONS: its default when missing, else one of its choices."""
     option = START_OPTIONS[key]
-    return _choice(label(key), fields[key], option.choices, option.default)
+    return choice(label(key), fields[key], option.choices, option.default)
 
 
-def _choice(field: str, value: object, choices: tuple[str, ...], default: str) -> str:
+def choice(field: str, value: object, choices: tuple[str, ...], default: str) -> str:
     if value is None:
         return default
     if value not in choices:
-        raise InvalidInput(f"invalid {field} {value!r}: use {_either(choices)}")
+        raise InvalidInput(f"invalid {field} {value!r}: use {either(choices)}")
     return str(value)
 
 
@@ -395,7 +284,7 @@ def _resolution(field: str, value: object) -> int | None:
     """An output height, or None for the source's own size."""
     if _is_source(value):
         return None
-    accepted = f"{SOURCE}, {_either(RESOLUTIONS)}"
+    accepted = f"{SOURCE}, {either(RESOLUTIONS)}"
     resolution = _integer(field, value, 0, accepted)
     if resolution not in RESOLUTIONS:
         raise InvalidInput(f"invalid {field} {value!r}: use {accepted}")
@@ -416,7 +305,7 @@ def _fps(field: str, value: object) -> int | None:
 
 def _duration(field: str, value: object) -> float:
     """Whole seconds, so that the state file's 6-decimal hours read back to the same spec."""
-    if isinstance(value, _Hours):
+    if isinstance(value, SavedHours):
         seconds = parse_duration_hours(value.value)
     elif value is None:
         seconds = 0.0
@@ -463,7 +352,7 @@ def _url(field: str, value: object, schemes: tuple[str, ...]) -> str:
 
 
 def _output(value: object) -> str:
-    extensions = _either(outputs.EXTENSIONS)
+    extensions = either(outputs.EXTENSIONS)
     if value is None or value in outputs.WORDS:
         return str(value or "")
     if isinstance(value, str) and value.startswith("/"):

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 from streamalchemy import encoders
 from streamalchemy.core.credentials import has_secret, resolve_spec, unresolved
 from streamalchemy.core.restore import Step, dry_run_results, plan
+from streamalchemy.core.saved import expired, read_saved, to_config
 from streamalchemy.core.spec import (
     StreamSpec,
     mask_credentials,
-    read_saved,
     validate_name,
 )
 from streamalchemy.errors import (
@@ -326,7 +326,7 @@ class Controller:
         failure = await stream.confirmed(CONFIRM_WINDOW)
         if failure is None:
             try:
-                await self.writer.save(name, new_entry(spec.to_config(), stream.saved_at))
+                await self.writer.save(name, new_entry(to_config(spec), stream.saved_at))
             except StateFileError as exc:
                 failure = f"it could not be saved, so its FFmpeg was stopped: {exc}"
             else:
@@ -399,7 +399,7 @@ class Controller:
                 spec, saved_at = current.spec, current.saved_at
             else:
                 raise StreamNotFound(f"no such stream: {name}")
-            if spec.duration and time.time() >= saved_at + spec.duration:
+            if expired(saved_at, spec.duration, time.time()):
                 raise OperationFailed(
                     f"{name}: its duration has ended; start it again to run it anew"
                 )
