@@ -1,23 +1,20 @@
 """The ``streamalchemy`` command: parse, ask the daemon (or the state file), print.
 
-Nothing here starts FFmpeg or writes the state file itself. Human output lives in
-``render`` and imports rich only when a person is reading; ``--json`` paths stay lean.
+Typer declarations only: nothing here starts FFmpeg or writes the state file itself.
+How a result or a failure is printed is ``client.report``; human output lives in
+``client.render`` and imports rich only when a person is reading.
 """
 
 from __future__ import annotations
 
-import json
 import sys
-from collections.abc import Callable
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
 from streamalchemy import __version__
-from streamalchemy.client import commands
-from streamalchemy.client.fastpath import report_failure
+from streamalchemy.client import commands, report, typerparts
 from streamalchemy.client.text import plain
-from streamalchemy.core.spec import START_OPTIONS, check_option
 from streamalchemy.errors import InvalidInput, StreamAlchemyError
 
 app = typer.Typer(
@@ -37,76 +34,15 @@ app.add_typer(service_app, name="service")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
 
-def _complete_names(incomplete: str) -> list[str]:
-    """Stream names for the shell: the state file's and a running daemon's; never starts one."""
-    try:
-        return [n for n in commands.stream_names() if n.startswith(incomplete)]
-    except Exception:  # completion must never print a traceback into the shell
-        return []
-
-
-def _start_option(key: str) -> Any:
-    """The Typer option for a ``start`` option, built from ``spec.START_OPTIONS``."""
-    option = START_OPTIONS[key]
-    choices = option.choices
-
-    def parse(value: str) -> str:
-        try:
-            check_option(key, value)
-        except InvalidInput as exc:
-            raise typer.BadParameter(str(exc)) from None
-        return value
-
-    def complete(incomplete: str) -> list[str]:
-        return [c for c in choices if c.startswith(incomplete)]
-
-    # The default is in the help text, not the parameter: a None reaching the daemon
-    # tells an explicit --resolution (refused with --codec copy) from the default.
-    checked = bool(choices) or key in ("fps", "duration")  # priority: Typer's int check
-    return typer.Option(
-        # "\[": rich would take a bare "[default: ...]" for markup and drop it.
-        help=f"{option.help} \\[default: {option.default}]",
-        show_default=False,
-        metavar=f"[{'|'.join(choices)}]" if choices else option.metavar,
-        parser=parse if checked else None,
-        autocompletion=complete if choices else None,
-    )
-
-
-def _fail(exc: StreamAlchemyError, as_json: bool) -> NoReturn:
-    raise typer.Exit(report_failure(exc, as_json))
-
-
-def _emit(as_json: bool, action: Callable[[], Any], show: Callable[[Any], None]) -> Any:
-    """Run ``action``; print its result as JSON or through ``show``; map errors to exit codes."""
-    try:
-        result = action()
-    except StreamAlchemyError as exc:
-        _fail(exc, as_json)
-    if as_json:
-        print(json.dumps(result))
-    else:
-        show(result)
-    return result
-
-
-def _render(view: str) -> Callable[[Any], None]:
-    """The rich view of ``render`` by name, imported only when a person reads it."""
-
-    def show(result: Any) -> None:
-        from streamalchemy.client import render
-
-        getattr(render, view)(result)
-
-    return show
-
-
 NameArg = Annotated[
-    str, typer.Argument(metavar="NAME", help="The stream.", autocompletion=_complete_names)
+    str,
+    typer.Argument(metavar="NAME", help="The stream.", autocompletion=typerparts.complete_names),
 ]
 NamesArg = Annotated[
     list[str] | None,
-    typer.Argument(metavar="NAME...", help="The streams.", autocompletion=_complete_names),
+    typer.Argument(
+        metavar="NAME...", help="The streams.", autocompletion=typerparts.complete_names
+    ),
 ]
 AllOpt = Annotated[bool, typer.Option("--all", help="Every stream.")]
 
@@ -119,15 +55,15 @@ def start(
     file: Annotated[str | None, typer.Option(help="Loop a local video file.")] = None,
     url: Annotated[str | None, typer.Option(help="Relay an RTSP or other network URL.")] = None,
     testsrc: Annotated[bool, typer.Option("--testsrc", help="A synthetic test pattern.")] = False,
-    codec: Annotated[str | None, _start_option("codec")] = None,
-    resolution: Annotated[str | None, _start_option("resolution")] = None,
-    fps: Annotated[str | None, _start_option("fps")] = None,
-    audio: Annotated[str | None, _start_option("audio")] = None,
-    hwaccel: Annotated[str | None, _start_option("hwaccel")] = None,
-    duration: Annotated[str | None, _start_option("duration")] = None,
-    output: Annotated[str | None, _start_option("output")] = None,
-    restart: Annotated[str | None, _start_option("restart")] = None,
-    priority: Annotated[int | None, _start_option("priority")] = None,
+    codec: Annotated[str | None, typerparts.start_option("codec")] = None,
+    resolution: Annotated[str | None, typerparts.start_option("resolution")] = None,
+    fps: Annotated[str | None, typerparts.start_option("fps")] = None,
+    audio: Annotated[str | None, typerparts.start_option("audio")] = None,
+    hwaccel: Annotated[str | None, typerparts.start_option("hwaccel")] = None,
+    duration: Annotated[str | None, typerparts.start_option("duration")] = None,
+    output: Annotated[str | None, typerparts.start_option("output")] = None,
+    restart: Annotated[str | None, typerparts.start_option("restart")] = None,
+    priority: Annotated[int | None, typerparts.start_option("priority")] = None,
     replace: Annotated[
         bool, typer.Option("--replace", help="Replace a stream of this name.")
     ] = False,
@@ -172,7 +108,7 @@ def start(
 
         started(result["stream"])
 
-    _emit(as_json, action, show)
+    report.emit(as_json, action, show)
 
 
 @app.command()
@@ -184,19 +120,19 @@ def stop(names: NamesArg = None, all_streams: AllOpt = False, as_json: JsonOpt =
             f"stopped: {', '.join(result['stopped'])}" if result["stopped"] else "nothing to stop"
         )
 
-    _emit(as_json, lambda: commands.stop(names or [], all_streams), show)
+    report.emit(as_json, lambda: commands.stop(names or [], all_streams), show)
 
 
 @app.command("list")
 def list_streams(as_json: JsonOpt = False) -> None:
     """Show the daemon's streams with live figures, and saved streams that are not running."""
-    _emit(as_json, commands.list_streams, _render("streams"))
+    report.emit(as_json, commands.list_streams, report.view("streams"))
 
 
 @app.command()
 def saved(as_json: JsonOpt = False) -> None:
     """Show the state file's entries (works while the daemon is down)."""
-    _emit(as_json, commands.saved, _render("saved"))
+    report.emit(as_json, commands.saved, report.view("saved"))
 
 
 @app.command()
@@ -207,11 +143,11 @@ def clear(
     """Empty the state file (backed up first); running streams are untouched."""
     if not yes:
         if not sys.stdin.isatty():
-            _fail(InvalidInput("refusing to clear the state file without --yes"), as_json)
+            report.fail(InvalidInput("refusing to clear the state file without --yes"), as_json)
         if not typer.confirm("Remove every saved stream from the state file?", default=False):
-            _fail(InvalidInput("cancelled; nothing was cleared"), as_json)
+            report.fail(InvalidInput("cancelled; nothing was cleared"), as_json)
 
-    _emit(as_json, commands.clear, lambda r: print(r["message"]))
+    report.emit(as_json, commands.clear, lambda r: print(r["message"]))
 
 
 @app.command()
@@ -222,7 +158,7 @@ def restore(
     as_json: JsonOpt = False,
 ) -> None:
     """Restore every saved stream that is not running, and report each."""
-    result = _emit(as_json, lambda: commands.restore(dry_run), _render("restore"))
+    result = report.emit(as_json, lambda: commands.restore(dry_run), report.view("restore"))
     if not result["success"]:
         raise typer.Exit(1)
 
@@ -234,7 +170,7 @@ def logs(
         typer.Argument(
             metavar="[NAME]",
             help="The stream; without it, every stream's log, each line prefixed with its name.",
-            autocompletion=_complete_names,
+            autocompletion=typerparts.complete_names,
         ),
     ] = None,
     lines: Annotated[
@@ -247,12 +183,12 @@ def logs(
 ) -> None:
     """Show a stream's FFmpeg log and lifecycle events, or every stream's."""
     if as_json and follow:
-        _fail(
+        report.fail(
             InvalidInput("--follow prints lines as they come; it cannot be combined with --json"),
             as_json,
         )
     if name is not None:
-        result = _emit(
+        result = report.emit(
             as_json,
             lambda: commands.logs(name, lines),
             lambda r: print("\n".join(map(plain, r["lines"]))) if r["lines"] else None,
@@ -260,10 +196,10 @@ def logs(
         paths = {name: result["path"]}
         offsets = {name: result["offset"]}
     else:
-        tails = _emit(
+        tails = report.emit(
             as_json,
             lambda: {"success": True, "logs": commands.all_logs(lines)},
-            lambda r: _print_prefixed({n: t["lines"] for n, t in r["logs"].items()}),
+            lambda r: report.print_prefixed({n: t["lines"] for n, t in r["logs"].items()}),
         )
         paths = {n: t["path"] for n, t in tails["logs"].items()}
         offsets = {n: t["offset"] for n, t in tails["logs"].items()}
@@ -271,26 +207,18 @@ def logs(
         width = max(map(len, paths), default=0)
         try:
             for stream, line in commands.follow(paths, offsets=offsets):
-                print(_prefixed(stream, line, width) if name is None else plain(line), flush=True)
+                print(
+                    report.prefixed(stream, line, width) if name is None else plain(line),
+                    flush=True,
+                )
         except KeyboardInterrupt:
             pass
-
-
-def _prefixed(name: str, line: str, width: int) -> str:
-    return f"{name.ljust(width)} | {plain(line)}"
-
-
-def _print_prefixed(tails: dict[str, list[str]]) -> None:
-    width = max(map(len, tails), default=0)
-    for stream, lines in tails.items():
-        for line in lines:
-            print(_prefixed(stream, line, width))
 
 
 @app.command()
 def encoders(as_json: JsonOpt = False) -> None:
     """Show video encoders per codec, software and hardware, and which `auto` picks."""
-    _emit(as_json, commands.encoders, _render("encoders"))
+    report.emit(as_json, commands.encoders, report.view("encoders"))
 
 
 @app.command()
@@ -300,13 +228,13 @@ def restart(names: NamesArg = None, all_streams: AllOpt = False, as_json: JsonOp
     def show(result: Any) -> None:
         print(f"restarted: {', '.join(result['restarted'])}" if result["restarted"] else "none")
 
-    _emit(as_json, lambda: commands.restart(names or [], all_streams), show)
+    report.emit(as_json, lambda: commands.restart(names or [], all_streams), show)
 
 
 @app.command()
 def show(name: NameArg, as_json: JsonOpt = False) -> None:
     """Everything about one stream: spec, output, status, deadline, restarts, last exits, log."""
-    _emit(as_json, lambda: commands.show(name), _render("details"))
+    report.emit(as_json, lambda: commands.show(name), report.view("details"))
 
 
 @app.command()
@@ -317,7 +245,7 @@ def top(as_json: JsonOpt = False) -> None:
     not a terminal, prints one snapshot and exits.
     """
     if as_json:
-        _emit(True, commands.list_streams, print)
+        report.emit(True, commands.list_streams, print)
         return
     from streamalchemy.client import top as view
     from streamalchemy.client.render import console
@@ -326,7 +254,7 @@ def top(as_json: JsonOpt = False) -> None:
     try:
         code = view.live(fetch, console) if console.is_terminal else view.once(fetch, console)
     except StreamAlchemyError as exc:
-        _fail(exc, False)
+        report.fail(exc, False)
     raise typer.Exit(code)
 
 
@@ -354,7 +282,7 @@ def apply_cmd(
     """Make the running streams match a declarative file; print the plan and what it did."""
     from streamalchemy.apply import commands as apply_commands
 
-    result = _emit(
+    result = report.emit(
         as_json,
         lambda: apply_commands.apply_file(file, prune=prune, dry_run=dry_run, shard=shard),
         apply_commands.render_plan,
@@ -407,7 +335,7 @@ def export_cmd(
         else:
             print(f"exported {len(result['streams'])} stream(s) to {result['output']}")
 
-    _emit(
+    report.emit(
         as_json,
         lambda: apply_commands.export(
             fmt=fmt, shards=shards, output=output, include_secrets=include_secrets
@@ -457,19 +385,19 @@ def daemon_run(
             restore=not no_restore, apply_file=apply_file, shard=shard, metrics_addr=metrics_addr
         )
     except StreamAlchemyError as exc:
-        _fail(exc, False)
+        report.fail(exc, False)
 
 
 @daemon_app.command("stop")
 def daemon_stop(as_json: JsonOpt = False) -> None:
     """Stop the daemon gracefully; its streams come back at its next launch."""
-    _emit(as_json, commands.daemon_stop, lambda r: print(r["message"]))
+    report.emit(as_json, commands.daemon_stop, lambda r: print(r["message"]))
 
 
 @daemon_app.command("status")
 def daemon_status(as_json: JsonOpt = False) -> None:
     """Show the daemon's pid, version, uptime, home, installation, paths and streams."""
-    _emit(as_json, commands.daemon_status, _render("status"))
+    report.emit(as_json, commands.daemon_status, report.view("status"))
 
 
 FlavourOpt = Annotated[
@@ -509,7 +437,7 @@ def service_install(
         else:
             print(service.summary(result))
 
-    _emit(
+    report.emit(
         as_json,
         lambda: commands.service_install(user, print_only, run_as, no_systemctl),
         show,
@@ -527,7 +455,7 @@ def service_uninstall(
 
         print(service.summary(result))
 
-    _emit(as_json, lambda: commands.service_uninstall(user, no_systemctl), show)
+    report.emit(as_json, lambda: commands.service_uninstall(user, no_systemctl), show)
 
 
 def _version(value: bool) -> None:
@@ -548,27 +476,4 @@ def _main(
 
 def main() -> None:
     """Console entry point: usage errors become one JSON document too under ``--json``."""
-    command = typer.main.get_command(app)
-    try:
-        code = command.main(prog_name="streamalchemy", standalone_mode=False)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except typer.Abort:
-        sys.exit(1)
-    except Exception as exc:
-        format_message = getattr(exc, "format_message", None)
-        if format_message is None or not isinstance(getattr(exc, "exit_code", None), int):
-            raise
-        # A usage error (wrong option, bad value, missing argument): one line, as
-        # every other error, pointing at the command's help.
-        ctx = getattr(exc, "ctx", None)
-        where = ctx.command_path if ctx is not None else "streamalchemy"
-        message = format_message().replace("Value error, ", "").rstrip(".")
-        if not message:  # the help was shown instead of running nothing
-            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
-        message += f" (see '{where} --help')"
-        if "--json" in sys.argv[1:]:
-            print(json.dumps({"success": False, "message": message}))
-        print(f"streamalchemy: {message}", file=sys.stderr)
-        sys.exit(exc.exit_code)  # type: ignore[attr-defined]
-    sys.exit(code if isinstance(code, int) else 0)
+    report.run_app(app)

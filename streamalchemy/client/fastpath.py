@@ -8,40 +8,16 @@ alone cost several times Python's own start-up, and call the very functions of
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
+
+from streamalchemy.client.report import report_failure, run_json
 
 # Not typing's: importing typing costs the polled commands 2-3 ms (mypy reads any
 # TYPE_CHECKING as its own).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
-
-    from streamalchemy.errors import StreamAlchemyError
-
-
-def report_failure(exc: StreamAlchemyError, as_json: bool) -> int:
-    """Print a failure the contract's way (one stderr line) and return its exit code."""
-    from streamalchemy.core.credentials import mask_credentials
-
-    message = mask_credentials(" ".join(str(exc).split()))  # one line, no secret
-    if as_json:
-        print(json.dumps({"success": False, "message": message}))
-    print(f"streamalchemy: {message}", file=sys.stderr)
-    return exc.exit_code
-
-
-def run_json(action: Callable[[], Any]) -> int:
-    """Run one command function and print its JSON document; return the exit code."""
-    from streamalchemy.errors import StreamAlchemyError
-
-    try:
-        result = action()
-    except StreamAlchemyError as exc:
-        return report_failure(exc, as_json=True)
-    print(json.dumps(result))
-    return 0
 
 
 def _fast_path(args: list[str]) -> Callable[[], Any] | None:

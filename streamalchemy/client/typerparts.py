@@ -1,0 +1,51 @@
+"""The Typer pieces the ``cli`` declarations are built from: each ``start`` option from
+the option table, and stream-name completion.
+
+Imported by ``cli`` only (Typer is never on the fast path).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from streamalchemy.client import commands
+from streamalchemy.core.spec import START_OPTIONS, check_option
+from streamalchemy.errors import InvalidInput
+
+
+def complete_names(incomplete: str) -> list[str]:
+    """Stream names for the shell: the state file's and a running daemon's; never starts one."""
+    try:
+        return [n for n in commands.stream_names() if n.startswith(incomplete)]
+    except Exception:  # completion must never print a traceback into the shell
+        return []
+
+
+def start_option(key: str) -> Any:
+    """The Typer option for a ``start`` option, built from ``spec.START_OPTIONS``."""
+    option = START_OPTIONS[key]
+    choices = option.choices
+
+    def parse(value: str) -> str:
+        try:
+            check_option(key, value)
+        except InvalidInput as exc:
+            raise typer.BadParameter(str(exc)) from None
+        return value
+
+    def complete(incomplete: str) -> list[str]:
+        return [c for c in choices if c.startswith(incomplete)]
+
+    # The default is in the help text, not the parameter: a None reaching the daemon
+    # tells an explicit --resolution (refused with --codec copy) from the default.
+    checked = bool(choices) or key in ("fps", "duration")  # priority: Typer's int check
+    return typer.Option(
+        # "\[": rich would take a bare "[default: ...]" for markup and drop it.
+        help=f"{option.help} \\[default: {option.default}]",
+        show_default=False,
+        metavar=f"[{'|'.join(choices)}]" if choices else option.metavar,
+        parser=parse if checked else None,
+        autocompletion=complete if choices else None,
+    )
