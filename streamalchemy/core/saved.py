@@ -56,8 +56,9 @@ def to_config(spec: StreamSpec) -> dict[str, str]:
         # copy keeps neither; "" says so instead of a misleading default.
         "resolution": _config_size(spec.codec, spec.resolution),
         "target_fps": _config_size(spec.codec, spec.fps),
-        "audio_enabled": "no" if spec.audio == "none" else "yes",
-        "audio_codec": spec.audio,
+        "audio_enabled": _AUDIO_ENABLED.get(spec.audio, "yes"),
+        # The original app reads a codec here: auto's re-encode is AAC.
+        "audio_codec": "aac" if spec.audio == "auto" else spec.audio,
         "hardware_accel": {"none": "no", "auto": "yes"}.get(spec.hwaccel, spec.hwaccel),
         "duration_hours": hours_text(spec.duration),
         "stream_type": spec.source_type,
@@ -69,6 +70,10 @@ def to_config(spec: StreamSpec) -> dict[str, str]:
         config["source_url"] = spec.source
     config.update(output=spec.output, restart=spec.restart, priority=str(spec.priority))
     return config
+
+
+# The state file's audio_enabled for a spec's audio; a codec's is "yes".
+_AUDIO_ENABLED = {"none": "no", "auto": "auto"}
 
 
 def _config_size(codec: str, value: int | None) -> str:
@@ -91,13 +96,18 @@ def spec_from_entry(name: str, entry: Mapping[str, Any]) -> StreamSpec:
         source = config.get("source_url")
     else:
         source = ""
-    audio_enabled = choice("audio_enabled", blank(config.get("audio_enabled")), ("yes", "no"), "no")
+    # Absent: the original app kept a source's audio unless told "no"; auto does that.
+    audio_enabled = choice(
+        "audio_enabled", blank(config.get("audio_enabled")), ("yes", "no", "auto"), "auto"
+    )
     hardware = config.get("hardware_accel")
     fields = {
         "codec": config.get("video_codec"),
         "resolution": config.get("resolution"),
         "fps": config.get("target_fps"),
-        "audio": (config.get("audio_codec") or "aac") if audio_enabled == "yes" else "none",
+        "audio": (config.get("audio_codec") or "aac")
+        if audio_enabled == "yes"
+        else {"no": "none", "auto": "auto"}[audio_enabled],
         "hwaccel": {"yes": "auto", "no": "none"}.get(hardware, hardware)
         if isinstance(hardware, str)
         else hardware,

@@ -27,7 +27,7 @@ from streamalchemy.errors import InvalidInput
 CODECS = ("h264", "h265", "mpeg4", "copy")
 RESOLUTIONS = (480, 720, 1080, 1440, 2160)
 FPS_RANGE = (1, 120)
-AUDIO_CODECS = ("aac", "pcm_alaw", "none")
+AUDIO_CODECS = ("auto", "aac", "pcm_alaw", "none")
 HWACCELS = ("none", "auto", "nvenc", "vaapi", "qsv", "videotoolbox")
 RESTARTS = ("on-failure", "always", "never")
 SOURCE_TYPES = ("file", "rtsp", "testsrc")
@@ -66,7 +66,12 @@ START_OPTIONS: dict[str, StartOption] = {
         f"{TESTSRC_FPS}).",
         metavar="source|1-120",
     ),
-    "audio": StartOption("none", "Audio codec.", AUDIO_CODECS),
+    "audio": StartOption(
+        "auto",
+        "The source's audio: auto keeps it (copied with --codec copy, else AAC; a test "
+        "pattern has none), none drops it.",
+        AUDIO_CODECS,
+    ),
     "hwaccel": StartOption("none", "Hardware encoder.", HWACCELS),
     "duration": StartOption(
         "0", "0 = unlimited; hours as a number (1.5) or 90m, 2h, 45s, 1h30m.", metavar="DURATION"
@@ -96,7 +101,7 @@ class StreamSpec:
     codec: str = "h264"
     resolution: int | None = None  # None: the source's (and always with codec copy)
     fps: int | None = None  # None: the source's (and always with codec copy)
-    audio: str = "none"
+    audio: str = "auto"  # "auto": the source's audio kept, if it has any
     hwaccel: str = "none"
     duration: float = 0.0  # seconds, 0 = unlimited
     output: str = ""  # "" = default RTSP URL, "null", "hls", a URL or an absolute file path
