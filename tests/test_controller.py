@@ -27,7 +27,8 @@ from streamalchemy.core.spec import StreamSpec, spec_from_request
 from streamalchemy.errors import InvalidInput, OperationFailed, StateFileError, StreamExists
 from streamalchemy.persist import new_entry
 from streamalchemy.server import routes
-from streamalchemy.server.controller import RESTORE_PARALLEL, Controller
+from streamalchemy.server.controller import Controller
+from streamalchemy.server.restoring import RESTORE_PARALLEL
 from streamalchemy.settings import load_settings
 
 T = TypeVar("T")

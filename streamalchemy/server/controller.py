@@ -3,7 +3,8 @@
 One owner per name (``Controller.owning``): every start, stop, restart, restore and
 apply step of a name runs under that name's lock. The controller is given its parts
 (state store, child record, supervisor, encoder chooser, source check, input sockets);
-``Controller.from_settings`` builds the real ones. Nothing here parses HTTP requests
+``Controller.from_settings`` builds the real ones. A restore is carried out by
+``server.restoring`` through this lifecycle. Nothing here parses HTTP requests
 (that is ``server.routes``), binds sockets, handles signals or sets up logging (that is
 ``daemon``); the supervisor carries the decisions out and the state store records them.
 Every start that answers success is in the state file.
@@ -21,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 from streamalchemy import encoders
 from streamalchemy.core.credentials import has_secret, resolve_spec, unresolved
-from streamalchemy.core.restore import Step, dry_run_results, plan
 from streamalchemy.core.saved import expired, read_saved, to_config
 from streamalchemy.core.spec import (
     StreamSpec,
@@ -35,8 +35,10 @@ from streamalchemy.errors import (
     StreamNotFound,
 )
 from streamalchemy.persist import StateStore, StateWriter, new_entry
+from streamalchemy.server import restoring
 from streamalchemy.server.inputsockets import InputSockets
 from streamalchemy.server.metrics import Metrics
+from streamalchemy.server.restoring import Results
 from streamalchemy.settings import Settings
 from streamalchemy.supervision.ffmpeg import STATS_PERIOD, build_argv, input_script
 from streamalchemy.supervision.procs import ChildRecord
@@ -56,11 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("streamalchemy.daemon")
 
 CONFIRM_WINDOW = 5.0  # seconds a start waits for FFmpeg's first progress report
-RESTORE_PARALLEL = 64  # FFmpeg processes starting at once during a restore
 WRITE_RETRY = 2.0  # seconds between retries of a state write that failed
-
-
-Results = dict[str, dict[str, str]]
 
 
 @dataclass(frozen=True)
@@ -80,14 +78,6 @@ async def _all_done(jobs: list[Coroutine[Any, Any, None]]) -> None:
             raise outcome
 
 
-@dataclass
-class _Snapshot:
-    """The state file as a restore last read it, and its version just before that read."""
-
-    version: object
-    saved: dict[str, dict[str, Any]]
-
-
 class Controller:
     """The daemon's decisions: what each request does to the streams and the state file.
 
@@ -98,6 +88,8 @@ class Controller:
     running. The public API that everything goes through: ``start_spec``,
     ``stop_names``, ``restart_name`` and ``restore``.
     """
+
+    confirm_window = CONFIRM_WINDOW
 
     def __init__(
         self,
@@ -181,7 +173,7 @@ class Controller:
             if not self._waiting[name]:
                 del self._waiting[name], self._locks[name]
 
-    def _active(self, name: str) -> Stream | None:
+    def active(self, name: str) -> Stream | None:
         stream = self.supervisor.streams.get(name)
         return stream if stream is not None and stream.active else None
 
@@ -189,12 +181,12 @@ class Controller:
         """``spec`` with its ${NAME} references resolved (CredentialError, exit 2, if not)."""
         return resolve_spec(spec, self.settings.config_file.parent)
 
-    def _missing_credentials(self, spec: StreamSpec) -> str | None:
+    def missing_credentials(self, spec: StreamSpec) -> str | None:
         return unresolved([spec.source, spec.output], self.settings.config_file.parent)
 
-    def _launch(self, spec: StreamSpec, saved_at: float, encoder: str) -> Stream:
+    def launch(self, spec: StreamSpec, saved_at: float, encoder: str) -> Stream:
         """Start supervising ``spec``; the caller owns the name and has checked it is free."""
-        if self._active(spec.name) is not None:  # never a second FFmpeg for a name
+        if self.active(spec.name) is not None:  # never a second FFmpeg for a name
             raise StreamExists(f"stream {spec.name!r} is already running")
         target = spec.target(self.settings.rtsp_url, self.settings.hls_dir)
         real = self._secrets(spec)
@@ -242,14 +234,14 @@ class Controller:
                 return  # started again meanwhile: that run is saved
             with contextlib.suppress(StateFileError):  # status shows it; retried below
                 await self.writer.remove(name)
-        self._keep_retrying()
+        self.keep_retrying()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _keep_retrying(self) -> None:
+    def keep_retrying(self) -> None:
         """After a failed write, retry until the pending removals are written."""
         if self.writer.pending and (self._retrying is None or self._retrying.done()):
             self._retrying = asyncio.create_task(self._retry_writes())
@@ -289,7 +281,7 @@ class Controller:
     ) -> Stream:
         name = spec.name
         self._secrets(spec)  # an unresolvable ${NAME} is refused before anything changes
-        previous = self._active(name)
+        previous = self.active(name)
         if previous is not None and not replace:
             raise StreamExists(
                 f"stream {name!r} already exists (pid {previous.pid}); "
@@ -314,7 +306,7 @@ class Controller:
             raise
         try:
             await self._stop_stream(name, REPLACED)
-            stream = self._launch(spec, time.time() if saved_at is None else saved_at, encoder)
+            stream = self.launch(spec, time.time() if saved_at is None else saved_at, encoder)
         except BaseException:
             checking.cancel()  # its verdict no longer matters
             raise
@@ -339,7 +331,7 @@ class Controller:
         if previous is not None:
             # As a bad configuration reload leaves the old one serving: what runs
             # stays what the state file says.
-            self._launch(previous.spec, previous.saved_at, previous.encoder)
+            self.launch(previous.spec, previous.saved_at, previous.encoder)
             message += "; the stream it was to replace runs again"
         raise OperationFailed(message)
 
@@ -371,7 +363,7 @@ class Controller:
 
         await _all_done([stop_one(n) for n in names])
         if errors:
-            self._keep_retrying()
+            self.keep_retrying()
         stopped.sort(key=names.index)
         unknown = [n for n in names if n not in stopped]
         return StopResult(stopped, unknown, errors[0] if errors else None)
@@ -408,7 +400,7 @@ class Controller:
             self._secrets(spec)  # a ${NAME} gone since the start: refused, still running
             previous = self.supervisor.streams.get(name)
             await self._stop_stream(name, USER_RESTART)
-            stream = self._launch(spec, saved_at, encoder)
+            stream = self.launch(spec, saved_at, encoder)
             if previous is not None:  # show keeps the history across the user's restart
                 stream.exits.extendleft(reversed(previous.exits))
             failure = await stream.confirmed(CONFIRM_WINDOW)
@@ -421,104 +413,10 @@ class Controller:
     async def restore(self, dry_run: bool = False) -> Results:
         """Restore every saved stream not running; overlapping restores share one run."""
         if dry_run:
-            saved = await self.writer.load()
-            await self._encoders_for(saved)
-            running = {n for n in self.supervisor.streams if self._active(n)}
-            return dry_run_results(
-                plan(
-                    saved,
-                    running=running,
-                    choose_encoder=self.choose_encoder,
-                    credentials_missing=self._missing_credentials,
-                )
-            )
+            return await restoring.dry_run(self)
         if self._restoring is None or self._restoring.done():
-            self._restoring = asyncio.create_task(self._restore(), name="restore")
+            self._restoring = asyncio.create_task(restoring.restore(self), name="restore")
         return await asyncio.shield(self._restoring)
-
-    async def _encoders_for(self, saved: dict[str, dict[str, Any]]) -> None:
-        """Probe the encoders off the loop, unless every saved stream is a copy."""
-        codecs = {str(e.get("config", {}).get("video_codec", "h264")) for e in saved.values()}
-        if codecs - {"copy"}:
-            await self.choose_encoder.ready()
-
-    async def _restore(self) -> Results:
-        # The file as this restore read it, and how it looked before: a launch re-reads
-        # it only when it changed since (a stat, not a read, per stream).
-        snapshot = _Snapshot(self.store.version(), {})
-        snapshot.saved = saved = await self.writer.load()
-        await self._encoders_for(saved)
-        running = {n for n in self.supervisor.streams if self._active(n)}
-        steps = plan(
-            saved,
-            running=running,
-            choose_encoder=self.choose_encoder,
-            credentials_missing=self._missing_credentials,
-        )
-        results = {s.name: {"result": s.result, "reason": s.reason} for s in steps}
-        slots = asyncio.Semaphore(RESTORE_PARALLEL)
-
-        async def settle(step: Step) -> None:
-            if step.result == "restored":
-                async with slots, self.owning(step.name):
-                    step = await self._replan(step.name, snapshot)
-                    if step.result == "restored":
-                        results[step.name] = await self._restore_one(step)
-                        return
-            results[step.name] = {"result": step.result, "reason": step.reason}
-            if step.expired:
-                async with self.owning(step.name):
-                    if self._active(step.name) is None:
-                        with contextlib.suppress(StateFileError):
-                            await self.writer.remove(step.name)
-                self.not_restored.pop(step.name, None)
-            else:
-                self.not_restored[step.name] = step.reason
-            log.info("restore %s: %s (%s)", step.name, step.result, step.reason)
-            self.supervisor.note(step.name, f"restore {step.result}: {step.reason}")
-
-        outcomes = await asyncio.gather(*(settle(s) for s in steps), return_exceptions=True)
-        for step, outcome in zip(steps, outcomes, strict=True):
-            if isinstance(outcome, BaseException):  # nothing escapes: it is that stream's failure
-                log.error("restore %s: %s", step.name, outcome)
-                results[step.name] = {"result": "failed", "reason": str(outcome)}
-        self.children.flush()
-        self._keep_retrying()
-        self.metrics.count_restore(results)
-        return results
-
-    async def _replan(self, name: str, snapshot: _Snapshot) -> Step:
-        """Plan ``name`` again now that it is ours: it may have been stopped or started."""
-        version = self.store.version()
-        if version != snapshot.version:
-            snapshot.saved = await self.writer.load()
-            snapshot.version = version
-        entry = snapshot.saved.get(name)
-        if entry is None:
-            return Step(name, "skipped", "no longer saved (stopped meanwhile)")
-        running = {name} if self._active(name) else set()
-        return plan(
-            {name: entry},
-            running=running,
-            choose_encoder=self.choose_encoder,
-            credentials_missing=self._missing_credentials,
-        )[0]
-
-    async def _restore_one(self, step: Step) -> dict[str, str]:
-        assert step.spec is not None
-        stream = self._launch(step.spec, step.saved_at, step.encoder)
-        failure = await stream.confirmed(CONFIRM_WINDOW)
-        # A failure leaves the stream saved, retrying under its restart policy.
-        result = (
-            {"result": "failed", "reason": failure}
-            if failure
-            else {
-                "result": "restored",
-                "reason": "started",
-            }
-        )
-        log.info("restore %s: %s", step.name, result["reason"])
-        return result
 
     async def restore_at_launch(self) -> None:
         await self.restore(dry_run=False)
@@ -540,7 +438,7 @@ class Controller:
 
         async def start(spec: StreamSpec, update: bool) -> object:
             async with self.owning(spec.name):
-                current = self._active(spec.name)
+                current = self.active(spec.name)
                 if current is not None and current.spec == spec:
                     return current  # started meanwhile as the file says: nothing to do
                 # An update keeps the stream's deadline, as a restart does, and a file
