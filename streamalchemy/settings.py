@@ -57,6 +57,7 @@ class Settings(NamedTuple):
     log_backups: int
     metrics_addr: tuple[str, int] | None
     shards: int | None
+    shed_after: float
 
 
 def _parse_bool(value: str) -> bool:
@@ -133,6 +134,10 @@ _KNOWN: dict[str, tuple[str, Callable[[str], Any]]] = {
     "shards": (
         "STREAMALCHEMY_SHARDS",
         _in_range(int, 1, 10000, "expected a whole number of shards from 1 up"),
+    ),
+    "shed_after": (
+        "STREAMALCHEMY_SHED_AFTER",
+        _in_range(float, 0, 3600, "expected a number of seconds from 0 (never shed) to 3600"),
     ),
 }
 
@@ -232,4 +237,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_backups=resolved.get("log_backups", 3),
         metrics_addr=resolved.get("metrics_addr"),
         shards=resolved.get("shards"),
+        shed_after=resolved.get("shed_after", 20.0),
     )

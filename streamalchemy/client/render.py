@@ -47,6 +47,7 @@ STATUS_STYLE = {
     "stopping": "magenta",
     "failed": "red",
     "finished": "dim",
+    "shed": "yellow",
 }
 
 
@@ -116,7 +117,7 @@ def streams(result: dict[str, Any]) -> None:
     else:
         console.print("no streams")
     for s in result["streams"]:
-        if s["last_error"] and s["status"] in ("retrying", "failed"):
+        if s["last_error"] and s["status"] in ("retrying", "failed", "shed"):
             console.print(f"{s['name']}: {s['last_error']}", style="yellow")
     for name, why in result.get("not_running", {}).items():
         console.print(f"warning: {name} is saved but not running: {why}", style="yellow")

@@ -31,7 +31,7 @@ from streamalchemy.client.text import plain
 from streamalchemy.errors import StreamAlchemyError
 
 REFRESH = 1.0  # seconds between two reads of the daemon
-PROBLEMS = ("failed", "retrying")  # shown first: what needs a look is never scrolled away
+PROBLEMS = ("failed", "retrying", "shed")  # shown first: what needs a look is never scrolled away
 
 # Reads the daemon's streams; the argument says whether a daemon that is down may be
 # started (only for the first read: a daemon stopped while top runs stays stopped).

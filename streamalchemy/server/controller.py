@@ -39,6 +39,7 @@ from streamalchemy.server import restoring
 from streamalchemy.server.inputsockets import InputSockets
 from streamalchemy.server.metrics import Metrics
 from streamalchemy.server.restoring import Results
+from streamalchemy.server.shedder import SIDE_FILE, Shedder
 from streamalchemy.settings import Settings
 from streamalchemy.supervision.ffmpeg import STATS_PERIOD, build_argv, input_script
 from streamalchemy.supervision.procs import ChildRecord
@@ -46,6 +47,7 @@ from streamalchemy.supervision.recordings import refuse_existing_file
 from streamalchemy.supervision.sources import check_file, check_source
 from streamalchemy.supervision.supervisor import (
     REPLACED,
+    SHED,
     USER_RESTART,
     USER_STOP,
     Stream,
@@ -120,6 +122,7 @@ class Controller:
         self._restoring: asyncio.Task[Results] | None = None
         self._retrying: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self.shedder = Shedder(self, settings.shed_after, settings.data_dir / SIDE_FILE)
 
     @classmethod
     def from_settings(
@@ -177,6 +180,10 @@ class Controller:
         stream = self.supervisor.streams.get(name)
         return stream if stream is not None and stream.active else None
 
+    def kept(self) -> set[str]:
+        """The names that run, or are shed (saved, waiting for room): not to restore."""
+        return {n for n, s in self.supervisor.streams.items() if s.active or s.status == SHED}
+
     def _secrets(self, spec: StreamSpec) -> StreamSpec:
         """``spec`` with its ${NAME} references resolved (CredentialError, exit 2, if not)."""
         return resolve_spec(spec, self.settings.config_file.parent)
@@ -210,6 +217,7 @@ class Controller:
 
         log.info("starting %s -> %s", spec.name, mask_credentials(target))
         self.not_restored.pop(spec.name, None)
+        self.shedder.start()
         return self.supervisor.launch(
             spec, saved_at=saved_at, encoder=encoder, target=target, argv_for=argv_for
         )
@@ -282,6 +290,8 @@ class Controller:
         name = spec.name
         self._secrets(spec)  # an unresolvable ${NAME} is refused before anything changes
         previous = self.active(name)
+        if previous is None and not replace and name in self.kept():
+            raise StreamExists(f"stream {name!r} already exists (shed); use --replace or stop it")
         if previous is not None and not replace:
             raise StreamExists(
                 f"stream {name!r} already exists (pid {previous.pid}); "
@@ -426,6 +436,7 @@ class Controller:
         for task in (self._restoring, self._retrying, *self._background):
             if task is not None:
                 task.cancel()
+        await self.shedder.close()
         await self.supervisor.stop_all()
         self.inputs.close_all()
         if self.writer.pending:
@@ -457,7 +468,7 @@ class Controller:
             return result
 
         def running() -> dict[str, StreamSpec]:
-            return {n: s.spec for n, s in self.supervisor.streams.items() if s.active}
+            return {n: s.spec for n, s in self.supervisor.streams.items() if n in self.kept()}
 
         from streamalchemy.apply import applier
 

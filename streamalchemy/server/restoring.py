@@ -23,6 +23,7 @@ from streamalchemy.core.spec import StreamSpec
 from streamalchemy.errors import StateFileError
 from streamalchemy.persist import StateStore, StateWriter
 from streamalchemy.server.metrics import Metrics
+from streamalchemy.server.shedder import Shedder
 from streamalchemy.supervision.procs import ChildRecord
 from streamalchemy.supervision.supervisor import Stream, Supervisor
 
@@ -44,9 +45,11 @@ class Lifecycle(Protocol):
     choose_encoder: encoders.Chooser
     not_restored: dict[str, str]
     confirm_window: float
+    shedder: Shedder
 
     def owning(self, name: str) -> AbstractAsyncContextManager[None]: ...
     def active(self, name: str) -> Stream | None: ...
+    def kept(self) -> set[str]: ...
     def launch(self, spec: StreamSpec, saved_at: float, encoder: str) -> Stream: ...
     def missing_credentials(self, spec: StreamSpec) -> str | None: ...
     def keep_retrying(self) -> None: ...
@@ -69,10 +72,6 @@ def _plan(c: Lifecycle, saved: Mapping[str, Any], running: set[str]) -> list[Ste
     )
 
 
-def _running(c: Lifecycle) -> set[str]:
-    return {n for n in c.supervisor.streams if c.active(n)}
-
-
 async def _encoders_for(c: Lifecycle, saved: dict[str, dict[str, Any]]) -> None:
     """Probe the encoders off the loop, unless every saved stream is a copy."""
     codecs = {str(e.get("config", {}).get("video_codec", "h264")) for e in saved.values()}
@@ -84,7 +83,7 @@ async def dry_run(c: Lifecycle) -> Results:
     """What a restore would do with each saved stream; nothing changes."""
     saved = await c.writer.load()
     await _encoders_for(c, saved)
-    return dry_run_results(_plan(c, saved, _running(c)))
+    return dry_run_results(c.shedder.restore_plan(_plan(c, saved, c.kept())))
 
 
 async def restore(c: Lifecycle) -> Results:
@@ -94,7 +93,7 @@ async def restore(c: Lifecycle) -> Results:
     snapshot = _Snapshot(c.store.version(), {})
     snapshot.saved = saved = await c.writer.load()
     await _encoders_for(c, saved)
-    steps = _plan(c, saved, _running(c))
+    steps = c.shedder.restore_plan(_plan(c, saved, c.kept()))
     results = {s.name: {"result": s.result, "reason": s.reason} for s in steps}
     slots = asyncio.Semaphore(RESTORE_PARALLEL)
 
@@ -106,6 +105,9 @@ async def restore(c: Lifecycle) -> Results:
                     results[step.name] = await _restore_one(c, step)
                     return
         results[step.name] = {"result": step.result, "reason": step.reason}
+        if step.result == "skipped" and step.spec is not None:  # held back: shed
+            async with c.owning(step.name):
+                c.shedder.hold(step)
         if step.expired:
             async with c.owning(step.name):
                 if c.active(step.name) is None:
@@ -137,7 +139,7 @@ async def _replan(c: Lifecycle, name: str, snapshot: _Snapshot) -> Step:
     entry = snapshot.saved.get(name)
     if entry is None:
         return Step(name, "skipped", "no longer saved (stopped meanwhile)")
-    return _plan(c, {name: entry}, {name} if c.active(name) else set())[0]
+    return _plan(c, {name: entry}, {name} & c.kept())[0]
 
 
 async def _restore_one(c: Lifecycle, step: Step) -> dict[str, str]:

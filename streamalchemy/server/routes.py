@@ -86,7 +86,7 @@ def status(c: Controller) -> dict[str, Any]:
 
 async def list_streams(c: Controller) -> dict[str, Any]:
     saved = await c.writer.load()
-    active = {n for n, s in c.supervisor.streams.items() if s.active}
+    active = c.kept()
     not_running = {
         name: c.not_restored.get(name, NOT_STARTED) for name in sorted(saved) if name not in active
     }
