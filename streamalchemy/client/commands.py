@@ -276,16 +276,14 @@ STOP_WAIT = 30.0  # seconds `daemon stop` waits for the daemon to exit
 
 def _alive(pid: int) -> bool:
     """Whether ``pid`` still runs; a zombie (exited, not yet reaped by its parent) does not."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    from streamalchemy.supervision.procs import HAVE_PROC, stat_fields
+    import psutil  # daemon stop only: never on a polled command's path
 
-    fields = stat_fields(pid) if HAVE_PROC else None  # no /proc (macOS): kill(0) is all
-    return not fields or fields[0] != b"Z"
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
 
 
 def daemon_stop() -> MessageResult:

@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from streamalchemy.core.restore import Step
 from streamalchemy.errors import StreamAlchemyError
@@ -29,7 +29,12 @@ from streamalchemy.supervision.pace import HostIdle, Window, host_cpu
 from streamalchemy.supervision.stream import SHED, Stream
 
 if TYPE_CHECKING:
-    from streamalchemy.server.controller import Controller
+    from contextlib import AbstractAsyncContextManager
+
+    from streamalchemy.core.spec import StreamSpec
+    from streamalchemy.server.inputsockets import InputSockets
+    from streamalchemy.settings import Settings
+    from streamalchemy.supervision.supervisor import Supervisor
 
 log = logging.getLogger("streamalchemy.daemon")
 
@@ -78,10 +83,22 @@ def need_at_real_time(cpu: float, speed: float | None, paced: bool) -> float:
     return cpu
 
 
+class Owner(Protocol):
+    """What shedding needs of the per-name lifecycle (``Controller`` is one)."""
+
+    settings: Settings
+    supervisor: Supervisor
+    inputs: InputSockets
+
+    def owning(self, name: str) -> AbstractAsyncContextManager[None]: ...
+    def active(self, name: str) -> Stream | None: ...
+    def launch(self, spec: StreamSpec, saved_at: float, encoder: str) -> Stream: ...
+
+
 class Shedder:
     """Runs the shedding rule over the controller's streams once a second."""
 
-    def __init__(self, controller: Controller, after: float, path: Path) -> None:
+    def __init__(self, controller: Owner, after: float, path: Path) -> None:
         self.controller = controller
         self.rule = Rule(after)
         self.host = HostIdle()
