@@ -9,7 +9,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from test_controller import make_controller, saved
+from fakes import make_controller, saved
 
 from streamalchemy.apply import applier, declarative
 from streamalchemy.server import routes

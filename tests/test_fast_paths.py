@@ -87,7 +87,7 @@ def test_the_children_record_batches_a_burst_and_flushes_it(tmp_path: Path) -> N
 def test_a_file_that_fails_the_probe_fails_the_start_and_never_stops_a_replaced_one(
     tmp_path: Path,
 ) -> None:
-    from test_controller import make_controller, run, saved, spec
+    from fakes import make_controller, run, saved, spec
 
     from streamalchemy.errors import InvalidInput
 

@@ -1,4 +1,5 @@
-"""The shape of the package holds: the import rules of STYLE.md, no import cycle, small modules.
+"""The shape of the package holds: the import rules of STYLE.md, no import cycle, small
+modules, and test modules that share helpers only through conftest.py and fakes.py.
 
 Every import counts, wherever it is written: at the top, inside a function (the fast
 path's lazy imports) or under ``TYPE_CHECKING``.
@@ -137,3 +138,20 @@ def test_the_cycle_finder_finds_a_cycle_through_three_modules() -> None:
 def test_every_module_is_at_most_500_lines() -> None:
     long = {n: len(p.read_text().splitlines()) for n, p in modules().items()}
     assert {n: k for n, k in long.items() if k > MAX_LINES} == {}
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared helpers live in conftest.py, fakes in fakes.py: never in a test module."""
+    tests = Path(__file__).resolve().parent
+    test_modules = {p.stem for p in tests.glob("test_*.py")}
+    wrong = {}
+    for path in sorted(tests.glob("*.py")):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found.add(node.module.split(".")[0])
+        if found & test_modules:
+            wrong[path.name] = sorted(found & test_modules)
+    assert wrong == {}

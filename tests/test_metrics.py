@@ -5,34 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import DAEMON, PER_STREAM, promtool_findings
 from streamalchemy import __version__
 from streamalchemy.server.metrics import CONTENT_TYPE, DaemonFigures, Metrics
-
-PER_STREAM = (
-    "streamalchemy_stream_up",
-    "streamalchemy_stream_info",
-    "streamalchemy_stream_frames_total",
-    "streamalchemy_stream_fps",
-    "streamalchemy_stream_bitrate_bits_per_second",
-    "streamalchemy_stream_speed",
-    "streamalchemy_stream_restarts_total",
-    "streamalchemy_stream_remaining_seconds",
-    "streamalchemy_stream_cpu_seconds_total",
-    "streamalchemy_stream_memory_bytes",
-)
-DAEMON = (
-    "streamalchemy_build_info",
-    "streamalchemy_daemon_start_time_seconds",
-    "streamalchemy_restore_results_total",
-    "streamalchemy_state_writes_total",
-    "streamalchemy_state_write_errors_total",
-)
 
 
 def snapshot(name: str, **figures: Any) -> dict[str, Any]:
@@ -166,20 +146,6 @@ def test_a_stream_that_leaves_leaves_the_exposition() -> None:
 def test_label_values_are_escaped() -> None:
     fake = Fake(snapshot('we"ird\\name\n'))
     assert names_of(fake.samples(), "streamalchemy_stream_up") == {'we"ird\\name\n'}
-
-
-# The contract names this metric in bits, which promtool's unit lint would have in bytes:
-# that one finding is expected (see the README's "Metrics"); anything else is a fault.
-BITS_LINT = 'streamalchemy_stream_bitrate_bits_per_second use base unit "bytes" instead of "bits"'
-
-
-def promtool_findings(exposition: bytes) -> list[str]:
-    checked = subprocess.run(
-        ["promtool", "check", "metrics"], input=exposition, capture_output=True, timeout=30
-    )
-    findings = (checked.stdout + checked.stderr).decode().strip().splitlines()
-    assert checked.returncode in (0, 3), findings  # 3: lint findings only, it parsed
-    return [f for f in findings if f != BITS_LINT]
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
