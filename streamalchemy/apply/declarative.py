@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from streamalchemy.core import outputs
+from streamalchemy.core.durations import duration_text
 from streamalchemy.core.saved import spec_from_entry
 from streamalchemy.core.spec import (
     SOURCE,
@@ -179,16 +180,6 @@ def _line_of(text: str, name: str, key: str | None) -> int | None:
 
 
 # -- the normalised table of a spec ---------------------------------------------------
-
-
-def duration_text(seconds: float) -> str:
-    """``"2h"``, ``"1h30m"``, ``"45s"``, ``"0"``: what ``duration`` takes back unchanged."""
-    s = round(seconds)
-    if not s:
-        return "0"
-    hours, s = divmod(s, 3600)
-    minutes, s = divmod(s, 60)
-    return "".join(f"{v}{u}" for v, u in ((hours, "h"), (minutes, "m"), (s, "s")) if v)
 
 
 def table_of(spec: StreamSpec) -> Table:

@@ -64,7 +64,7 @@ WRITE_RETRY = 2.0  # seconds between retries of a state write that failed
 
 
 @dataclass(frozen=True)
-class StopResult:
+class Stopped:
     """What a stop did: the names stopped, those unknown, and a state write that failed."""
 
     stopped: list[str]
@@ -345,7 +345,7 @@ class Controller:
             message += "; the stream it was to replace runs again"
         raise OperationFailed(message)
 
-    async def stop_names(self, names: list[str]) -> StopResult:
+    async def stop_names(self, names: list[str]) -> Stopped:
         """Stop each name (known to the daemon or saved) and remove it from the state file.
 
         The process is always stopped; a removal that cannot be written is reported
@@ -376,9 +376,9 @@ class Controller:
             self.keep_retrying()
         stopped.sort(key=names.index)
         unknown = [n for n in names if n not in stopped]
-        return StopResult(stopped, unknown, errors[0] if errors else None)
+        return Stopped(stopped, unknown, errors[0] if errors else None)
 
-    async def stop_all(self) -> StopResult:
+    async def stop_all(self) -> Stopped:
         saved = await self.writer.load()
         return await self.stop_names(sorted(set(self.supervisor.streams) | set(saved)))
 

@@ -22,7 +22,7 @@ from streamalchemy import __version__
 from streamalchemy.core.details import running_details, saved_details
 from streamalchemy.core.spec import spec_from_request, validate_name
 from streamalchemy.errors import InvalidInput, StreamAlchemyError, StreamNotFound
-from streamalchemy.server.controller import Controller, StopResult
+from streamalchemy.server.controller import Controller, Stopped
 from streamalchemy.server.httpserver import Reply, TextReply
 
 log = logging.getLogger("streamalchemy.daemon")
@@ -41,7 +41,7 @@ class Request:
     body: dict[str, Any]
 
 
-def stop_reply(result: StopResult) -> Reply:
+def stop_reply(result: Stopped) -> Reply:
     """A stop's reply: 500 if its removal could not be written, 404 for unknown names."""
     if result.write_error is not None:
         return 500, {
