@@ -52,9 +52,9 @@ def start(
     name: Annotated[
         str, typer.Argument(metavar="NAME", help="Stream name: letters, digits, _ and -, 1-64.")
     ],
-    file: Annotated[str | None, typer.Option(help="Loop a local video file.")] = None,
-    url: Annotated[str | None, typer.Option(help="Relay an RTSP or other network URL.")] = None,
-    testsrc: Annotated[bool, typer.Option("--testsrc", help="A synthetic test pattern.")] = False,
+    file: Annotated[str | None, typerparts.start_option("file")] = None,
+    url: Annotated[str | None, typerparts.start_option("url")] = None,
+    testsrc: Annotated[bool, typerparts.start_option("testsrc")] = False,
     codec: Annotated[str | None, typerparts.start_option("codec")] = None,
     resolution: Annotated[str | None, typerparts.start_option("resolution")] = None,
     fps: Annotated[str | None, typerparts.start_option("fps")] = None,
@@ -64,17 +64,8 @@ def start(
     output: Annotated[str | None, typerparts.start_option("output")] = None,
     restart: Annotated[str | None, typerparts.start_option("restart")] = None,
     priority: Annotated[int | None, typerparts.start_option("priority")] = None,
-    replace: Annotated[
-        bool, typer.Option("--replace", help="Replace a stream of this name.")
-    ] = False,
-    overwrite: Annotated[
-        bool,
-        typer.Option(
-            "--overwrite",
-            help="A file output may replace an existing file at the first start. \\[default: off]",
-            show_default=False,
-        ),
-    ] = False,
+    replace: Annotated[bool, typerparts.start_option("replace")] = False,
+    overwrite: Annotated[bool, typerparts.start_option("overwrite")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Start a stream, wait until FFmpeg runs, save it, and print its output URL.

@@ -13,8 +13,9 @@ import pytest
 from streamalchemy.client import commands
 from streamalchemy.client import fastpath as main
 from streamalchemy.core.details import saved_details, spec_doc
+from streamalchemy.core.options import START_OPTIONS
 from streamalchemy.core.saved import to_config
-from streamalchemy.core.spec import START_OPTIONS, spec_from_request
+from streamalchemy.core.spec import spec_from_request
 from streamalchemy.errors import InvalidInput
 
 

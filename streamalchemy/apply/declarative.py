@@ -23,14 +23,9 @@ from typing import Any
 
 from streamalchemy.core import outputs
 from streamalchemy.core.durations import duration_text
+from streamalchemy.core.options import SOURCE, START_OPTIONS
 from streamalchemy.core.saved import spec_from_entry
-from streamalchemy.core.spec import (
-    SOURCE,
-    START_OPTIONS,
-    StreamSpec,
-    mask_credentials,
-    spec_from_request,
-)
+from streamalchemy.core.spec import StreamSpec, mask_credentials, spec_from_request
 from streamalchemy.errors import InvalidInput
 
 SOURCE_KEYS = ("file", "url", "testsrc")

@@ -78,10 +78,11 @@ def start_body(
 ) -> dict[str, Any]:
     """The ``POST /streams`` body; relative paths are the caller's, so they resolve here.
 
-    ``options`` are the start options of ``spec.START_OPTIONS``; None means the default.
+    ``options`` are the start options of ``options.START_OPTIONS``; None means the default.
     """
     from streamalchemy.core import outputs
-    from streamalchemy.core.spec import START_OPTIONS, source_kind
+    from streamalchemy.core.options import START_OPTIONS
+    from streamalchemy.core.spec import source_kind
 
     unknown = sorted(set(options) - set(START_OPTIONS))
     if unknown:

@@ -1,5 +1,5 @@
 """The Typer pieces the ``cli`` declarations are built from: each ``start`` option from
-the option table, and stream-name completion.
+its row of the option table (``core.options``), and stream-name completion.
 
 Imported by ``cli`` only (Typer is never on the fast path).
 """
@@ -11,7 +11,8 @@ from typing import Any
 import typer
 
 from streamalchemy.client import commands
-from streamalchemy.core.spec import START_OPTIONS, check_option
+from streamalchemy.core.options import BY_NAME
+from streamalchemy.core.spec import check_option
 from streamalchemy.errors import InvalidInput
 
 
@@ -24,8 +25,8 @@ def complete_names(incomplete: str) -> list[str]:
 
 
 def start_option(key: str) -> Any:
-    """The Typer option for a ``start`` option, built from ``spec.START_OPTIONS``."""
-    option = START_OPTIONS[key]
+    """The Typer option of a ``start`` option, built from its row of ``options.START``."""
+    option = BY_NAME[key]
     choices = option.choices
 
     def parse(value: str) -> str:
@@ -40,12 +41,13 @@ def start_option(key: str) -> Any:
 
     # The default is in the help text, not the parameter: a None reaching the daemon
     # tells an explicit --resolution (refused with --codec copy) from the default.
-    checked = bool(choices) or key in ("fps", "duration")  # priority: Typer's int check
+    # "\[": rich would take a bare "[default: ...]" for markup and drop it.
+    stated = f" \\[default: {option.default}]" if option.default else ""
     return typer.Option(
-        # "\[": rich would take a bare "[default: ...]" for markup and drop it.
-        help=f"{option.help} \\[default: {option.default}]",
-        show_default=False,
+        *([f"--{key}"] if option.flag else []),
+        help=option.help + stated,
+        show_default=not option.default,
         metavar=f"[{'|'.join(choices)}]" if choices else option.metavar,
-        parser=parse if checked else None,
+        parser=parse if option.checked else None,
         autocompletion=complete if choices else None,
     )

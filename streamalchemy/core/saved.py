@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamalchemy.core.durations import hours_text
+from streamalchemy.core.options import SOURCE
 from streamalchemy.core.spec import (
-    SOURCE,
     SOURCE_TYPES,
     SavedHours,
     StreamSpec,

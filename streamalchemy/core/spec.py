@@ -22,73 +22,23 @@ from streamalchemy.core import outputs
 from streamalchemy.core.credentials import mask_credentials as mask_credentials
 from streamalchemy.core.durations import parse_duration, parse_duration_hours
 from streamalchemy.core.names import validate_name as validate_name
+from streamalchemy.core.options import (
+    BY_NAME,
+    FPS_RANGE,
+    RESOLUTIONS,
+    SOURCE,
+    START_OPTIONS,
+)
 from streamalchemy.errors import InvalidInput
 
-CODECS = ("h264", "h265", "mpeg4", "copy")
-RESOLUTIONS = (480, 720, 1080, 1440, 2160)
-FPS_RANGE = (1, 120)
-AUDIO_CODECS = ("auto", "aac", "pcm_alaw", "none")
-HWACCELS = ("none", "auto", "nvenc", "vaapi", "qsv", "videotoolbox")
-RESTARTS = ("on-failure", "always", "never")
 SOURCE_TYPES = ("file", "rtsp", "testsrc")
 SOURCE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "srt", "udp", "tcp")
 
 INTEGER_MAX = 999_999_999  # nine digits, the most a saved string field may hold
 PRIORITY_ACCEPTED = f"a whole number from -{INTEGER_MAX} to {INTEGER_MAX}"
-# "source": a re-encode keeps the source's size and frame rate (no scale, no fps filter).
-SOURCE = "source"
-# What a generated test pattern is when its size or rate is "source".
-TESTSRC_RESOLUTION = 1080
-TESTSRC_FPS = 30
 
 
-@dataclass(frozen=True)
-class StartOption:
-    """One ``start`` option: the CLI builds its Typer option from this, the daemon its default."""
-
-    default: str  # as shown in --help, and what a missing or null value means
-    help: str
-    choices: tuple[str, ...] = ()  # empty: free text checked by the validation below
-    metavar: str = ""
-
-
-# The vocabulary of ``start`` (and of the HTTP body and the apply file): defined once.
-START_OPTIONS: dict[str, StartOption] = {
-    "codec": StartOption("h264", "Video codec; copy = no re-encode.", CODECS),
-    "resolution": StartOption(
-        SOURCE,
-        f"Output height; source keeps the source's size (a test pattern is {TESTSRC_RESOLUTION}).",
-        (SOURCE, *map(str, RESOLUTIONS)),
-    ),
-    "fps": StartOption(
-        SOURCE,
-        "Frames per second, 1-120; source keeps the source's rate (a test pattern is "
-        f"{TESTSRC_FPS}).",
-        metavar="source|1-120",
-    ),
-    "audio": StartOption(
-        "auto",
-        "The source's audio: auto keeps it (copied with --codec copy, else AAC; a test "
-        "pattern has none), none drops it.",
-        AUDIO_CODECS,
-    ),
-    "hwaccel": StartOption("none", "Hardware encoder.", HWACCELS),
-    "duration": StartOption(
-        "0", "0 = unlimited; hours as a number (1.5) or 90m, 2h, 45s, 1h30m.", metavar="DURATION"
-    ),
-    "output": StartOption(
-        "$STREAMALCHEMY_RTSP_URL/NAME",
-        "rtsp:// rtmp:// srt:// udp:// URL, hls, null or a file path.",
-        metavar="OUTPUT",
-    ),
-    "restart": StartOption("on-failure", "When FFmpeg dies.", RESTARTS),
-    "priority": StartOption("0", "Higher is restored first.", metavar="INTEGER"),
-}
-
-_REQUEST_KEYS = frozenset(
-    {"name", "file", "url", "testsrc", "codec", "resolution", "fps", "audio", "hwaccel"}
-    | {"duration", "output", "restart", "priority", "replace", "overwrite"}
-)
+_REQUEST_KEYS = frozenset({"name", *BY_NAME})
 
 
 @dataclass(frozen=True)

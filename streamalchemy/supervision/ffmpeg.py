@@ -9,8 +9,9 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from streamalchemy.core import outputs
+from streamalchemy.core.options import TESTSRC_FPS, TESTSRC_RESOLUTION
 from streamalchemy.core.outputs import KEYFRAME_SECONDS
-from streamalchemy.core.spec import TESTSRC_FPS, TESTSRC_RESOLUTION, StreamSpec
+from streamalchemy.core.spec import StreamSpec
 
 # How long a network source may stay silent before FFmpeg gives up (and the
 # supervisor restarts it), in microseconds as FFmpeg wants it.
