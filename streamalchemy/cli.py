@@ -14,24 +14,41 @@ import typer
 
 from streamalchemy import __version__
 from streamalchemy.client import commands, report, typerparts
-from streamalchemy.client.text import plain
+from streamalchemy.client.helpwords import Typer
 from streamalchemy.errors import InvalidInput, StreamAlchemyError
 
-app = typer.Typer(
+app = Typer(
     name="streamalchemy",
     help="Streams that keep running: FFmpeg supervised by a daemon, restored after restarts.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-daemon_app = typer.Typer(help="Run, stop and inspect the background daemon.", no_args_is_help=True)
+daemon_app = Typer(help="Run, stop and inspect the background daemon.", no_args_is_help=True)
 app.add_typer(daemon_app, name="daemon")
-service_app = typer.Typer(
+service_app = Typer(
     help="Run the daemon as a systemd service, so that streams come back after a reboot.",
     no_args_is_help=True,
 )
 app.add_typer(service_app, name="service")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+
+
+WideOpt = Annotated[
+    bool,
+    typer.Option("--wide", help="Every column, however narrow the terminal (else some drop out)."),
+]
+FormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "-o",
+        "--output",
+        metavar="wide",
+        help="-o wide is --wide, as in kubectl. \\[default: the columns that fit]",
+        show_default=False,
+        parser=typerparts.output_format,
+    ),
+]
 
 
 NameArg = Annotated[
@@ -115,15 +132,19 @@ def stop(names: NamesArg = None, all_streams: AllOpt = False, as_json: JsonOpt =
 
 
 @app.command("list")
-def list_streams(as_json: JsonOpt = False) -> None:
-    """Show the daemon's streams with live figures, and saved streams that are not running."""
-    report.emit(as_json, commands.list_streams, report.view("streams"))
+def list_streams(wide: WideOpt = False, fmt: FormatOpt = None, as_json: JsonOpt = False) -> None:
+    """Show the daemon's streams with live figures, and saved streams that are not running.
+
+    Name, status and time left always show; at a narrow terminal other columns drop
+    out (source and output first), --wide shows them all.
+    """
+    report.emit(as_json, commands.list_streams, report.view("streams", wide=wide or fmt == "wide"))
 
 
 @app.command()
-def saved(as_json: JsonOpt = False) -> None:
+def saved(wide: WideOpt = False, fmt: FormatOpt = None, as_json: JsonOpt = False) -> None:
     """Show the state file's entries (works while the daemon is down)."""
-    report.emit(as_json, commands.saved, report.view("saved"))
+    report.emit(as_json, commands.saved, report.view("saved", wide=wide or fmt == "wide"))
 
 
 @app.command()
@@ -165,7 +186,14 @@ def logs(
         ),
     ] = None,
     lines: Annotated[
-        int, typer.Option("-n", "--lines", min=0, help="How many lines (of each log).")
+        int,
+        typer.Option(
+            "-n",
+            "--lines",
+            metavar="N",
+            help="How many lines (of each log), 0 or more.",
+            parser=typerparts.whole(0),
+        ),
     ] = 50,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
@@ -173,37 +201,7 @@ def logs(
     as_json: JsonOpt = False,
 ) -> None:
     """Show a stream's FFmpeg log and lifecycle events, or every stream's."""
-    if as_json and follow:
-        report.fail(
-            InvalidInput("--follow prints lines as they come; it cannot be combined with --json"),
-            as_json,
-        )
-    if name is not None:
-        result = report.emit(
-            as_json,
-            lambda: commands.logs(name, lines),
-            lambda r: print("\n".join(map(plain, r["lines"]))) if r["lines"] else None,
-        )
-        paths = {name: result["path"]}
-        offsets = {name: result["offset"]}
-    else:
-        tails = report.emit(
-            as_json,
-            lambda: {"success": True, "logs": commands.all_logs(lines)},
-            lambda r: report.print_prefixed({n: t["lines"] for n, t in r["logs"].items()}),
-        )
-        paths = {n: t["path"] for n, t in tails["logs"].items()}
-        offsets = {n: t["offset"] for n, t in tails["logs"].items()}
-    if follow:
-        width = max(map(len, paths), default=0)
-        try:
-            for stream, line in commands.follow(paths, offsets=offsets):
-                print(
-                    report.prefixed(stream, line, width) if name is None else plain(line),
-                    flush=True,
-                )
-        except KeyboardInterrupt:
-            pass
+    report.logs(name, lines, follow, as_json)
 
 
 @app.command()
@@ -218,8 +216,12 @@ def restart(names: NamesArg = None, all_streams: AllOpt = False, as_json: JsonOp
 
     def show(result: Any) -> None:
         print(f"restarted: {', '.join(result['restarted'])}" if result["restarted"] else "none")
+        for failure in result["failed"]:
+            print(f"failed: {failure['name']}: {failure['reason']}", file=sys.stderr)
 
-    report.emit(as_json, lambda: commands.restart(names or [], all_streams), show)
+    result = report.emit(as_json, lambda: commands.restart(names or [], all_streams), show)
+    if not result["success"]:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -229,24 +231,13 @@ def show(name: NameArg, as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def top(as_json: JsonOpt = False) -> None:
+def top(wide: WideOpt = False, fmt: FormatOpt = None, as_json: JsonOpt = False) -> None:
     """Watch the streams live, full screen, refreshed every second (q or Ctrl-C leaves).
 
     Failed and retrying streams come first, then the others, by name. When stdout is
     not a terminal, prints one snapshot and exits.
     """
-    if as_json:
-        report.emit(True, commands.list_streams, print)
-        return
-    from streamalchemy.client import top as view
-    from streamalchemy.client.render import console
-
-    fetch = view.fetcher(commands.client())
-    try:
-        code = view.live(fetch, console) if console.is_terminal else view.once(fetch, console)
-    except StreamAlchemyError as exc:
-        report.fail(exc, False)
-    raise typer.Exit(code)
+    raise typer.Exit(report.top(wide or fmt == "wide", as_json))
 
 
 @app.command("apply")
@@ -270,7 +261,28 @@ def apply_cmd(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Make the running streams match a declarative file; print the plan and what it did."""
+    """Make the running streams match a declarative file; print the plan and what it did.
+
+    FILE is TOML: one table per stream, named \\[streams.NAME], whose keys are the
+    options of start (file, url or testsrc = true; codec, resolution, fps, audio,
+    hwaccel, duration, output, restart, priority), for example:
+
+      \\[streams.cam1]
+      file = "/srv/video/loop.mp4"
+      codec = "h264"
+      resolution = 720
+      duration = "2h"
+      priority = 10
+
+      \\[streams.lobby]
+      url = "rtsp://${LOBBY_USER}:${LOBBY_PASS}@10.0.0.7/stream"
+      codec = "copy"
+
+    Missing streams are created, changed ones replaced (each change printed) and
+    unchanged ones left running; --prune also stops the saved streams that are not in
+    FILE. Applying the same file again changes nothing. An invalid file changes
+    nothing: exit 2, naming the stream and key at fault.
+    """
     from streamalchemy.apply import commands as apply_commands
 
     result = report.emit(
@@ -300,7 +312,12 @@ def export_cmd(
         ),
     ] = "toml",
     shards: Annotated[
-        int, typer.Option(min=1, help="With --format kubernetes: the replicas, one per shard.")
+        int,
+        typer.Option(
+            metavar="N",
+            help="With --format kubernetes: the replicas, one per shard, 1 or more.",
+            parser=typerparts.whole(1),
+        ),
     ] = 1,
     output: Annotated[
         str | None,
@@ -413,7 +430,9 @@ def service_install(
     ] = False,
     run_as: Annotated[
         str | None,
-        typer.Option(help="The system unit's user. \\[default: $SUDO_USER, else you]"),
+        typer.Option(
+            metavar="USER", help="The system unit's user. \\[default: $SUDO_USER, else you]"
+        ),
     ] = None,
     no_systemctl: NoSystemctlOpt = False,
     as_json: JsonOpt = False,

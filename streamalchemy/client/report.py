@@ -1,5 +1,6 @@
 """How the CLI reports: a result as JSON or through a view, a failure as one line and
-its exit code, usage errors the same way.
+its exit code, usage errors the same way; and the two commands that print as they go
+(``logs --follow``, ``top``).
 
 Shared by the Typer commands (``cli``) and the fast path (``client.fastpath``), so both
 print exactly the same thing. Lean at import (json and sys only): Typer and rich are
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
 def report_failure(exc: StreamAlchemyError, as_json: bool) -> int:
     """Print a failure the contract's way (one stderr line) and return its exit code."""
-    from streamalchemy.core.credentials import mask_credentials
+    from streamalchemy.core.masking import mask_credentials
 
     message = mask_credentials(" ".join(str(exc).split()))  # one line, no secret
     if as_json:
@@ -68,29 +69,83 @@ def emit(as_json: bool, action: Callable[[], Any], show: Callable[[Any], None]) 
     return result
 
 
-def view(name: str) -> Callable[[Any], None]:
+def view(name: str, **options: Any) -> Callable[[Any], None]:
     """The rich view of ``client.render`` by name, imported only when a person reads it."""
 
     def show(result: Any) -> None:
         from streamalchemy.client import render
 
-        getattr(render, name)(result)
+        getattr(render, name)(result, **options)
 
     return show
 
 
-def prefixed(name: str, line: str, width: int) -> str:
+def logs(name: str | None, lines: int, follow: bool, as_json: bool) -> None:
+    """``logs``: the last ``lines`` of one stream's log, or of every stream's (each line
+    prefixed with its name), then with ``follow`` the new lines as they come."""
+    from streamalchemy.client import commands
+    from streamalchemy.client.text import plain
+    from streamalchemy.errors import InvalidInput
+
+    if as_json and follow:
+        message = "--follow prints lines as they come; it cannot be combined with --json"
+        fail(InvalidInput(message), as_json)
+    if name is not None:
+        result = emit(
+            as_json,
+            lambda: commands.logs(name, lines),
+            lambda r: print("\n".join(map(plain, r["lines"]))) if r["lines"] else None,
+        )
+        paths, offsets = {name: result["path"]}, {name: result["offset"]}
+    else:
+        tails = emit(
+            as_json,
+            lambda: {"success": True, "logs": commands.all_logs(lines)},
+            lambda r: _print_prefixed({n: t["lines"] for n, t in r["logs"].items()}),
+        )
+        paths = {n: t["path"] for n, t in tails["logs"].items()}
+        offsets = {n: t["offset"] for n, t in tails["logs"].items()}
+    if follow:
+        width = max(map(len, paths), default=0)
+        try:
+            for stream, line in commands.follow(paths, offsets=offsets):
+                print(_prefixed(stream, line, width) if name is None else plain(line), flush=True)
+        except KeyboardInterrupt:
+            pass
+
+
+def _prefixed(name: str, line: str, width: int) -> str:
     """One line of a stream's log among every stream's: ``name | line``."""
     from streamalchemy.client.text import plain
 
     return f"{name.ljust(width)} | {plain(line)}"
 
 
-def print_prefixed(tails: dict[str, list[str]]) -> None:
+def _print_prefixed(tails: dict[str, list[str]]) -> None:
     width = max(map(len, tails), default=0)
     for stream, lines in tails.items():
         for line in lines:
-            print(prefixed(stream, line, width))
+            print(_prefixed(stream, line, width))
+
+
+def top(wide: bool, as_json: bool) -> int:
+    """``top``: live at a terminal, one snapshot otherwise, the list's JSON with --json."""
+    from streamalchemy.client import commands
+
+    if as_json:
+        emit(True, commands.list_streams, print)
+        return 0
+    from streamalchemy.client import top as view
+    from streamalchemy.client.render import console
+    from streamalchemy.errors import StreamAlchemyError
+
+    fetch = view.fetcher(commands.client())
+    try:
+        if console.is_terminal:
+            return view.live(fetch, console, wide=wide)
+        return view.once(fetch, console, wide=wide)
+    except StreamAlchemyError as exc:
+        fail(exc, False)
 
 
 def run_app(app: Typer) -> NoReturn:

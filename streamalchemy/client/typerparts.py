@@ -1,11 +1,13 @@
 """The Typer pieces the ``cli`` declarations are built from: each ``start`` option from
-its row of the option table (``core.options``), and stream-name completion.
+its row of the option table (``core.options``), stream-name completion, and the parsers
+that refuse a bad value in words.
 
 Imported by ``cli`` only (Typer is never on the fast path).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import typer
@@ -48,6 +50,27 @@ def start_option(key: str) -> Any:
         help=option.help + stated,
         show_default=not option.default,
         metavar=f"[{'|'.join(choices)}]" if choices else option.metavar,
-        parser=parse if option.checked else None,
+        parser=parse if option.checked else whole() if option.integer else None,
         autocompletion=complete if choices else None,
     )
+
+
+def whole(least: int | None = None) -> Callable[[str], int]:
+    """A parser of whole numbers (from ``least`` up), refusing in words."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise typer.BadParameter(f"{value!r} is not a whole number") from None
+        if least is not None and number < least:
+            raise typer.BadParameter(f"{value} is less than {least}")
+        return number
+
+    return parse
+
+
+def output_format(value: str) -> str:
+    if value != "wide":
+        raise typer.BadParameter(f"{value!r} is not wide (use --json for JSON)")
+    return value

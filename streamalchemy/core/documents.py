@@ -46,6 +46,8 @@ class StreamDoc(TypedDict):
     last_error: str | None
     log_file: str
     current_output: NotRequired[str]  # the file being written now, for a file output
+    # Whether the state file holds it (list and show): if not, a daemon restart ends it.
+    saved: NotRequired[bool]
     exits: NotRequired[list[ExitDoc]]
 
 
@@ -78,9 +80,15 @@ class StopResult(TypedDict):
     stopped: list[str]
 
 
+class RestartFailure(TypedDict):
+    name: str
+    reason: str
+
+
 class RestartResult(TypedDict):
     success: bool
     restarted: list[str]
+    failed: list[RestartFailure]
 
 
 class SavedResult(TypedDict):

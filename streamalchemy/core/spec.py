@@ -17,10 +17,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from streamalchemy.core import outputs
-
-# The one masking function lives in credentials; imported from here too.
-from streamalchemy.core.credentials import mask_credentials as mask_credentials
 from streamalchemy.core.durations import parse_duration, parse_duration_hours
+
+# The one masking function lives in masking; imported from here too.
+from streamalchemy.core.masking import mask_credentials as mask_credentials
+from streamalchemy.core.masking import mask_url
 from streamalchemy.core.names import validate_name as validate_name
 from streamalchemy.core.options import (
     BY_NAME,
@@ -297,12 +298,19 @@ def _url(field: str, value: object, schemes: tuple[str, ...]) -> str:
     accepted = f"a URL starting with {', '.join(s + '://' for s in schemes)}"
     if not isinstance(value, str) or "://" not in value:
         raise InvalidInput(f"invalid {field} {value!r}: use {accepted}")
-    shown = mask_credentials(value)
+    shown = mask_url(value)
     if not value.isprintable():
         raise InvalidInput(f"invalid {field} {shown!r}: a URL cannot contain control characters")
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+        # A ${NAME} reference may stand for the port; it is checked once resolved.
+        port = None if "${" in parts.netloc else parts.port
+    except ValueError as exc:  # "Invalid IPv6 URL", "Port out of range 0-65535", ...
+        raise InvalidInput(f"invalid {field} {shown!r}: {exc}") from None
     if parts.scheme.lower() not in schemes or not parts.netloc:
         raise InvalidInput(f"invalid {field} {shown!r}: use {accepted}")
+    if port == 0:
+        raise InvalidInput(f"invalid {field} {shown!r}: port 0 is not a port to connect to")
     return value
 
 
@@ -334,7 +342,7 @@ def _check_container(codec: str, audio: str, output: str) -> None:
     row = outputs.kind_of(output)
     if codec in row.refused_codecs:
         raise InvalidInput(
-            f"codec {codec} cannot go to output {mask_credentials(output)!r}: {row.codec_advice}"
+            f"codec {codec} cannot go to output {mask_url(output)!r}: {row.codec_advice}"
         )
     if audio in row.refused_audio:
         raise InvalidInput(f"audio {audio} cannot go to output {output!r}: {row.audio_advice}")

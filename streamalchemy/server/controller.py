@@ -15,13 +15,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from streamalchemy import encoders
-from streamalchemy.core.credentials import has_secret, resolve_spec, unresolved
+from streamalchemy.core import outputs
+from streamalchemy.core.masking import has_secret, remember, spec_secrets
 from streamalchemy.core.saved import expired, read_saved, to_config
 from streamalchemy.core.spec import (
     StreamSpec,
@@ -38,6 +40,7 @@ from streamalchemy.persist import StateStore, StateWriter, new_entry
 from streamalchemy.server import restoring
 from streamalchemy.server.inputsockets import InputSockets
 from streamalchemy.server.metrics import Metrics
+from streamalchemy.server.references import resolve_spec, resolved_values, unresolved
 from streamalchemy.server.restoring import Results
 from streamalchemy.server.shedder import SIDE_FILE, Shedder
 from streamalchemy.settings import Settings
@@ -198,7 +201,11 @@ class Controller:
         target = spec.target(self.settings.rtsp_url, self.settings.hls_dir)
         real = self._secrets(spec)
         real_target = real.target(self.settings.rtsp_url, self.settings.hls_dir)
-        # A source with a secret reaches FFmpeg through a private socket, not argv.
+        # Known before FFmpeg says a word: hidden in every reply and log line from now on.
+        config_dir = self.settings.config_file.parent
+        found = resolved_values([spec.source, spec.output], config_dir)
+        remember(spec_secrets([real.source, real.output], found))
+        # A source with any secret reaches FFmpeg through a private socket, not argv.
         secret_source = spec.source_type == "rtsp" and has_secret(spec.source)
         input_socket = self.inputs.open(spec.name, input_script(real)) if secret_source else None
 
@@ -285,8 +292,16 @@ class Controller:
             return await self._start(spec, replace=replace, overwrite=overwrite, saved_at=saved_at)
 
     async def _start(
-        self, spec: StreamSpec, *, replace: bool, saved_at: float | None, overwrite: bool = False
+        self,
+        spec: StreamSpec,
+        *,
+        replace: bool,
+        saved_at: float | None,
+        overwrite: bool = False,
+        numbered: bool = False,
     ) -> Stream:
+        """``numbered``: a file output that exists is not refused, the stream goes on into
+        its next numbered file (as ``saved_at`` does: a restart, an apply)."""
         name = spec.name
         self._secrets(spec)  # an unresolvable ${NAME} is refused before anything changes
         previous = self.active(name)
@@ -297,18 +312,22 @@ class Controller:
                 f"stream {name!r} already exists (pid {previous.pid}); "
                 "use --replace or stop it first"
             )
+        refuse = saved_at is None and not numbered
         # A new name's file is probed while its FFmpeg starts (which reads the same file):
         # a start waits for the longer of the two, not their sum. A replacement is probed
-        # first, so that a bad file never stops the stream it was to replace.
+        # first, so that a bad file never stops the stream it was to replace, and so is
+        # an --overwrite, so that a bad source never deletes the old recording.
         checking = asyncio.create_task(
             asyncio.to_thread(self.check_source, spec, self.settings.ffprobe)
         )
         try:
-            if previous is not None:
+            is_file = outputs.kind_of(spec.output).is_file
+            replacing_file = refuse and overwrite and is_file and os.path.lexists(spec.output)
+            if previous is not None or replacing_file:
                 await checking
             else:
                 check_file(spec)  # missing or unreadable: refused before anything starts
-            if saved_at is None:  # a restart continues into the next numbered file instead
+            if refuse:
                 refuse_existing_file(spec.output, overwrite)
             encoder = await self.choose_encoder.choose_async(spec)
         except Exception:
@@ -459,7 +478,7 @@ class Controller:
                     saved_at = current.saved_at
                 elif update and (entry := (await self.writer.load()).get(spec.name)):
                     saved_at = float(entry["saved_at"])
-                return await self._start(spec, replace=True, saved_at=saved_at)
+                return await self._start(spec, replace=True, saved_at=saved_at, numbered=True)
 
         async def stop(name: str) -> object:
             result = await self.stop_names([name])

@@ -92,7 +92,9 @@ async def list_streams(c: Controller) -> dict[str, Any]:
     }
     return {
         "success": True,
-        "streams": [s.snapshot() for _, s in sorted(c.supervisor.streams.items())],
+        "streams": [
+            {**s.snapshot(), "saved": n in saved} for n, s in sorted(c.supervisor.streams.items())
+        ],
         "not_running": not_running,
     }
 
@@ -127,20 +129,22 @@ async def details(c: Controller, name: str) -> Reply:
     """``show NAME``: a stream the supervisor has, or a saved one that does not run."""
     name = validate_name(name)
     stream = c.supervisor.streams.get(name)
+    saved = await c.writer.load()
     if stream is not None:
-        return 200, dict(running_details(stream.snapshot(), stream.spec))
-    entry = (await c.writer.load()).get(name)
+        doc = running_details({**stream.snapshot(), "saved": name in saved}, stream.spec)
+        return 200, dict(doc)
+    entry = saved.get(name)
     if entry is None:
         raise StreamNotFound(f"no such stream: {name}")
     settings = c.settings
-    doc = saved_details(
+    found = saved_details(
         name,
         entry,
         log_file=str(c.supervisor.log_path(name)),
         why=c.not_restored.get(name, NOT_STARTED),
         target=lambda spec: spec.target(settings.rtsp_url, settings.hls_dir),
     )
-    return 200, dict(doc)
+    return 200, dict(found)
 
 
 # -- routes: one handler per (method, path pattern) of ROUTES ------------------------
