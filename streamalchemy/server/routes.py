@@ -22,6 +22,7 @@ from streamalchemy import __version__
 from streamalchemy.core.details import running_details, saved_details
 from streamalchemy.core.spec import spec_from_request, validate_name
 from streamalchemy.errors import InvalidInput, StreamAlchemyError, StreamNotFound
+from streamalchemy.server.bodies import check_body
 from streamalchemy.server.controller import Controller, Stopped
 from streamalchemy.server.httpserver import Reply, TextReply
 
@@ -276,6 +277,7 @@ async def handle(
     try:
         for route_method, pattern, handler in ROUTES:
             if route_method == method and (m := _compile(pattern).fullmatch(path)):
+                check_body(method, pattern, body)
                 return await handler(c, Request(method, path, m.groupdict(), query, body))
     except StreamAlchemyError as exc:
         return exc.http_status, {"success": False, "message": str(exc)}
