@@ -161,12 +161,6 @@ def writer_and_reader(kind: str, path: Path, total: int) -> tuple[float, list[fl
     return total / (end - start), lat, read_lat
 
 
-def one_writer(kind: str, path: Path, total: int) -> tuple[float, list[float]]:
-    _seed(path)
-    lat, start, end = _timed(MUTATORS[kind](path, "m"), total)
-    return total / (end - start), lat
-
-
 def many_writers(kind: str, path: Path, total: int) -> tuple[float, list[float]]:
     _seed(path)
     ctx = mp.get_context("fork")
