@@ -139,6 +139,9 @@ class Shedder:
 
     async def tick(self) -> None:
         mono = time.monotonic()
+        streams = self.controller.supervisor.streams.values()
+        if len({s.spec.priority for s in streams}) < 2 and not self._seen_shed:
+            return  # nobody can be shed for anybody: not even a /proc read
         decision = self.rule.decide(mono, self.measure(mono), self.host.percent())
         if decision is not None:
             await self._carry_out(decision)
