@@ -256,12 +256,12 @@ def test_measure_gives_the_rule_recent_speed_and_remembers_cpu(tmp_path: Path) -
 def test_with_one_priority_for_all_nothing_is_even_measured(tmp_path: Path) -> None:
     async def test(owner: Owner, shedder: Shedder) -> None:
         for name in ("a", "b"):
-            owner._launch(spec(name), owner.clock.time(), "libx264")
+            owner.launch(spec(name), owner.clock.time(), "libx264")
         await until(lambda: all(s.status == "running" for s in owner.supervisor.streams.values()))
         for _ in range(3):
             await shedder.tick()
         assert shedder.memory.cpu == {}
-        owner._launch(spec("c", priority=1), owner.clock.time(), "libx264")
+        owner.launch(spec("c", priority=1), owner.clock.time(), "libx264")
         await shedder.tick()
         assert set(shedder.memory.cpu) <= {"a", "b", "c"} and shedder._cpu
 
