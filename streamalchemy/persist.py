@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fcntl
 import functools
 import glob
 import itertools
@@ -38,9 +37,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import filelock
+
 from streamalchemy.errors import StateFileError
 
 log = logging.getLogger("streamalchemy.persist")
+LOCK_POLL = 0.002  # seconds between two tries of a held state lock
+STUCK_WAIT = 0.1  # seconds a wait lasts once one has timed out, until the lock is had again
 
 Document = dict[str, Any]
 _MARKABLE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a stream name: safe as a file name
@@ -95,92 +98,6 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-STUCK_WAIT = 0.1  # seconds a caller waits on a lock already found held past a timeout
-
-
-class _Waiter:
-    """A thread blocked in flock(2) on one descriptor of a lock file."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.guard = threading.Lock()
-        self.taken = threading.Event()
-        self.abandoned = False  # its caller gave up: drop the lock as soon as it is had
-        self.closed = False
-        self.error: OSError | None = None
-
-
-# Per lock file, the waiter whose caller gave up and that still waits: the next caller
-# takes its wait over, so a lock held for minutes costs one thread and one fd, not one
-# per caller (a `list` every second would otherwise leak both until the release).
-_STUCK: dict[str, _Waiter] = {}
-_STUCK_GUARD = threading.Lock()
-
-
-def _lock(path: Path, timeout: float) -> int:
-    """Take an exclusive flock on ``path`` (created 0600, never through a symlink).
-
-    A waiter sleeps in the kernel and is woken when the lock is released, instead of
-    polling: a writer in a loop cannot starve it. flock(2) has no timeout, so the
-    wait runs in a helper thread; a caller that gives up leaves it to take the lock
-    and drop it at once, and the next caller takes that wait over for ``STUCK_WAIT``
-    seconds at most (the lock has been held long already: a clear answer soon beats a
-    queue). Returns the descriptor; closing it releases the lock. TimeoutError after
-    the wait.
-    """
-    key = str(path)
-    with _STUCK_GUARD:
-        waiter = _STUCK.pop(key, None)
-    if waiter is not None:
-        with waiter.guard:
-            if waiter.closed:
-                waiter = None  # it had the lock and dropped it meanwhile: start afresh
-            else:
-                waiter.abandoned = False
-                timeout = min(timeout, STUCK_WAIT)
-    if waiter is None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            pass
-        except BaseException:
-            os.close(fd)
-            raise
-        waiter = _Waiter(fd)
-        threading.Thread(
-            target=_wait, args=(key, waiter), name="state-lock-wait", daemon=True
-        ).start()
-    if not waiter.taken.wait(timeout):
-        with waiter.guard:
-            if not waiter.taken.is_set():
-                waiter.abandoned = True
-                with _STUCK_GUARD:
-                    _STUCK[key] = waiter
-                raise TimeoutError(path)
-    if waiter.error is not None:
-        os.close(waiter.fd)
-        raise waiter.error
-    return waiter.fd
-
-
-def _wait(key: str, waiter: _Waiter) -> None:
-    try:
-        fcntl.flock(waiter.fd, fcntl.LOCK_EX)
-    except OSError as exc:
-        waiter.error = exc
-    with waiter.guard:
-        if waiter.abandoned:
-            os.close(waiter.fd)  # the caller gave up: drop the lock at once
-            waiter.closed = True
-            with _STUCK_GUARD:
-                if _STUCK.get(key) is waiter:
-                    del _STUCK[key]
-            return
-        waiter.taken.set()
-
-
 def _link(src: Path, dst: Path) -> None:
     """Make ``dst`` another name of ``src``; a copy where the filesystem has no hard links."""
     try:
@@ -210,6 +127,12 @@ class StateStore:
         self.enabled = enabled
         self.lock_timeout = lock_timeout
         self._lock_path = Path(f"{self.path}.lock")
+        self._lock_free = True  # False from a wait that timed out until the next one succeeds
+        # An flock on <path>.lock (created 0600, never through a symlink, kept on release so
+        # that a plain flock of the same file, another version's, still excludes us).
+        self._lock = filelock.FileLock(
+            self._lock_path, timeout=lock_timeout, mode=0o600, preserve_lock_file=True
+        )
         # Removals not written yet, for when even their marker could not be made.
         self._unwritten: set[str] = set()
         self._unwritten_lock = threading.Lock()  # the writer thread changes it, the loop reads
@@ -369,11 +292,18 @@ class StateStore:
     @contextlib.contextmanager
     def _locked(self, *, reading: bool = False) -> Iterator[None]:
         lock = self._lock_path
+        # Once a wait has timed out, the next ones wait STUCK_WAIT only, until the lock is
+        # had again: calls queued behind a lock held for minutes get a clear answer soon
+        # instead of one every lock_timeout seconds.
+        timeout = self.lock_timeout if self._lock_free else min(self.lock_timeout, STUCK_WAIT)
         try:
-            fd = _lock(lock, self.lock_timeout)
-        except TimeoutError:
+            # flock is polled, not queued: a short interval keeps the wait of a reader
+            # behind the daemon's writer to about one write.
+            self._lock.acquire(timeout=timeout, poll_interval=LOCK_POLL)
+        except filelock.Timeout:
+            self._lock_free = False
             raise StateFileError(
-                f"{lock} is still locked after {self.lock_timeout:g}s: another streamalchemy"
+                f"{lock} is still locked after {timeout:g}s: another streamalchemy"
                 f" process (the daemon, `saved` or `clear`) holds it; retry, or see `fuser {lock}`"
             ) from None
         except OSError as exc:
@@ -382,13 +312,11 @@ class StateStore:
             # On a read-only file system nothing can change the file: read it unlocked.
             yield
             return
+        self._lock_free = True
         try:
             yield
         finally:
-            os.close(fd)  # releases the flock
-            # Let a woken waiter take it before this thread, back with its next write,
-            # takes it again: the kernel wakes waiters but does not queue them.
-            os.sched_yield()
+            self._lock.release()
 
     def _backups(self) -> list[Path]:
         return [

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from streamalchemy.core.saved import deadline
 from streamalchemy.core.spec import StreamSpec, mask_credentials
 from streamalchemy.supervision import procs
 from streamalchemy.supervision.backoff import Backoff
@@ -113,7 +114,7 @@ class Stream:
         self.last_error: str | None = None
         self.progress = Progress()
         self.pace = Window()  # output seconds against the monotonic clock: recent speed
-        self.deadline = saved_at + spec.duration if spec.duration else None
+        self.deadline = deadline(saved_at, spec.duration)
         self.exits: deque[dict[str, Any]] = deque(maxlen=EXITS_KEPT)
         self.output = OutputFiles(spec.output, target)
         self._argv_for = argv_for
@@ -444,12 +445,18 @@ class Stream:
             "fps": self.progress.fps,
             "bitrate_kbps": self.progress.bitrate_kbps,
             "speed": self.progress.speed,
+            # Over the last seconds, as shedding judges it (``speed`` is since FFmpeg began).
+            "recent_speed": _rounded(self.pace.rate()) if running else None,
             "cpu_percent": cpu,
             "memory_mb": None if mem is None else round(mem, 1),
             "last_error": self.last_error,
             "log_file": str(self.log.path),
             "exits": self.history(),
         }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def _exit_words(returncode: int) -> str:

@@ -17,8 +17,9 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from streamalchemy.core.spec import mask_credentials
 from streamalchemy.supervision.progress import clean_line
@@ -204,3 +205,35 @@ def sweep_logs(
             with contextlib.suppress(OSError):
                 path.unlink()
     return gone
+
+
+class LogSweeper:
+    """``sweep_logs`` of one directory, at most once every ``every`` seconds, in a thread,
+    keeping the logs of the streams ``saved`` (the state file) or ``running`` names."""
+
+    def __init__(
+        self,
+        directory: Path,
+        saved: Callable[[], Awaitable[Mapping[str, object]]],
+        running: Callable[[], Iterable[str]],
+        every: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.directory, self.saved, self.running = directory, saved, running
+        self.every, self.clock = every, clock
+        self.swept_at: float | None = None
+
+    def poke(self, spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+        """Have ``spawn`` run a sweep, unless one ran less than ``every`` seconds ago."""
+        now = self.clock()
+        if self.swept_at is None or now - self.swept_at >= self.every:
+            self.swept_at = now
+            spawn(self.sweep())
+
+    async def sweep(self) -> None:
+        keep = set(self.running()) | set(await self.saved())
+        gone = await asyncio.to_thread(sweep_logs, self.directory, keep, time.time())
+        if gone:
+            logging.getLogger("streamalchemy.daemon").info(
+                "removed the logs of %d stream(s) long gone", len(gone)
+            )

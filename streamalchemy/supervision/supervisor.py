@@ -56,6 +56,7 @@ TICK = 1.0  # seconds between deadline and stall checks
 # A tick this late means the daemon itself was not running (SIGSTOP, a suspended VM):
 # the streams' silence meanwhile is not theirs.
 PAUSE_GAP = 3.0
+FINISHED_KEEP = 300.0  # seconds a finished stream stays listed before only `show` has it
 ENDED_KEPT = 100  # streams that ended by themselves, kept for `show` once unlisted
 
 
@@ -100,6 +101,7 @@ class Supervisor:
         self._tick_every = tick_every
         self._last_tick: float | None = None
         self.closed = False  # stop_all has begun: nothing launches any more
+        self.finished_keep = FINISHED_KEEP
 
     @property
     def stall_timeout(self) -> float:
@@ -171,6 +173,11 @@ class Supervisor:
     async def stop(self, name: str, reason: str = USER_STOP) -> None:
         stream = self.streams.pop(name)
         await stream.stop(reason)
+
+    def forget_later(self, stream: Stream) -> None:
+        """A stream that finished stays listed ``finished_keep`` seconds (a script polling
+        for its end sees it), then leaves the list and /metrics for ``ended``."""
+        asyncio.get_running_loop().call_later(self.finished_keep, self.forget, stream)
 
     def forget(self, stream: Stream) -> None:
         """A stream that ended for good leaves ``streams`` (the list, the metrics) for
