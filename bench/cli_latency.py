@@ -67,7 +67,8 @@ def console_script(home: Path, python: str = PYTHON) -> tuple[str, str]:
     """The ``streamalchemy`` console script of this environment, and how it was found."""
     installed = Path(python).parent / "streamalchemy"
     if installed.exists():
-        return str(installed), f"`{installed}`"
+        # Named by its place in the environment, not by this machine's path.
+        return str(installed), "the environment's installed `bin/streamalchemy`"
     # The environment has the dependencies but not the package: write exactly what
     # pip would install, with this interpreter and the work tree on PYTHONPATH.
     wrapper = home / "bin" / "streamalchemy"

@@ -245,7 +245,7 @@ METHOD = """\
 Every figure is the median over repeated runs with the range in brackets, and is
 set against a baseline measured in the same run, interleaved with it, because this
 machine is shared and noisy. Each benchmark runs in its own temporary
-`STREAMALCHEMY_HOME` under `/tmp` with a 10 s 320x240 H.264 clip that FFmpeg makes
+`STREAMALCHEMY_HOME` with a 10 s 320x240 H.264 clip that FFmpeg makes
 for it; every process it starts is stopped by PID.
 
 - **Restore**: the state file holds N (50, 200, 400) saved `--file clip.mp4 --codec copy
