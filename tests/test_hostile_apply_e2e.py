@@ -2,7 +2,8 @@
 
 A malformed URL, a file rewritten in place under a watching daemon, a restart of
 every stream past one that cannot come back, an ``--overwrite`` from a bad source,
-an apply that must bring back what does not run, and a stop while the daemon is down.
+an apply that must bring back what does not run, a stop while the daemon is down, and
+an HLS stream whose disk fills up.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -204,3 +206,29 @@ def test_stop_with_the_daemon_down_answers_from_the_state_file(tmp_home: Path) -
         assert "starting b ->" in second_launch and "starting a ->" not in second_launch
     finally:
         d.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_full_disk_under_hls_is_a_failing_stream_with_its_cause(tmp_home: Path) -> None:
+    hls = tmp_home / "hls"
+    hls.mkdir(mode=0o700)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", str(hls)],
+                   check=True, timeout=30)  # fmt: skip
+    try:
+        d = Daemon(tmp_home)
+        try:
+            args = ("--testsrc", "--resolution", "720", "--fps", "25", "--output", "hls")
+            assert cli("start", "h", *args).returncode == 0
+            wait_for(lambda: stream_of("h")["status"] != "running", 90, "the disk to fill")
+            failing = stream_of("h")
+            assert failing["status"] in ("retrying", "starting")
+            assert "no space left on the disk" in (failing["last_error"] or "")
+        finally:
+            d.stop()
+    finally:
+        subprocess.run(["umount", str(hls)], timeout=30)
+
+
+def stream_of(name: str) -> dict[str, Any]:
+    _, doc = cli_json("list")
+    return next(s for s in doc["streams"] if s["name"] == name)

@@ -425,3 +425,34 @@ def test_nothing_launches_once_stop_all_has_begun(tmp_path: Path) -> None:
         assert "b" not in h.sup.streams and "a" not in h.sup.streams
 
     run(tmp_path, test)
+
+
+def test_a_full_disk_fails_the_stream_with_its_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    free = [1 << 30]
+
+    class FS:
+        f_frsize = 1
+
+        @property
+        def f_bavail(self) -> int:
+            return free[0]
+
+    monkeypatch.setattr(os, "statvfs", lambda path: FS())
+
+    async def test(h: Harness) -> None:
+        out = str(tmp_path / "hls" / "index.m3u8")
+        s = h.launch(spec(output="hls"), stub(), target=out)
+        await until(lambda: s.status == "running", "running")
+        free[0] = 0  # FFmpeg goes on encoding, writing nothing
+        await h.ticks(1)
+        await until(lambda: s.status == "retrying", "the stream failing")
+        assert "no space left on the disk" in (s.last_error or "")
+        await h.ticks(2)  # still full: no FFmpeg is started for an output it cannot write
+        assert s.pid is None and s.status in ("retrying", "starting")
+        free[0] = 1 << 30
+        await h.ticks(1)
+        await until(lambda: s.status == "running", "running again once there is room")
+
+    run(tmp_path, test)

@@ -22,6 +22,7 @@ from streamalchemy.errors import InvalidInput
 
 _SEGMENT = re.compile(r"segment_\d+\.ts")
 ENDLIST = "#EXT-X-ENDLIST"
+DISK_FULL_BYTES = 64 << 10  # free space below which an output's disk counts as full
 
 
 def numbered(path: Path, n: int) -> Path:
@@ -120,6 +121,25 @@ class OutputFiles:
         self.current = target
         self.is_file = kind.is_file
         self.is_hls = kind.is_hls
+
+    def space_left(self) -> int | None:
+        """Bytes free for the files being written (None: no files, or it cannot be told)."""
+        if not (self.is_file or self.is_hls):
+            return None
+        try:
+            fs = os.statvfs(Path(self.current).parent)
+        except OSError:
+            return None
+        return fs.f_bavail * fs.f_frsize
+
+    def disk_full(self) -> str | None:
+        """Why FFmpeg cannot write its output, when its disk is full. FFmpeg itself goes
+        on encoding, reports progress and lists empty HLS segments without a word."""
+        left = self.space_left()
+        if left is None or left >= DISK_FULL_BYTES:
+            return None
+        where = Path(self.current).parent
+        return f"no space left on the disk of {where} ({left // 1024} KiB free): free some"
 
     def begin(self) -> None:
         """A new start of the name (start, replace, restart, restore)."""

@@ -126,6 +126,7 @@ class Stream:
         self._progress_at = 0.0
         self._stopping: str | None = None  # why, once a stop is asked for
         self._stalled = False
+        self._full: str | None = None  # why FFmpeg was killed: its output's disk is full
         self._ending: tuple[int, float] | None = None  # pid asked to end at the deadline, when
         self._returncode = 0  # of the last FFmpeg, negative for a signal
         self._wake = asyncio.Event()
@@ -228,7 +229,9 @@ class Stream:
 
     def _judge(self, code: int | None) -> tuple[str | None, bool]:
         """Why FFmpeg ended (None: a clean end) and whether it runs again."""
-        if self._stalled:
+        if self._full:
+            reason = self._full
+        elif self._stalled:
             reason = f"stalled: no progress for {self.settings.stall_timeout:g}s"
         elif code == 0 and self.spec.source_type == "rtsp":
             # A network source that ends before the deadline is an interruption: a
@@ -246,16 +249,21 @@ class Stream:
                 if cause
                 else f"FFmpeg {_exit_words(self._returncode)}"
             )
-        return reason, should_restart(self.spec.restart, code, self._stalled)
+        return reason, should_restart(self.spec.restart, code, self._stalled or bool(self._full))
 
     async def _run_once(self) -> tuple[float, int | None]:
         """Run FFmpeg once; return how long it ran and its exit code (None: a signal)."""
         self.status = "starting"
-        self._stalled = False
+        self._stalled, self._full = False, None
         self._progress_at = self.clock.monotonic()
         self.log.tail.clear()
         target = self.output.next_spawn()
         self.argv = self._argv_for(target)
+        if full := self.output.disk_full():  # no FFmpeg for output it cannot write
+            self.log.event(full)
+            self.log.tail.append(full)
+            self._full = full
+            return 0.0, None
         try:
             proc = await self._spawn(self.argv)
         except OSError as exc:
@@ -352,6 +360,15 @@ class Stream:
             if pid is not None:
                 self._end_at_deadline(pid, mono)
             self._wake.set()
+        elif (
+            pid is not None
+            and not self._full
+            and self._stopping is None
+            and (full := self.output.disk_full())
+        ):
+            self._full = full
+            self.log.event(f"{full}: killing FFmpeg (pid {pid})")
+            procs.signal_group(pid, signal.SIGKILL)
         elif (
             pid is not None
             and not self._stalled
