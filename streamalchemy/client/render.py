@@ -261,11 +261,22 @@ def started(stream: dict[str, Any]) -> None:
             f"({duration_text(stream.get('duration_seconds') or remaining)})",
             file=sys.stderr,
         )
-    if sys.stderr.isatty():
+    if stream.get("status") != "running":
+        print(no_frame_yet(stream), file=sys.stderr)
+    elif sys.stderr.isatty():
         print(
             f"{stream['name']} started (pid {stream['pid']}, {stream['encoder']})",
             file=sys.stderr,
         )
+
+
+def no_frame_yet(stream: dict[str, Any]) -> str:
+    """What ``start`` says of a stream whose FFmpeg runs but has not put out a frame."""
+    name = stream["name"]
+    return (
+        f"{name}: FFmpeg runs (pid {stream['pid']}) but no frame has come out yet: the source "
+        f"may be slow or silent; see 'streamalchemy show {name}' and 'streamalchemy logs {name}'"
+    )
 
 
 UNSAVED = "unsaved: not in the state file, a daemon restart ends it"

@@ -320,7 +320,8 @@ class Stream:
             self.pace.add(self.clock.monotonic(), block.out_time_us / 1e6)
             if (block.frames, block.out_time_us) != (previous.frames, previous.out_time_us):
                 self._progress_at = self.clock.monotonic()
-            if self.status == "starting" and self._stopping is None:
+            # Running means frames flow: a source that sends none keeps it starting.
+            if self.status == "starting" and block.frames > 0 and self._stopping is None:
                 self.status = "running"
                 self.last_error = None
                 self._confirm(None)
@@ -428,7 +429,9 @@ class Stream:
             "restarts": self.restarts,
             "frames": self.progress.frames,
             "fps": self.progress.fps,
-            "bitrate_kbps": self.progress.bitrate_kbps,
+            "bitrate_kbps": self.progress.bitrate_kbps
+            if self.progress.bitrate_kbps is not None or self.status != "running"
+            else self.output.bitrate_kbps(),
             "speed": self.progress.speed,
             "cpu_percent": cpu,
             "memory_mb": None if mem is None else round(mem, 1),
