@@ -349,8 +349,12 @@ def restart(names: NamesArg = None, all_streams: AllOpt = False, as_json: JsonOp
 
     def show(result: Any) -> None:
         print(f"restarted: {', '.join(result['restarted'])}" if result["restarted"] else "none")
+        for failure in result["failed"]:
+            print(f"failed: {failure['name']}: {failure['reason']}", file=sys.stderr)
 
-    _emit(as_json, lambda: commands.restart(names or [], all_streams), show)
+    result = _emit(as_json, lambda: commands.restart(names or [], all_streams), show)
+    if not result["success"]:
+        raise typer.Exit(1)
 
 
 @app.command()
