@@ -19,7 +19,7 @@ from streamalchemy.client.fastpath import report_failure
 from streamalchemy.client.helpwords import Typer
 from streamalchemy.client.text import plain
 from streamalchemy.core.spec import START_OPTIONS, check_option
-from streamalchemy.errors import InvalidInput, StreamAlchemyError
+from streamalchemy.errors import InvalidInput, OperationFailed, StreamAlchemyError
 
 app = Typer(
     name="streamalchemy",
@@ -252,7 +252,8 @@ def clear(
         if not sys.stdin.isatty():
             _fail(InvalidInput("refusing to clear the state file without --yes"), as_json)
         if not typer.confirm("Remove every saved stream from the state file?", default=False):
-            _fail(InvalidInput("cancelled; nothing was cleared"), as_json)
+            # Declining is not a usage error: exit 1, as apt-get's "Abort." does.
+            _fail(OperationFailed("cancelled; nothing was cleared"), as_json)
 
     _emit(as_json, commands.clear, lambda r: print(r["message"]))
 
@@ -265,7 +266,7 @@ def restore(
     as_json: JsonOpt = False,
 ) -> None:
     """Restore every saved stream that is not running, and report each."""
-    result = _emit(as_json, lambda: commands.restore(dry_run), _render("restore"))
+    result = _emit(as_json, lambda: commands.restore(dry_run), _render("restore", dry_run=dry_run))
     if not result["success"]:
         raise typer.Exit(1)
 
@@ -320,7 +321,8 @@ def logs(
     if follow:
         width = max(map(len, paths), default=0)
         try:
-            for stream, line in commands.follow(paths, offsets=offsets):
+            lines_of = commands.follow(paths, offsets=offsets, every_stream=name is None)
+            for stream, line in lines_of:
                 print(_prefixed(stream, line, width) if name is None else plain(line), flush=True)
         except KeyboardInterrupt:
             pass

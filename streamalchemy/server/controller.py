@@ -578,6 +578,8 @@ class Controller:
             "persistence_enabled": self.store.enabled,
             "streams": sum(1 for s in self.supervisor.streams.values() if s.active),
             "log_dir": str(self.settings.log_dir),
+            # Where GET /metrics is served over TCP besides the socket; None: the socket only.
+            "metrics_addr": _addr_text(self.settings.metrics_addr),
             "ffmpeg": self.settings.ffmpeg,
             "state_write_ok": self.store.write_error is None,
             "state_write_error": self.store.write_error,
@@ -809,3 +811,10 @@ ROUTES: list[tuple[str, str, Handler]] = [
 def _compile(pattern: str) -> re.Pattern[str]:
     fields = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(pattern))
     return re.compile(fields)
+
+
+def _addr_text(addr: tuple[str, int] | None) -> str | None:
+    if addr is None:
+        return None
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
