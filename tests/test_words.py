@@ -4,6 +4,7 @@ address, a start whose FFmpeg has no frame yet, and logs --follow of every strea
 from __future__ import annotations
 
 import io
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -65,3 +66,19 @@ def test_follow_without_a_name_picks_up_streams_started_later(tmp_home: Path) ->
         f.write("appended\n")
     reader.join(10)
     assert sorted(got) == [("new", "first line of a new stream"), ("old", "appended")]
+
+
+def test_kubernetes_export_warns_of_host_paths(
+    tmp_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streamalchemy.apply import commands as apply_commands
+
+    config = {"stream_type": "file", "video_file_path": "/srv/video/loop.mp4"}
+    entry = {"config": config, "saved_at": 1.0, "status": "active"}
+    other = {"config": {"stream_type": "testsrc"}, "saved_at": 1.0, "status": "active"}
+    (tmp_home / "active_streams.json").write_text(json.dumps({"cam": entry, "pattern": other}))
+    apply_commands.export(fmt="kubernetes")
+    (warning,) = capsys.readouterr().err.splitlines()
+    assert warning.startswith("warning: cam: file /srv/video/loop.mp4 is a path on this machine")
+    apply_commands.export(fmt="toml")
+    assert capsys.readouterr().err == ""
