@@ -11,7 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamalchemy.supervision.progress import ProgressParser, explain_failure, root_cause
+from streamalchemy.supervision.progress import (
+    ProgressParser,
+    explain_failure,
+    name_the_source,
+    root_cause,
+)
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +113,11 @@ def test_total_size_is_the_bytes_written_or_unknown() -> None:
     assert block is not None and block.total_size is None  # HLS and RTSP say N/A
     block = parser.feed(b"frame=9\ntotal_size=37788\nprogress=continue\n")
     assert block is not None and block.total_size == 37788
+
+
+def test_a_hidden_sources_error_names_the_source_not_its_socket() -> None:
+    argv = ["ffmpeg", "-f", "concat", "-i", "unix:/run/user/0/sa/inputs/cam.sock", "null"]
+    cause = "unix:/run/user/0/sa/inputs/cam.sock: Connection refused"
+    named = name_the_source(cause, argv, "rtsp://***:***@10.0.0.7/stream")
+    assert named == "rtsp://***:***@10.0.0.7/stream: Connection refused"
+    assert name_the_source("Connection refused", ["ffmpeg"], "x") == "Connection refused"

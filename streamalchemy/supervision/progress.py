@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -115,6 +116,15 @@ def root_cause(lines: list[str]) -> str | None:
         if _ERRORISH.search(line):
             return line
     return useful[-1] if useful else None
+
+
+def name_the_source(cause: str, argv: Sequence[str], source: str) -> str:
+    """``cause`` with the private socket a hidden source is read through named as the
+    source it stands for (masked where it is printed): the user knows the URL, not it."""
+    for item in argv:
+        if item.startswith("unix:"):
+            cause = cause.replace(item, source).replace(item.removeprefix("unix:"), source)
+    return cause
 
 
 def explain_failure(cause: str, target: str) -> str:

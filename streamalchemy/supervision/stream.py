@@ -23,7 +23,13 @@ from streamalchemy.core.spec import StreamSpec, mask_credentials
 from streamalchemy.supervision import procs
 from streamalchemy.supervision.backoff import Backoff
 from streamalchemy.supervision.pace import Window
-from streamalchemy.supervision.progress import Progress, ProgressParser, explain_failure, root_cause
+from streamalchemy.supervision.progress import (
+    Progress,
+    ProgressParser,
+    explain_failure,
+    name_the_source,
+    root_cause,
+)
 from streamalchemy.supervision.recordings import OutputFiles
 from streamalchemy.supervision.streamlog import LOG_BACKUPS, LOG_MAX_BYTES, StreamLog, read_lines
 
@@ -240,8 +246,9 @@ class Stream:
             reason = None
         else:
             cause = root_cause(list(self.log.tail))
+            masked = mask_credentials(self.spec.source)
             reason = (
-                explain_failure(cause, self.target)
+                explain_failure(name_the_source(cause, self.argv, masked), self.target)
                 if cause
                 else f"FFmpeg {_exit_words(self._returncode)}"
             )
