@@ -89,7 +89,7 @@ class RestartFailure(TypedDict):
 class RestartResult(TypedDict):
     success: bool
     restarted: list[str]
-    failed: list[RestartFailure]
+    failed: NotRequired[list[RestartFailure]]  # the streams that did not start again, and why
 
 
 class SavedResult(TypedDict):
@@ -128,6 +128,7 @@ class StatusResult(TypedDict):
     home: str
     install_path: str
     log_dir: str
+    metrics_addr: NotRequired[str | None]  # HOST:PORT of GET /metrics over TCP, if served
     ffmpeg: str
     state_write_ok: NotRequired[bool]
     state_write_error: NotRequired[str | None]
