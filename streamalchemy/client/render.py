@@ -199,6 +199,8 @@ def status(result: dict[str, Any]) -> None:
     table.add_row("socket", result["socket"])
     table.add_row("state file", result["state_file"])
     table.add_row("persistence", "on" if result["persistence_enabled"] else "off")
+    if "live_restore" in result:
+        table.add_row("live restore", "on" if result["live_restore"] else "off")
     table.add_row("streams", str(result["streams"]))
     console.print(table)
 

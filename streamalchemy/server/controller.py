@@ -155,6 +155,8 @@ class Controller:
         self.metrics = Metrics.of(self)
         self.not_restored: dict[str, str] = {}  # saved streams left out, and why
         self.shutdown = asyncio.Event()
+        # Set by the daemon: checks the installed code, then replaces the daemon with it.
+        self.restart_daemon: Callable[[], Awaitable[dict[str, Any]]] | None = None
         self.choose_encoder = encoders.Chooser(settings.ffmpeg, settings.data_dir)
         self.check_source: Callable[[StreamSpec, str], None] = check_source
         self._locks: dict[str, asyncio.Lock] = {}
@@ -541,6 +543,8 @@ class Controller:
             "pid": os.getpid(),
             "version": __version__,
             "uptime_seconds": time.time() - self.started,
+            "started_at": self.started,
+            "live_restore": self.settings.live_restore,
             "socket": str(self.settings.socket),
             "state_file": str(self.settings.state_file),
             "persistence_enabled": self.store.enabled,
@@ -627,6 +631,11 @@ class Controller:
     async def route_shutdown(self, req: Request) -> Reply:
         asyncio.get_running_loop().call_later(0.05, self.shutdown.set)
         return 200, {"success": True, "message": "shutting down", "pid": os.getpid()}
+
+    async def route_restart_daemon(self, req: Request) -> Reply:
+        if self.restart_daemon is None:
+            raise OperationFailed("this daemon cannot restart itself")
+        return 200, await self.restart_daemon()
 
     async def route_list(self, req: Request) -> Reply:
         return 200, await self.list_streams()
@@ -753,6 +762,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/status", Controller.route_status),
     ("GET", "/metrics", Controller.route_metrics),
     ("POST", "/shutdown", Controller.route_shutdown),
+    ("POST", "/restart", Controller.route_restart_daemon),
     ("GET", "/streams", Controller.route_list),
     ("POST", "/streams", Controller.route_start),
     ("GET", "/streams/{name}", Controller.route_stream),
