@@ -369,6 +369,9 @@ def run(settings: Settings, restore: bool = True, apply: ApplyOption = None) -> 
     ``daemon restart`` and SIGHUP replace the process image in place (``_give_way``):
     ``run`` then starts again from the top in the new code, with the same pid.
     """
+    if handover.checking(os.environ):
+        print(__version__)  # the running daemon asks whether this code gets this far
+        return
     inherited = handover.take(os.environ, os.getpid())
     # Logs, the children record (FFmpeg argv with source credentials) and outputs
     # are the user's alone, as the state file is.

@@ -29,11 +29,7 @@ from streamalchemy.errors import OperationFailed
 ENV = "STREAMALCHEMY_HANDOVER"
 FORMAT = 1
 PREFLIGHT_TIMEOUT = 60.0  # seconds the new code may take to import
-# What the new image must be able to import before the old one gives way to it.
-_PREFLIGHT = (
-    "import streamalchemy, streamalchemy.cli, streamalchemy.daemon\n"
-    "print(streamalchemy.__version__)"
-)
+CHECK = "check"  # the variable's value for a dry run of the new code (``preflight``)
 
 
 @dataclass(frozen=True)
@@ -81,7 +77,7 @@ def take(env: MutableMapping[str, str], pid: int) -> Handover | None:
     open descriptors is ignored: the daemon then binds afresh, as at any launch.
     """
     raw = env.pop(ENV, None)
-    if raw is None:
+    if raw is None or raw == CHECK:
         return None
     try:
         doc = json.loads(raw)
@@ -150,19 +146,26 @@ def argv() -> list[str]:
     return [sys.executable, *sys.orig_argv[1:]]
 
 
-async def preflight(current_version: str, timeout: float = PREFLIGHT_TIMEOUT) -> str:
-    """The version of the installed code, once a fresh interpreter has imported it.
+def checking(env: MutableMapping[str, str]) -> bool:
+    """Whether this process is ``preflight``'s dry run (it then prints its version, exits)."""
+    return env.get(ENV) == CHECK
 
-    A broken upgrade (a syntax error, a missing dependency) is caught here, while the
-    running daemon can still refuse to give way to it.
+
+async def preflight(current_version: str, timeout: float = PREFLIGHT_TIMEOUT) -> str:
+    """The version of the installed code, once it has gone through the daemon's launch.
+
+    The very command line of the next image runs, in the same environment and
+    directory, up to the point where the daemon would start (imports, settings,
+    options), prints its version and exits. A broken upgrade (a syntax error, a
+    missing dependency, a setting it refuses) is caught here, while the running
+    daemon can still refuse to give way to it.
     """
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _PREFLIGHT,
+        *argv(),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, ENV: CHECK},
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
