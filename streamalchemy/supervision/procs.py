@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from streamalchemy.core.credentials import mask_argv
+from streamalchemy.core.masking import mask_argv
 
 if TYPE_CHECKING:
     import psutil

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from streamalchemy.core.spec import StreamSpec, mask_credentials
 from streamalchemy.supervision import procs
 from streamalchemy.supervision.backoff import Backoff
+from streamalchemy.supervision.pace import Window
 from streamalchemy.supervision.progress import Progress, ProgressParser, explain_failure, root_cause
 from streamalchemy.supervision.recordings import OutputFiles
 from streamalchemy.supervision.streamlog import LOG_BACKUPS, LOG_MAX_BYTES, StreamLog, read_lines
@@ -37,6 +38,7 @@ SHUTDOWN = "daemon shutting down; the stream comes back at its next launch"
 REPLACED = "replaced by a new start of the same name"
 USER_RESTART = "restarted by the user"
 DURATION_REACHED = "duration reached"
+SHED = "shed"  # stopped for lack of CPU, kept saved, brought back when there is room
 
 Spawner = Callable[[Sequence[str]], Awaitable[asyncio.subprocess.Process]]
 
@@ -94,7 +96,9 @@ class Stream:
         clock: Clock | None = None,
         spawn: Spawner = procs.spawn,
         rand: random.Random | None = None,
+        held: str | None = None,
     ) -> None:
+        """``held``: the stream is shed already (why): it runs no FFmpeg until replaced."""
         self.spec = spec
         self.saved_at = saved_at
         self.encoder = encoder
@@ -108,6 +112,7 @@ class Stream:
         self.started_at: float | None = None
         self.last_error: str | None = None
         self.progress = Progress()
+        self.pace = Window()  # output seconds against the monotonic clock: recent speed
         self.deadline = saved_at + spec.duration if spec.duration else None
         self.exits: deque[dict[str, Any]] = deque(maxlen=EXITS_KEPT)
         self.output = OutputFiles(spec.output, target)
@@ -126,6 +131,8 @@ class Stream:
         self._backoff = Backoff(
             base=settings.backoff_base, cap=settings.backoff_cap, rand=rand or random.Random()
         )
+        if held is not None:
+            self.status, self.last_error, self._stopping = SHED, held, held
         self.task = asyncio.create_task(self._run(), name=f"stream-{spec.name}")
 
     @property
@@ -310,6 +317,7 @@ class Stream:
             if block is None:
                 continue
             previous, self.progress = self.progress, block
+            self.pace.add(self.clock.monotonic(), block.out_time_us / 1e6)
             if (block.frames, block.out_time_us) != (previous.frames, previous.out_time_us):
                 self._progress_at = self.clock.monotonic()
             if self.status == "starting" and self._stopping is None:
@@ -334,6 +342,10 @@ class Stream:
     def check(self, now: float, mono: float) -> None:
         """Called every tick (once a second): enforce the deadline, catch a stalled FFmpeg."""
         pid = self.pid
+        if self.status == SHED:
+            if self.deadline is not None and now >= self.deadline:
+                self._end("finished", DURATION_REACHED)  # shed or not, it ends on time
+            return
         if self.deadline is not None and now >= self.deadline and self.active:
             if pid is not None:
                 procs.signal_group(pid, signal.SIGTERM)
@@ -365,6 +377,11 @@ class Stream:
             await self.task
         self.log.event(reason)
         self.output.end()
+
+    async def shed(self, reason: str) -> None:
+        """Stop FFmpeg for lack of CPU: the stream stays, ``shed``, until replaced or stopped."""
+        await self.stop(reason)
+        self.status, self.last_error = SHED, reason
 
     def usage(self) -> tuple[float | None, float | None]:
         """CPU percent since the last call, and resident memory in MiB."""
@@ -413,12 +430,18 @@ class Stream:
             "fps": self.progress.fps,
             "bitrate_kbps": self.progress.bitrate_kbps,
             "speed": self.progress.speed,
+            # Over the last seconds, as shedding judges it (``speed`` is since FFmpeg began).
+            "recent_speed": _rounded(self.pace.rate()) if running else None,
             "cpu_percent": cpu,
             "memory_mb": None if mem is None else round(mem, 1),
             "last_error": self.last_error,
             "log_file": str(self.log.path),
             "exits": self.history(),
         }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def _exit_words(returncode: int) -> str:

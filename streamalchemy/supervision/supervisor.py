@@ -20,6 +20,7 @@ from streamalchemy.supervision.stream import (
     ACTIVE,
     DURATION_REACHED,
     REPLACED,
+    SHED,
     SHUTDOWN,
     USER_RESTART,
     USER_STOP,
@@ -36,6 +37,7 @@ __all__ = [
     "ACTIVE",
     "DURATION_REACHED",
     "REPLACED",
+    "SHED",
     "SHUTDOWN",
     "USER_RESTART",
     "USER_STOP",
@@ -123,12 +125,14 @@ class Supervisor:
         encoder: str,
         target: str,
         argv_for: Callable[[str], list[str]],
+        held: str | None = None,
     ) -> Stream:
         """Begin supervising a new start of a stream; the caller awaits ``Stream.confirmed``.
 
         ``argv_for`` builds FFmpeg's command line for the file it is to write, once per
         spawn: a restarted recording goes to the next numbered file. Refuses a name
-        that is still active: stop it first.
+        that is still active: stop it first. ``held``: the stream is shed, for that
+        reason, and runs nothing (its deadline is still watched).
         """
         current = self.streams.get(spec.name)
         if current is not None and current.active:
@@ -149,8 +153,12 @@ class Supervisor:
             clock=self.clock,
             spawn=self._spawn,
             rand=self.rand,
+            held=held,
         )
-        stream.output.begin()
+        if held is None:
+            stream.output.begin()
+        else:
+            stream.log.event(held)
         self.streams[spec.name] = stream
         return stream
 
