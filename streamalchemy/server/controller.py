@@ -41,6 +41,7 @@ from streamalchemy.errors import (
     StreamNotFound,
 )
 from streamalchemy.persist import StateStore, StateWriter, new_entry
+from streamalchemy.server.bodies import check_body
 from streamalchemy.server.httpserver import Reply, TextReply
 from streamalchemy.server.inputsockets import InputSockets
 from streamalchemy.server.metrics import Metrics
@@ -782,6 +783,7 @@ class Controller:
         try:
             for route_method, pattern, handler in ROUTES:
                 if route_method == method and (m := _compile(pattern).fullmatch(path)):
+                    check_body(method, pattern, body)
                     return await handler(self, Request(method, path, m.groupdict(), query, body))
         except StreamAlchemyError as exc:
             return exc.http_status, {"success": False, "message": str(exc)}
