@@ -30,7 +30,7 @@ from streamalchemy.errors import OperationFailed, StateFileError
 from streamalchemy.server import handover
 from streamalchemy.server.controller import Controller
 from streamalchemy.server.handover import Handover
-from streamalchemy.server.httpserver import connection_handler
+from streamalchemy.server.httpserver import PUBLIC, connection_handler
 from streamalchemy.server.metrics import listen
 from streamalchemy.settings import Settings
 from streamalchemy.supervision import mediamtx, procs
@@ -172,9 +172,7 @@ class _Listeners:
         self.servers = [
             await asyncio.start_unix_server(control, sock=self.control.dup(), backlog=self.BACKLOG)
         ]
-        scrape = self._tracked(
-            connection_handler(self.controller.metrics.handle_tcp, check_uid=False)
-        )
+        scrape = self._tracked(connection_handler(self.controller.metrics.handle_tcp, PUBLIC))
         for sock in self.metrics:
             self.servers.append(
                 await asyncio.start_server(scrape, sock=sock.dup(), backlog=self.BACKLOG)
