@@ -27,7 +27,7 @@ from streamalchemy import __version__, home
 from streamalchemy.core.masking import mask_record
 from streamalchemy.deploy import systemd
 from streamalchemy.errors import OperationFailed, StateFileError
-from streamalchemy.server import handover
+from streamalchemy.server import handover, routes
 from streamalchemy.server.controller import Controller
 from streamalchemy.server.handover import Handover
 from streamalchemy.server.httpserver import PUBLIC, connection_handler
@@ -168,7 +168,7 @@ class _Listeners:
         return run
 
     async def serve(self) -> None:
-        control = self._tracked(connection_handler(self.controller.handle))
+        control = self._tracked(connection_handler(routes.dispatcher(self.controller)))
         self.servers = [
             await asyncio.start_unix_server(control, sock=self.control.dup(), backlog=self.BACKLOG)
         ]
@@ -278,7 +278,7 @@ class _Daemon:
         self.settings = settings
         self.lock = lock
         self.inherited = inherited
-        self.controller = Controller(settings)
+        self.controller = Controller.from_settings(settings)
         self.restart = _Restart()
         self.controller.restart_daemon = self.restart.request
         self.rtsp_server: mediamtx.MediaMTX | None = None
