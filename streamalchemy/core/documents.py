@@ -139,6 +139,7 @@ class StatusResult(TypedDict):
     home: str
     install_path: str
     log_dir: str
+    metrics_addr: NotRequired[str | None]  # HOST:PORT of GET /metrics over TCP, if served
     ffmpeg: str
     state_write_ok: NotRequired[bool]
     state_write_error: NotRequired[str | None]

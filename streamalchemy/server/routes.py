@@ -77,6 +77,8 @@ def status(c: Controller) -> dict[str, Any]:
         "persistence_enabled": c.store.enabled,
         "streams": sum(1 for s in c.supervisor.streams.values() if s.active),
         "log_dir": str(c.settings.log_dir),
+        # Where GET /metrics is served over TCP besides the socket; None: the socket only.
+        "metrics_addr": _addr_text(c.settings.metrics_addr),
         "ffmpeg": c.settings.ffmpeg,
         "state_write_ok": c.store.write_error is None,
         "state_write_error": c.store.write_error,
@@ -85,6 +87,13 @@ def status(c: Controller) -> dict[str, Any]:
         "home": str(c.settings.data_dir),
         "install_path": os.path.dirname(os.path.abspath(streamalchemy.__file__)),
     }
+
+
+def _addr_text(addr: tuple[str, int] | None) -> str | None:
+    if addr is None:
+        return None
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def list_streams(c: Controller) -> dict[str, Any]:
