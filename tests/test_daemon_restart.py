@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import os
@@ -264,6 +265,10 @@ def clip_25fps(tmp_path_factory: pytest.TempPathFactory) -> Path:
 FRAME_GAP = 1 / 25
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("streamalchemy.supervision.adoption") is None,
+    reason="the new image adopts the streams through supervision.adoption",
+)
 def test_a_copy_stream_does_not_notice_a_restart_after_an_upgrade(
     installed: Path, tmp_home: Path, clip_25fps: Path, udp_receiver: UdpReceiver
 ) -> None:
