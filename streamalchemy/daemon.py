@@ -135,6 +135,10 @@ def _setup_logging(settings: Settings) -> None:
         each.addFilter(mask_record)  # no log line carries a secret
 
 
+DRAIN_TIMEOUT = 30.0  # seconds a restart waits for in-flight requests and the launch restore
+SETTLE = 0.05  # seconds for connections accepted before the close to reach their handler
+
+
 class _Listeners:
     """The daemon's listening sockets and the servers that accept on them.
 
@@ -183,10 +187,17 @@ class _Listeners:
         for server in self.servers:
             server.close()
         self.servers = []
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            # A connection accepted just before the close reaches its handler a few
+            # loop turns later: let it arrive, then wait for it too.
+            await asyncio.sleep(SETTLE)
+            left = deadline - asyncio.get_running_loop().time()
+            if not self.in_flight or left <= 0:
+                break
+            await asyncio.wait(set(self.in_flight), timeout=left)
         if self.in_flight:
-            _, late = await asyncio.wait(set(self.in_flight), timeout=timeout)
-            if late:
-                log.warning("restarting with %d request(s) still unanswered", len(late))
+            log.warning("restarting with %d request(s) still unanswered", len(self.in_flight))
 
     def handover(self, lock: IO[str], metrics_addr: tuple[str, int] | None) -> Handover:
         return Handover(
@@ -266,7 +277,6 @@ async def _first(*events: asyncio.Event) -> None:
         each.cancel()
 
 
-DRAIN_TIMEOUT = 30.0  # seconds a restart waits for in-flight requests and the launch restore
 # Held back from the moment the old image stops serving until the new one handles them.
 _SWAP_SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
 
