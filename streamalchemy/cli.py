@@ -404,6 +404,13 @@ def daemon_stop(as_json: JsonOpt = False) -> None:
     report.emit(as_json, commands.daemon_stop, lambda r: print(r["message"]))
 
 
+@daemon_app.command("restart")
+def daemon_restart(as_json: JsonOpt = False) -> None:
+    """Replace the daemon with the code installed now (an upgrade), in place; with live
+    restore on, no stream stops. Starts the daemon when it is not running."""
+    report.emit(as_json, commands.daemon_restart, lambda r: print(r["message"]))
+
+
 @daemon_app.command("status")
 def daemon_status(as_json: JsonOpt = False) -> None:
     """Show the daemon's pid, version, uptime, home, installation, paths and streams."""

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from streamalchemy.client.logfollow import Follower
     from streamalchemy.core.documents import (
+        DaemonRestartResult,
         EncodersResult,
         ListResult,
         LogsResult,
@@ -372,6 +373,59 @@ def daemon_run(
         # An autostarting command waits for this daemon: it reads why it gave up.
         launch_failed(settings, str(exc))
         raise
+
+
+RESTART_WAIT = 120.0  # seconds `daemon restart` waits for the new daemon's answer
+
+
+def daemon_restart() -> DaemonRestartResult:
+    """Replace the running daemon with the code installed now; start one if none runs.
+
+    The daemon checks that the installed code imports, answers, and re-executes itself
+    in place; the status asked next waits in the socket's backlog and is answered by
+    the new image (its ``started_at`` is not the old one's).
+    """
+    c = client()
+    if not c.reachable():
+        c.start_daemon()
+        now = cast("StatusResult", c.request("GET", "/status", autostart=False))
+        return {
+            "success": True,
+            "message": f"the daemon was not running: started {now['version']} (pid {now['pid']})",
+            "pid": now["pid"],
+            "version": now["version"],
+            "previous_version": None,
+            "live_restore": bool(now.get("live_restore", False)),
+        }
+    before = cast("StatusResult", c.request("GET", "/status", autostart=False))
+    asked = c.request("POST", "/restart", autostart=False, timeout=RESTART_WAIT)
+    deadline = time.monotonic() + RESTART_WAIT
+    while True:
+        try:
+            now = cast(
+                "StatusResult", c.request("GET", "/status", autostart=False, timeout=RESTART_WAIT)
+            )
+        except DaemonUnreachable as exc:
+            log = c.settings.log_dir / "daemon.log"
+            raise OperationFailed(f"the daemon did not come back ({exc}); see {log}") from None
+        if now.get("started_at") != before.get("started_at") or now["pid"] != before["pid"]:
+            break
+        if time.monotonic() > deadline:
+            raise OperationFailed(
+                f"the daemon (pid {before['pid']}) did not restart within {RESTART_WAIT:g}s"
+            )
+        time.sleep(0.05)
+    live = bool(now.get("live_restore", False))
+    kept = "no stream stopped" if live else "streams restarted (live restore is off)"
+    return {
+        "success": True,
+        "message": f"daemon restarted in place (pid {now['pid']}): "
+        f"{asked['previous_version']} -> {now['version']}; {kept}",
+        "pid": now["pid"],
+        "version": now["version"],
+        "previous_version": str(asked["previous_version"]),
+        "live_restore": live,
+    }
 
 
 def service_install(

@@ -253,6 +253,8 @@ def status(result: dict[str, Any]) -> None:
     addr = result.get("metrics_addr")
     table.add_row("metrics", f"http://{addr}/metrics and the socket" if addr else "socket only")
     table.add_row("persistence", "on" if result["persistence_enabled"] else "off")
+    if "live_restore" in result:
+        table.add_row("live restore", "on" if result["live_restore"] else "off")
     table.add_row("streams", str(result["streams"]))
     console.print(table)
 

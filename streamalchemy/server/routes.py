@@ -70,6 +70,8 @@ def status(c: Controller) -> dict[str, Any]:
         "pid": os.getpid(),
         "version": __version__,
         "uptime_seconds": time.time() - c.started,
+        "started_at": c.started,
+        "live_restore": c.settings.live_restore,
         "socket": str(c.settings.socket),
         "state_file": str(c.settings.state_file),
         "persistence_enabled": c.store.enabled,
@@ -175,6 +177,12 @@ async def route_shutdown(c: Controller, req: Request) -> Reply:
     return 200, {"success": True, "message": "shutting down", "pid": os.getpid()}
 
 
+async def route_restart_daemon(c: Controller, req: Request) -> Reply:
+    if c.restart_daemon is None:  # a controller outside the daemon (tests)
+        return 404, {"success": False, "message": "this daemon cannot restart itself"}
+    return 200, await c.restart_daemon()
+
+
 async def route_list(c: Controller, req: Request) -> Reply:
     return 200, await list_streams(c)
 
@@ -260,6 +268,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/status", route_status),
     ("GET", "/metrics", route_metrics),
     ("POST", "/shutdown", route_shutdown),
+    ("POST", "/restart", route_restart_daemon),
     ("GET", "/streams", route_list),
     ("POST", "/streams", route_start),
     ("GET", "/streams/{name}", route_stream),
