@@ -130,23 +130,11 @@ def stop(names: Sequence[str], all_streams: bool) -> StopResult:
     body = _names_or_all(names, all_streams, "stop")
     c = client()
     if not c.reachable():
-        return _stop_saved(c.settings, [validate_name(n) for n in names], all_streams)
+        from streamalchemy.client.offline import stop_saved
+
+        return stop_saved(_store(c.settings), [validate_name(n) for n in names], all_streams)
     reply = c.request("POST", "/stop", body)
     return {"success": True, "stopped": reply["stopped"]}
-
-
-def _stop_saved(settings: Settings, names: list[str], all_streams: bool) -> StopResult:
-    store = _store(settings)
-    saved = store.load()
-    names = sorted(saved) if all_streams else list(dict.fromkeys(names))
-    stopped = [n for n in names if n in saved]
-    if stopped:
-        store.remove(*stopped)
-    unknown = [n for n in names if n not in saved]
-    if unknown:
-        done = f" (stopped: {', '.join(stopped)})" if stopped else ""
-        raise StreamNotFound(f"no such stream: {', '.join(unknown)}{done}")
-    return {"success": True, "stopped": stopped}
 
 
 def restart(names: Sequence[str], all_streams: bool) -> RestartResult:

@@ -113,7 +113,8 @@ class Controller:
         self.store = store
         self.writer = StateWriter(store)
         self.children = children
-        self.supervisor = supervise(self._on_end)
+        self.supervisor = sup = supervise(self._on_end)
+        self.sweep = LogSweeper(sup.log_dir, self.writer.load, sup.streams.keys)
         self.started = time.time()
         self.metrics = Metrics.of(store, self.started, lambda: self.supervisor.streams.values())
         self.not_restored: dict[str, str] = {}  # saved streams left out, and why
@@ -128,8 +129,6 @@ class Controller:
         self._restoring: asyncio.Task[Results] | None = None
         self._retrying: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
-        logs = self.supervisor.log_dir / "streams"
-        self.log_sweep = LogSweeper(logs, self.writer.load, lambda: self.supervisor.streams)
         self.shedder = Shedder(self, settings.shed_after, settings.data_dir / SIDE_FILE)
 
     @classmethod
@@ -256,7 +255,7 @@ class Controller:
                 await self.writer.remove(name)
         self.keep_retrying()
         self.supervisor.forget_later(stream)
-        self.log_sweep.poke(self._spawn)
+        self.sweep.poke(self._spawn)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -398,7 +397,7 @@ class Controller:
         await _all_done([stop_one(n) for n in names])
         if errors:
             self.keep_retrying()
-        self.log_sweep.poke(self._spawn)
+        self.sweep.poke(self._spawn)
         stopped.sort(key=names.index)
         unknown = [n for n in names if n not in stopped]
         return Stopped(stopped, unknown, errors[0] if errors else None)
@@ -455,7 +454,7 @@ class Controller:
 
     async def restore_at_launch(self) -> None:
         await restoring.until_done(self.restore)
-        self.log_sweep.poke(self._spawn)
+        self.sweep.poke(self._spawn)
 
     async def close(self) -> None:
         """Stop every FFmpeg (the streams stay saved) and try once more any pending write."""

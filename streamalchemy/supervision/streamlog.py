@@ -208,18 +208,18 @@ def sweep_logs(
 
 
 class LogSweeper:
-    """``sweep_logs`` of one directory, at most once every ``every`` seconds, in a thread,
-    keeping the logs of the streams ``saved`` (the state file) or ``running`` names."""
+    """``sweep_logs`` of ``log_dir/streams``, at most once every ``every`` seconds, in a
+    thread, keeping the logs of the streams ``saved`` (the state file) or ``running`` names."""
 
     def __init__(
         self,
-        directory: Path,
+        log_dir: Path,
         saved: Callable[[], Awaitable[Mapping[str, object]]],
         running: Callable[[], Iterable[str]],
         every: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.directory, self.saved, self.running = directory, saved, running
+        self.directory, self.saved, self.running = log_dir / "streams", saved, running
         self.every, self.clock = every, clock
         self.swept_at: float | None = None
 
