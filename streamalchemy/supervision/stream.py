@@ -38,6 +38,14 @@ SHUTDOWN = "daemon shutting down; the stream comes back at its next launch"
 REPLACED = "replaced by a new start of the same name"
 USER_RESTART = "restarted by the user"
 DURATION_REACHED = "duration reached"
+# A progress block counts only when the output time moved on this much: frames that
+# count while the output's timestamps stand still (clamped after a reset) are a stall.
+OUTPUT_ADVANCE_US = 100_000
+# This many "Non-monotonous DTS" lines between two progress blocks: FFmpeg clamps every
+# packet after its source's timestamps went back, and the output would stall for good.
+CLAMPED_LINES = 20
+_CLAMPED = ("Non-monotonous DTS", "non monotonically increasing dts")
+TIMESTAMPS_BACK = "the source's timestamps went back (it restarted or looped)"
 SHED = "shed"  # stopped for lack of CPU, kept saved, brought back when there is room
 
 Spawner = Callable[[Sequence[str]], Awaitable[asyncio.subprocess.Process]]
@@ -125,6 +133,9 @@ class Stream:
         self._progress_at = 0.0
         self._stopping: str | None = None  # why, once a stop is asked for
         self._stalled = False
+        self._stall_reason = ""  # what _judge reports for a stall, if not "no progress"
+        self._output_mark = 0  # the output time when progress was last seen
+        self._clamped = 0  # "Non-monotonous DTS" lines since the last progress block
         self._returncode = 0  # of the last FFmpeg, negative for a signal
         self._wake = asyncio.Event()
         self._confirmed: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
@@ -227,7 +238,7 @@ class Stream:
     def _judge(self, code: int | None) -> tuple[str | None, bool]:
         """Why FFmpeg ended (None: a clean end) and whether it runs again."""
         if self._stalled:
-            reason = f"stalled: no progress for {self.settings.stall_timeout:g}s"
+            reason = f"stalled: {self._stall_reason}"
         elif code == 0 and self.spec.source_type == "rtsp":
             # A network source that ends before the deadline is an interruption: a
             # relay that stops relaying is the one thing this tool must not do.
@@ -250,6 +261,7 @@ class Stream:
         """Run FFmpeg once; return how long it ran and its exit code (None: a signal)."""
         self.status = "starting"
         self._stalled = False
+        self._output_mark = self._clamped = 0
         self._progress_at = self.clock.monotonic()
         self.log.tail.clear()
         target = self.output.next_spawn()
@@ -270,7 +282,7 @@ class Stream:
         started = self.clock.monotonic()
         assert proc.stdout is not None and proc.stderr is not None
         await asyncio.gather(
-            self._read_progress(proc.stdout), read_lines(proc.stderr, self.log.ffmpeg)
+            self._read_progress(proc.stdout), read_lines(proc.stderr, self._ffmpeg_line)
         )
         returncode = self._returncode = await proc.wait()
         self._forget_child()
@@ -318,12 +330,34 @@ class Stream:
                 continue
             previous, self.progress = self.progress, block
             self.pace.add(self.clock.monotonic(), block.out_time_us / 1e6)
-            if (block.frames, block.out_time_us) != (previous.frames, previous.out_time_us):
+            self._clamped = 0
+            if block.out_time_us > 0:
+                advanced = block.out_time_us - self._output_mark >= OUTPUT_ADVANCE_US
+            else:  # no output time (yet): frames are all there is to go by
+                advanced = block.frames != previous.frames
+            if advanced:
                 self._progress_at = self.clock.monotonic()
+                self._output_mark = block.out_time_us
             if self.status == "starting" and self._stopping is None:
                 self.status = "running"
                 self.last_error = None
                 self._confirm(None)
+
+    def _ffmpeg_line(self, line: str) -> None:
+        self.log.ffmpeg(line)
+        if any(words in line for words in _CLAMPED):
+            self._clamped += 1
+            if self._clamped == CLAMPED_LINES:
+                self._kill_stalled(TIMESTAMPS_BACK)
+
+    def _kill_stalled(self, why: str) -> None:
+        """Kill an FFmpeg that runs without making output; ``_judge`` restarts it."""
+        pid = self.pid
+        if pid is None or self._stalled or self._stopping is not None:
+            return
+        self._stalled, self._stall_reason = True, why
+        self.log.event(f"{why}: killing FFmpeg (pid {pid})")
+        procs.signal_group(pid, signal.SIGKILL)
 
     def _end(self, status: str, why: str) -> None:
         self.status = status
@@ -350,17 +384,8 @@ class Stream:
             if pid is not None:
                 procs.signal_group(pid, signal.SIGTERM)
             self._wake.set()
-        elif (
-            pid is not None
-            and not self._stalled
-            and self._stopping is None
-            and mono - self._progress_at > self.settings.stall_timeout
-        ):
-            self._stalled = True
-            self.log.event(
-                f"no progress for {self.settings.stall_timeout:g}s: killing FFmpeg (pid {pid})"
-            )
-            procs.signal_group(pid, signal.SIGKILL)
+        elif mono - self._progress_at > self.settings.stall_timeout:
+            self._kill_stalled(f"no progress for {self.settings.stall_timeout:g}s")
 
     def forgive_pause(self, mono: float) -> None:
         """The daemon was not running until ``mono``: restart the stall clock from now."""
