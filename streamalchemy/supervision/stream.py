@@ -216,6 +216,8 @@ class Stream:
                     self._end("failed" if reason else "finished", reason or self._clean_end)
                     return
                 delay = self._backoff.next_delay(ran_for)
+                if self._stalled and self._stall_reason == TIMESTAMPS_BACK and ran_for >= 5:
+                    delay = 0.0  # a source that looped is no failure: back at once
                 self.status = "retrying"
                 self.log.event(f"restarting in {delay:.1f}s: {reason or self._clean_end}")
                 self._wake.clear()
