@@ -297,9 +297,10 @@ def mask_document(doc: Any) -> Any:
     The secrets of every URL in it are found first, so a password the pattern cannot
     see (one with a quote or a space) is hidden in every field, not only its own.
     """
-    found = Secrets(KNOWN.values)
-    found.add(value for url in _strings(doc) if _IS_URL.match(url) for value in secrets_in_url(url))
-    return _masked(doc, found)
+    new = {value for url in _strings(doc) if _IS_URL.match(url) for value in secrets_in_url(url)}
+    new = {value for value in new if len(value) >= MIN_LITERAL and value not in KNOWN}
+    # In the daemon every stream's secrets are known already: no new pattern per reply.
+    return _masked(doc, Secrets(KNOWN.values | new) if new else KNOWN)
 
 
 def _strings(doc: Any) -> Iterable[str]:
