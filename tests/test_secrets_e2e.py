@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rtsp_auth_source import RtspAuthSource
@@ -36,6 +37,12 @@ def _stream(name: str) -> dict[str, object]:
     code, doc = cli_json("list")
     assert code == 0, doc
     return next((s for s in doc["streams"] if s["name"] == name), {})
+
+
+def _stream_doc(name: str) -> dict[str, Any]:
+    code, doc = cli_json("show", name)
+    assert code == 0, doc
+    return doc
 
 
 def _running_with_frames(name: str) -> bool:
@@ -93,7 +100,7 @@ def ts_file(tmp_path: Path) -> Path:
     subprocess.run(
         [
             *(FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-f", "lavfi"),
-            *("-i", "testsrc2=size=160x120:rate=25", "-t", "8", "-c:v", "libx264"),
+            *("-i", "testsrc2=size=160x120:rate=25", "-t", "15", "-c:v", "libx264"),
             *("-preset", "ultrafast", "-g", "25", "-f", "mpegts", str(path)),
         ],
         check=True,
@@ -146,7 +153,6 @@ def test_a_resolved_value_with_a_space_is_in_no_reply_nor_log(
         seen = _seen_by_everyone(tmp_home, daemon) + refused.stderr + gone.stderr
         seen += cli("logs", "cam2").stdout
         assert "wrong value 7" not in seen and "path token 8" not in seen
-        assert "${CAM_PW}" in cli("saved").stdout
     finally:
         daemon.stop()
         source.stop()
@@ -236,11 +242,14 @@ def test_a_hidden_source_makes_as_many_segments_as_a_plain_one_across_loops(
         for name, url in (("plain", plain), ("hidden", hidden)):
             started = cli("start", name, "--url", url, "--codec", "copy", "--output", "hls")
             assert started.returncode == 0, started.stderr
-        time.sleep(60)  # seven loops of the 8 s file
+        time.sleep(60)  # four loops of the 15 s file
         hls = tmp_home / "hls"
         made = {name: _segments_made(hls / name / "index.m3u8") for name in ("plain", "hidden")}
-        assert made["plain"] >= 20, made
-        assert abs(made["plain"] - made["hidden"]) <= max(3, made["plain"] // 6), made
+        assert made["plain"] >= 25, made
+        # The hidden one restarts FFmpeg at each loop (about a second each, see README).
+        resets = [e for e in _stream_doc("hidden")["exits"] if "timestamps" in e["reason"]]
+        assert 1 <= len(resets) <= 5, resets
+        assert made["plain"] - len(resets) - 1 <= made["hidden"] <= made["plain"] + 1, made
         assert _stream("hidden")["status"] == "running"
         cmdlines = [" ".join(p.cmdline()) for p in daemon.ffmpeg_children()]
         assert not any("Hidden9Pass" in line or "T0kenLoop9" in line for line in cmdlines)

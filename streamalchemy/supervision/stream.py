@@ -350,16 +350,20 @@ class Stream:
         if any(words in line for words in _CLAMPED):
             self._clamped += 1
             if self._clamped == CLAMPED_LINES:
-                self._kill_stalled(TIMESTAMPS_BACK)
+                # SIGTERM: FFmpeg closes the segment or file it writes, as on a stop.
+                self._kill_stalled(TIMESTAMPS_BACK, signal.SIGTERM)
 
-    def _kill_stalled(self, why: str) -> None:
-        """Kill an FFmpeg that runs without making output; ``_judge`` restarts it."""
+    def _kill_stalled(self, why: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        """End an FFmpeg that runs without making output; ``_judge`` restarts it."""
         pid = self.pid
-        if pid is None or self._stalled or self._stopping is not None:
+        if pid is None or self._stopping is not None:
+            return
+        if self._stalled:  # ended once already: a SIGTERM it did not obey
+            procs.signal_group(pid, signal.SIGKILL)
             return
         self._stalled, self._stall_reason = True, why
         self.log.event(f"{why}: killing FFmpeg (pid {pid})")
-        procs.signal_group(pid, signal.SIGKILL)
+        procs.signal_group(pid, sig)
 
     def _end(self, status: str, why: str) -> None:
         self.status = status
