@@ -92,8 +92,8 @@ class Watch:
         self.backs: collections.Counter[str] = collections.Counter()
         self.t0 = time.monotonic()
         self.real_time_at: float | None = None
-        self.real_time_seconds = 0  # seconds judged in real time after it first was
-        self.judged_seconds = 0
+        self.after: list[tuple[float, int]] = []  # the top's frames once back in real time
+        self.shed_times: list[float] = []
 
     def rate(self) -> float | None:
         points = self.frames
@@ -111,6 +111,7 @@ class Watch:
             before = self.status.get(name)
             if status == "shed" and before not in (None, "shed"):
                 self.sheds[name] += 1
+                self.shed_times.append(now - self.t0)
             elif status == "running" and before == "shed":
                 self.backs[name] += 1
             if status == "shed" and before is None:
@@ -127,9 +128,23 @@ class Watch:
         good = rate is not None and rate >= 0.95 * FPS
         if self.real_time_at is None and good:
             self.real_time_at = now - self.t0
-        if self.real_time_at is not None:
-            self.judged_seconds += 1
-            self.real_time_seconds += good
+        if self.real_time_at is not None and self.frames:
+            self.after.append(self.frames[-1])
+
+    def kept_up(self, span: float = 60.0) -> tuple[float | None, float | None]:
+        """The top's frames once back, against its frame rate: overall, and the worst
+        ``span`` seconds (a new FFmpeg of it would start the count again: none is expected)."""
+        points = self.after
+        if len(points) < 2 or points[-1][0] - points[0][0] < span:
+            return None, None
+        overall = (points[-1][1] - points[0][1]) / ((points[-1][0] - points[0][0]) * FPS)
+        worst, j = float("inf"), 0
+        for i, (t, f) in enumerate(points):
+            while points[j][0] < t - span:
+                j += 1
+            if t - points[0][0] >= span and i > j:
+                worst = min(worst, (f - points[j][1]) / ((t - points[j][0]) * FPS))
+        return overall, worst
 
     def run(self, seconds: float, until_real_time: bool = False) -> None:
         end = time.monotonic() + seconds
@@ -175,9 +190,8 @@ def overload(minutes: float, shed_after: float) -> dict[str, Any]:
         "minutes": minutes,
         "shed_after": shed_after,
         "top_real_time_after": watch.real_time_at,
-        "top_real_time_share": (
-            watch.real_time_seconds / watch.judged_seconds if watch.judged_seconds else None
-        ),
+        "top_frames_after": watch.kept_up(),
+        "last_shed_at": max(watch.shed_times, default=None),
         "shed": sum(watch.sheds.values()),
         "shed_streams": len(watch.sheds),
         "shed_by_priority": dict(shed_by_priority),
@@ -193,7 +207,7 @@ def table(r: dict[str, Any]) -> str:
     def secs(v: float | None) -> str:
         return "never" if v is None else f"{v:.0f} s"
 
-    share = r["top_real_time_share"]
+    overall, worst = r["top_frames_after"]
     counts = r["priorities"]
     mix = f"priority 10: 1, 5: {counts.get(5, 0)}, 0: {counts.get(0, 0)}"
     rows = [
@@ -202,8 +216,10 @@ def table(r: dict[str, Any]) -> str:
         ("streams", f"{r['streams']} ({mix}), about twice the cores"),
         ("run", f"{r['minutes']:g} minutes, STREAMALCHEMY_SHED_AFTER={r['shed_after']:g}"),
         ("top priority back in real time after the restore", secs(r["top_real_time_after"])),
-        ("top priority in real time from then on",
-         "n/a" if share is None else f"{100 * share:.0f}% of the seconds"),
+        ("top priority from then on: frames / its frame rate",
+         "n/a" if overall is None else
+         f"{100 * overall:.1f}% overall, {100 * worst:.1f}% in its worst minute"),
+        ("last shed after the restore", secs(r["last_shed_at"])),
         ("streams shed",
          f"{r['shed_streams']} ({r['shed']} sheds; by priority: {r['shed_by_priority']})"),
         ("brought back", str(r["brought_back"])),

@@ -11,6 +11,7 @@ Usage: python scripts/gen_man.py [--out DIR]    (default: man/ in this checkout)
 from __future__ import annotations
 
 import argparse
+import inspect
 import re
 from enum import Enum
 from pathlib import Path
@@ -126,6 +127,15 @@ def text(value: str) -> str:
     return re.sub(r"^([.'])", r"\\&\1", value, flags=re.MULTILINE)
 
 
+def paragraph(value: str) -> str:
+    """One paragraph of a command's help; an indented one (an example) kept line by line.
+    ``\\[`` is how the help escapes a bracket from rich's markup."""
+    value = value.replace("\\[", "[")
+    if value.startswith(" "):
+        return ".RS 2\n.nf\n" + text(inspect.cleandoc(value)) + "\n.fi\n.RE"
+    return text(value)
+
+
 def choices_of(param: Any) -> list[str]:
     # Typer 0.2x keeps them on its type descriptor; click-based Typer on the click type.
     holder = getattr(param, "type_descriptor", None) or getattr(param, "type", None)
@@ -196,7 +206,8 @@ def page(path: list[str], command: Any) -> str:
         synopsis(path, command),
         ".SH DESCRIPTION",
         "\n.PP\n".join(
-            text(p) for p in [*help_text.split("\n\n"), *(DESCRIPTION if len(path) == 1 else [])]
+            paragraph(p)
+            for p in [*help_text.split("\n\n"), *(DESCRIPTION if len(path) == 1 else [])]
         ),
     ]
     visible = [p for p in command.params if not getattr(p, "hidden", False)]

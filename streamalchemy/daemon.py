@@ -13,6 +13,7 @@ import errno
 import fcntl
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -66,6 +67,22 @@ def _hold_instance_lock(data_dir: Path) -> IO[str]:
     lock.write(f"{os.getpid()}\n")
     lock.flush()
     return lock
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft limit of open files to the hard one; return the soft limit now.
+
+    Each stream holds a few descriptors (pipes, its log), so the usual soft limit of
+    1,024 caps a daemon near 330 streams although the hard limit allows far more.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY or soft >= hard:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        return soft
+    return hard
 
 
 def _bind(path: Path) -> socket.socket:
@@ -165,6 +182,7 @@ def run(settings: Settings, restore: bool = True, apply: ApplyOption = None) -> 
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = _hold_instance_lock(settings.data_dir)
     _setup_logging(settings)
+    log.debug("open files limit: %d", raise_fd_limit())
     procs.mark_children()
     try:
         asyncio.run(_serve(settings, restore, apply))

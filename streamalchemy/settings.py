@@ -92,6 +92,11 @@ def _parse_program(value: str) -> str:
 def _parse_rtsp_url(value: str) -> str:
     if not value.startswith(("rtsp://", "rtsps://")):
         raise ValueError("expected an rtsp:// URL")
+    from urllib.parse import urlsplit  # only when the URL is set: not on every command's path
+
+    parts = urlsplit(value)  # "Invalid IPv6 URL": a ValueError, reported as the others
+    if not parts.hostname or parts.port == 0:  # a port out of range raises as well
+        raise ValueError("expected rtsp://HOST[:PORT]/PATH with a port from 1 to 65535")
     return value.rstrip("/")
 
 

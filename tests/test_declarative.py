@@ -249,7 +249,9 @@ def test_file_applier_sees_a_configmap_symlink_swap(tmp_path: Path) -> None:
     (cm / "streams.toml").symlink_to("..data/streams.toml")
     seen: list[tuple[set[str], set[str]]] = []
 
-    async def apply_fn(desired: dict[str, StreamSpec], before: set[str]) -> dict[str, Any]:
+    async def apply_fn(
+        desired: dict[str, StreamSpec], before: set[str], held: dict[str, str]
+    ) -> dict[str, Any]:
         seen.append((set(desired), before))
         steps = plan(desired, {})
         return declarative.document(steps, False)
@@ -258,11 +260,14 @@ def test_file_applier_sees_a_configmap_symlink_swap(tmp_path: Path) -> None:
     watch = applier.FileApplier(cm / "streams.toml", record, apply_fn)
 
     async def scenario() -> None:
+        assert await watch.apply_now() is None  # a first look: applied once the next agrees
         assert await watch.apply_now() is not None
         assert await watch.apply_now() is None  # nothing changed
         publish("..v2", "[streams.a]\ntestsrc=true\n")
+        assert await watch.apply_now() is None
         assert await watch.apply_now() is not None
         publish("..v3", "[streams.a]\ntestsrc=\n")  # invalid: logged, nothing applied
+        assert await watch.apply_now() is None
         assert await watch.apply_now() is None
 
     asyncio.run(scenario())
@@ -295,7 +300,9 @@ def test_file_applier_retries_failed_steps_later(tmp_path: Path) -> None:
     now = [0.0]
     fake = FakeDaemon(fail={"a"})
 
-    async def apply_fn(desired: dict[str, StreamSpec], before: set[str]) -> dict[str, Any]:
+    async def apply_fn(
+        desired: dict[str, StreamSpec], before: set[str], held: dict[str, str]
+    ) -> dict[str, Any]:
         return await applier.apply(desired, fake.ops)
 
     watch = applier.FileApplier(
@@ -303,16 +310,21 @@ def test_file_applier_retries_failed_steps_later(tmp_path: Path) -> None:
     )
 
     async def scenario() -> None:
+        assert await watch.apply_now() is None  # the first look
         assert (await watch.apply_now() or {}).get("success") is False
         assert await watch.apply_now() is None  # not yet
         now[0] += applier.RETRY_FAILED
+        assert (await watch.apply_now() or {}).get("success") is False
+        now[0] += applier.RETRY_FAILED
+        assert await watch.apply_now() is None  # it failed twice: the wait doubled
+        now[0] += applier.RETRY_FAILED
         fake.fail.clear()
         assert (await watch.apply_now() or {}).get("success") is True
-        now[0] += applier.RETRY_FAILED
+        now[0] += applier.RETRY_MAX
         assert await watch.apply_now() is None  # nothing failed, nothing changed
 
     asyncio.run(scenario())
-    assert fake.calls == [("start", "a"), ("start", "a")]
+    assert fake.calls == [("start", "a")] * 3
 
 
 def test_a_masked_export_applied_keeps_the_saved_secrets() -> None:

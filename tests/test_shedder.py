@@ -229,3 +229,25 @@ def test_a_restore_does_not_start_a_stream_that_is_shed_now(tmp_path: Path) -> N
         assert step.spec is None  # nothing more to hold
 
     run(tmp_path, test)
+
+
+def test_measure_gives_the_rule_recent_speed_and_remembers_cpu(tmp_path: Path) -> None:
+    async def test(owner: Owner, shedder: Shedder) -> None:
+        frozen = [sys.executable, str(STUB), "--blocks", "1", "--freeze"]
+        low = owner.supervisor.launch(
+            spec("low", 3), saved_at=owner.clock.time(), encoder="libx264", target="null",
+            argv_for=lambda _: frozen,
+        )  # fmt: skip
+        await until(lambda: low.status == "running")
+        low.pace.clear()
+        for t in range(0, 12, 2):  # ten seconds at half speed
+            low.pace.add(5000.0 + t, t * 0.5)
+        first = shedder.measure(5000.0)
+        (seen,) = shedder.measure(5006.0)
+        assert first[0].cpu is None  # one CPU sample is no rate yet
+        assert (seen.name, seen.priority, seen.state, seen.paced) == ("low", 3, "running", True)
+        assert seen.speed == 0.5 and seen.cpu is not None
+        assert low.snapshot()["recent_speed"] == 0.5
+        assert shedder.memory.cpu["low"] == round(seen.cpu / 0.5, 1)  # its need in real time
+
+    run(tmp_path, test)

@@ -469,10 +469,14 @@ def _url(field: str, value: object, schemes: tuple[str, ...]) -> str:
         raise InvalidInput(f"invalid {field} {shown!r}: a URL cannot contain control characters")
     try:
         parts = urlsplit(value)
-    except ValueError as exc:  # an unbalanced [ or ] in the host
+        # A ${NAME} reference may stand for the port; it is checked once resolved.
+        port = None if "${" in parts.netloc else parts.port
+    except ValueError as exc:  # "Invalid IPv6 URL", "Port out of range 0-65535", ...
         raise InvalidInput(f"invalid {field} {shown!r}: {exc}") from None
     if parts.scheme.lower() not in schemes or not parts.netloc:
         raise InvalidInput(f"invalid {field} {shown!r}: use {accepted}")
+    if port == 0:
+        raise InvalidInput(f"invalid {field} {shown!r}: port 0 is not a port to connect to")
     return value
 
 

@@ -41,6 +41,7 @@ from streamalchemy.errors import (
     StreamNotFound,
 )
 from streamalchemy.persist import StateStore, StateWriter, new_entry
+from streamalchemy.server.bodies import check_body
 from streamalchemy.server.httpserver import Reply, TextReply
 from streamalchemy.server.inputsockets import InputSockets
 from streamalchemy.server.metrics import Metrics
@@ -296,8 +297,16 @@ class Controller:
             return await self._start(spec, replace=replace, overwrite=overwrite, saved_at=saved_at)
 
     async def _start(
-        self, spec: StreamSpec, *, replace: bool, saved_at: float | None, overwrite: bool = False
+        self,
+        spec: StreamSpec,
+        *,
+        replace: bool,
+        saved_at: float | None,
+        overwrite: bool = False,
+        numbered: bool = False,
     ) -> Stream:
+        """``numbered``: a file output that exists is not refused, the stream goes on into
+        its next numbered file (as ``saved_at`` does: a restart, an apply)."""
         name = spec.name
         self._secrets(spec)  # an unresolvable ${NAME} is refused before anything changes
         previous = self._active(name)
@@ -308,18 +317,22 @@ class Controller:
                 f"stream {name!r} already exists (pid {previous.pid}); "
                 "use --replace or stop it first"
             )
+        refuse = saved_at is None and not numbered
         # A new name's file is probed while its FFmpeg starts (which reads the same file):
         # a start waits for the longer of the two, not their sum. A replacement is probed
-        # first, so that a bad file never stops the stream it was to replace.
+        # first, so that a bad file never stops the stream it was to replace, and so is
+        # an --overwrite, so that a bad source never deletes the old recording.
         checking = asyncio.create_task(
             asyncio.to_thread(self.check_source, spec, self.settings.ffprobe)
         )
         try:
-            if previous is not None:
+            is_file = spec.output.startswith("/")
+            replacing_file = refuse and overwrite and is_file and os.path.lexists(spec.output)
+            if previous is not None or replacing_file:
                 await checking
             else:
                 check_file(spec)  # missing or unreadable: refused before anything starts
-            if saved_at is None:  # a restart continues into the next numbered file instead
+            if refuse:
                 refuse_existing_file(spec.output, overwrite)
             encoder = await self.choose_encoder.choose_async(spec)
         except Exception:
@@ -585,7 +598,10 @@ class Controller:
         }
         return {
             "success": True,
-            "streams": [s.snapshot() for _, s in sorted(self.supervisor.streams.items())],
+            "streams": [
+                {**s.snapshot(), "saved": n in saved}
+                for n, s in sorted(self.supervisor.streams.items())
+            ],
             "not_running": not_running,
         }
 
@@ -618,9 +634,11 @@ class Controller:
         """``show NAME``: a stream the supervisor has, or a saved one that does not run."""
         name = validate_name(name)
         stream = self.supervisor.streams.get(name)
+        saved = await self.writer.load()
         if stream is not None:
-            return 200, dict(running_details(stream.snapshot(), stream.spec))
-        entry = (await self.writer.load()).get(name)
+            doc = running_details({**stream.snapshot(), "saved": name in saved}, stream.spec)
+            return 200, dict(doc)
+        entry = saved.get(name)
         if entry is None:
             raise StreamNotFound(f"no such stream: {name}")
         settings = self.settings
@@ -732,7 +750,7 @@ class Controller:
                     saved_at = current.saved_at
                 elif update and (entry := (await self.writer.load()).get(spec.name)):
                     saved_at = float(entry["saved_at"])
-                return await self._start(spec, replace=True, saved_at=saved_at)
+                return await self._start(spec, replace=True, saved_at=saved_at, numbered=True)
 
         async def stop(name: str) -> object:
             result = await self.stop_names([name])
@@ -756,6 +774,7 @@ class Controller:
         try:
             for route_method, pattern, handler in ROUTES:
                 if route_method == method and (m := _compile(pattern).fullmatch(path)):
+                    check_body(method, pattern, body)
                     return await handler(self, Request(method, path, m.groupdict(), query, body))
         except StreamAlchemyError as exc:
             return exc.http_status, {"success": False, "message": str(exc)}

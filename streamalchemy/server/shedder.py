@@ -266,7 +266,7 @@ class Shedder:
             saved_at=step.saved_at,
             encoder=step.encoder,
             target=output_target(spec, settings.rtsp_url, settings.hls_dir),
-            argv_for=lambda _current: [],  # nothing runs: a bring-back launches anew
+            argv_for=lambda *_: [],  # nothing runs: a bring-back launches anew
             held=step.reason,
         )
         self.memory.shed.setdefault(spec.name, {"reason": step.reason, "count": 0})

@@ -17,6 +17,7 @@ class Progress:
     fps: float | None = None
     bitrate_kbps: float | None = None
     speed: float | None = None
+    total_size: int | None = None  # bytes written to the output; None for HLS and RTSP
 
 
 def _number(text: str) -> float | None:
@@ -26,6 +27,11 @@ def _number(text: str) -> float | None:
     except ValueError:
         return None
     return value if math.isfinite(value) else None
+
+
+def _integer(text: str) -> int | None:
+    """``123456``; None for ``N/A`` (FFmpeg's word when the muxer has no byte count)."""
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 _PARTIAL_MAX = 1 << 16
@@ -67,6 +73,7 @@ class ProgressParser:
             fps=_number(done.get("fps", "")) if frames > 1 else None,
             bitrate_kbps=_number(done.get("bitrate", "")),
             speed=_number(done.get("speed", "")),
+            total_size=_integer(done.get("total_size", "")),
         )
 
 
@@ -95,9 +102,13 @@ def root_cause(lines: list[str]) -> str | None:
 
 def explain_failure(cause: str, target: str) -> str:
     """Turn FFmpeg's wording into what to do, for the failures users meet first."""
-    url = urlsplit(target)
+    try:
+        url = urlsplit(target)
+        port = url.port or 554
+    except ValueError:
+        return cause
     if url.scheme in ("rtsp", "rtsps") and "refused" in cause.lower():
-        where = f"{url.hostname}:{url.port or 554}"
+        where = f"{url.hostname}:{port}"
         if where in cause:
             return (
                 f"cannot connect to the RTSP server at {where} (connection refused): "

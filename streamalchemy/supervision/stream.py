@@ -461,12 +461,18 @@ class Stream:
             "fps": self.progress.fps,
             "bitrate_kbps": self.progress.bitrate_kbps,
             "speed": self.progress.speed,
+            # Over the last seconds, as shedding judges it (``speed`` is since FFmpeg began).
+            "recent_speed": _rounded(self.pace.rate()) if running else None,
             "cpu_percent": cpu,
             "memory_mb": None if mem is None else round(mem, 1),
             "last_error": self.last_error,
             "log_file": str(self.log.path),
             "exits": self.history(),
         }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def _exit_words(returncode: int) -> str:
