@@ -68,11 +68,9 @@ def is_secret_value(value: str) -> bool:
     decoded = unquote(value)
     if "hmac=" in decoded.lower() or _JWT.fullmatch(decoded):
         return True
-    return bool(
-        _TOKENISH.fullmatch(decoded)
-        and any(c.isdigit() for c in decoded)
-        and any(c.isalpha() for c in decoded)
-    )
+    # Digits and letters mixed, as random tokens are (not "camera_front_entrance_01").
+    digits = sum(c.isdigit() for c in decoded)
+    return bool(_TOKENISH.fullmatch(decoded)) and digits >= 4 and len(decoded) - digits >= 4
 
 
 def is_reference(value: str) -> bool:
