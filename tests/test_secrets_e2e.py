@@ -88,7 +88,8 @@ def test_a_password_with_a_quote_or_a_space_is_hidden_and_used(
         assert any("-f concat" in line for line in cmdlines), cmdlines  # the hidden path
         seen = _seen_by_everyone(tmp_home, daemon) + started.stdout + started.stderr
         assert password not in seen
-        assert "rtsp://***:***@" in cli("saved").stdout + cli("list").stdout
+        saved = cli_json("saved")[1]["streams"]["cam"]["config"]["source_url"]
+        assert saved.startswith("rtsp://***:***@"), saved
     finally:
         daemon.stop()
         source.stop()
