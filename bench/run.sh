@@ -21,7 +21,7 @@ if ! command -v ffmpeg >/dev/null; then
     echo "bench: ffmpeg is not on PATH; run 'bash scripts/bootstrap.sh' first" >&2
     exit 2
 fi
-if ! "$py" -c "import psutil, platformdirs" 2>/dev/null; then
+if ! "$py" -c "import psutil, platformdirs, filelock" 2>/dev/null; then
     echo "bench: $py lacks the project's dependencies; run 'bash scripts/bootstrap.sh'" >&2
     exit 2
 fi

@@ -24,6 +24,7 @@ from streamalchemy import __version__, home
 from streamalchemy.core.masking import mask_record
 from streamalchemy.deploy import systemd
 from streamalchemy.errors import OperationFailed
+from streamalchemy.server import routes
 from streamalchemy.server.controller import Controller
 from streamalchemy.server.httpserver import connection_handler
 from streamalchemy.server.metrics import listen
@@ -124,7 +125,7 @@ async def _serve(settings: Settings, restore: bool, apply: ApplyOption) -> None:
         watcher = asyncio.PidfdChildWatcher()
         watcher.attach_loop(asyncio.get_running_loop())
         asyncio.set_child_watcher(watcher)
-    controller = Controller(settings)
+    controller = Controller.from_settings(settings)
     killed = controller.supervisor.record.reap_leftovers()
     if killed:
         log.warning("ended %d FFmpeg process(es) left by a previous daemon", len(killed))
@@ -138,7 +139,7 @@ async def _serve(settings: Settings, restore: bool, apply: ApplyOption) -> None:
     # Up before the daemon answers or restores: RTSP streams find their server running.
     rtsp_server = await mediamtx.start_if_needed(settings)
     server = await asyncio.start_unix_server(
-        connection_handler(controller.handle), sock=_bind(settings.socket)
+        connection_handler(routes.dispatcher(controller)), sock=_bind(settings.socket)
     )
     log.info("daemon %s listening on %s (pid %d)", __version__, settings.socket, os.getpid())
     systemd.notify("READY=1")

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_controller import make_controller, save_many
+from fakes import make_controller, save_many
 
 from streamalchemy.errors import InvalidInput
+from streamalchemy.server import routes
 from streamalchemy.server.bodies import BODIES, check_body
-from streamalchemy.server.controller import ROUTES
+from streamalchemy.server.routes import ROUTES
 
 
 @pytest.mark.parametrize(
@@ -33,7 +34,7 @@ def test_a_wrong_type_or_field_is_400_and_nothing_happens(
     controller, fake = make_controller(tmp_path)
     save_many(controller, ["a", "b"])
     try:
-        status, reply = asyncio.run(controller.handle("POST", path, {}, body))
+        status, reply = asyncio.run(routes.handle(controller, "POST", path, {}, body))
     finally:
         controller.writer.close()
     assert status == 400 and "\n" not in reply["message"], reply

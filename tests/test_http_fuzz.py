@@ -17,13 +17,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from fakes import make_controller
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_controller import make_controller
 
-from streamalchemy.server import httpserver
-from streamalchemy.server.controller import ROUTES
+from streamalchemy.server import httpserver, routes
 from streamalchemy.server.metrics import DaemonFigures, Metrics
+from streamalchemy.server.routes import ROUTES
 
 EXCHANGE_DEADLINE = 5.0  # seconds; a hang fails the example instead of the run
 
@@ -178,7 +178,9 @@ def test_any_json_body_on_any_route_is_answered_never_a_500(
         tracebacks = _Tracebacks()
         logging.getLogger("streamalchemy").addHandler(tracebacks)
         try:
-            status, reply = asyncio.run(controller.handle(method, path, {"lines": lines}, body))
+            status, reply = asyncio.run(
+                routes.handle(controller, method, path, {"lines": lines}, body)
+            )
         finally:
             logging.getLogger("streamalchemy").removeHandler(tracebacks)
             controller.writer.close()

@@ -5,35 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import DAEMON, PER_STREAM, promtool_findings
 from streamalchemy import __version__
 from streamalchemy.server.metrics import CONTENT_TYPE, DaemonFigures, Metrics
-
-PER_STREAM = (
-    "streamalchemy_stream_up",
-    "streamalchemy_stream_info",
-    "streamalchemy_stream_frames_total",
-    "streamalchemy_stream_fps",
-    "streamalchemy_stream_output_bytes_total",
-    "streamalchemy_stream_speed",
-    "streamalchemy_stream_restarts_total",
-    "streamalchemy_stream_remaining_seconds",
-    "streamalchemy_stream_cpu_seconds_total",
-    "streamalchemy_stream_memory_bytes",
-)
-DAEMON = (
-    "streamalchemy_build_info",
-    "streamalchemy_daemon_start_time_seconds",
-    "streamalchemy_restore_results_total",
-    "streamalchemy_state_writes_total",
-    "streamalchemy_state_write_errors_total",
-)
 
 
 def snapshot(name: str, **figures: Any) -> dict[str, Any]:
@@ -195,15 +175,6 @@ def test_hls_output_bytes_count_the_segments_ffmpeg_deleted(tmp_path: Path) -> N
     assert fake.value("streamalchemy_stream_output_bytes_total", name="hls") == 220
     (tmp_path / "index.m3u8").write_text("#EXTM3U\n")  # the playlist is not a segment
     assert fake.value("streamalchemy_stream_output_bytes_total", name="hls") == 220
-
-
-def promtool_findings(exposition: bytes) -> list[str]:
-    checked = subprocess.run(
-        ["promtool", "check", "metrics"], input=exposition, capture_output=True, timeout=30
-    )
-    findings = (checked.stdout + checked.stderr).decode().strip().splitlines()
-    assert checked.returncode in (0, 3), findings  # 3: lint findings only, it parsed
-    return findings if checked.returncode else []
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")

@@ -24,11 +24,20 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from test_grafana import expressions
-from test_metrics import DAEMON, PER_STREAM, promtool_findings
-from test_top import own_terminal
 
-from conftest import Daemon, cli, end_daemon_of, free_port, kill_tree, wait_for
+from conftest import (
+    DAEMON,
+    PER_STREAM,
+    Daemon,
+    cli,
+    end_daemon_of,
+    expressions,
+    free_port,
+    kill_tree,
+    own_terminal,
+    promtool_findings,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 

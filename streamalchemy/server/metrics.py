@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from prometheus_client.core import Metric
 
-    from streamalchemy.server.controller import Controller
+    from streamalchemy.persist import StateStore
     from streamalchemy.supervision.stream import Stream
 
 log = logging.getLogger("streamalchemy.metrics")
@@ -295,19 +295,20 @@ class Metrics:
         self.restore_results = dict.fromkeys(RESTORE_RESULTS, 0)
 
     @classmethod
-    def of(cls, controller: Controller) -> Metrics:
-        """The metrics of the daemon that ``controller`` decides for."""
-        store = controller.store
+    def of(
+        cls, store: StateStore, started: float, streams: Callable[[], Iterable[Stream]]
+    ) -> Metrics:
+        """The metrics of a daemon started at ``started``, with its state store and streams."""
 
         def figures() -> DaemonFigures:
             return DaemonFigures(
-                started=controller.started,
+                started=started,
                 restore_results=metrics.restore_results,
                 state_writes=store.writes,
                 state_write_errors=store.write_errors,
             )
 
-        metrics = cls(lambda: map(stream_figures, controller.supervisor.streams.values()), figures)
+        metrics = cls(lambda: map(stream_figures, streams()), figures)
         return metrics
 
     def count_restore(self, results: Mapping[str, Mapping[str, str]]) -> None:
