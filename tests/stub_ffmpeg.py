@@ -24,6 +24,7 @@ def main() -> None:
     p.add_argument("--still-after", type=int, default=-1, help="output time stops at this frame")
     p.add_argument("--clamped", type=int, default=0, help="'Non-monotonous DTS' lines per block")
     p.add_argument("--out", default="", help="a file to create (refused if it exists, as -n)")
+    p.add_argument("--no-frames", action="store_true", help="report progress, but no frame")
     args = p.parse_args()
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(255))
@@ -42,7 +43,7 @@ def main() -> None:
         frame += 1
         shown = frame if args.still_after < 0 else min(frame, args.still_after)
         sys.stdout.write(
-            f"frame={frame}\nfps=25.0\nbitrate=100.0kbits/s\n"
+            f"frame={0 if args.no_frames else frame}\nfps=25.0\nbitrate=100.0kbits/s\n"
             f"out_time_us={shown * 40000}\nspeed=1.0x\nprogress=continue\n"
         )
         sys.stdout.flush()
