@@ -124,7 +124,7 @@ on the control socket one after another.
 | under attack | {summary(attacked)} |
 
 Under attack: `start` {start:.2f} s, `list --json` {listed:.2f} s (whole CLI processes);
-the daemon used {cpu:.0%} of a core and held {fds} descriptors (the metrics listener's
+the daemon used {cpu:.0%} of a core and held {fds} descriptors at the end (the metrics listener's
 cap is 64 connections; past it a peer gets 503 at once). Before the fix (issue 20),
 8 such peers kept `GET /status` waiting 2.99 s and 64 peers 13.9 s.
 {END}"""
