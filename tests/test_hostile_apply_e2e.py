@@ -219,10 +219,14 @@ def test_a_full_disk_under_hls_is_a_failing_stream_with_its_cause(tmp_home: Path
         try:
             args = ("--testsrc", "--resolution", "720", "--fps", "25", "--output", "hls")
             assert cli("start", "h", *args).returncode == 0
-            wait_for(lambda: stream_of("h")["status"] != "running", 90, "the disk to fill")
-            failing = stream_of("h")
-            assert failing["status"] in ("retrying", "starting")
-            assert "no space left on the disk" in (failing["last_error"] or "")
+            seen: list[dict[str, Any]] = []
+
+            def failing() -> bool:
+                seen.append(stream_of("h"))
+                return "no space left on the disk" in (seen[-1]["last_error"] or "")
+
+            wait_for(failing, 90, "the disk to fill and the stream to say so")
+            assert seen[-1]["status"] in ("retrying", "starting")
         finally:
             d.stop()
     finally:

@@ -123,3 +123,25 @@ def test_a_group_member_without_the_mark_is_spared(tmp_path: Path) -> None:
         assert proc.poll() is None
     finally:
         kill_tree(proc)
+
+
+def test_ffmpeg_gets_a_minimal_environment_without_the_daemons_secrets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    from streamalchemy.supervision import procs
+
+    monkeypatch.setenv("CAM_PASSWORD", "Kq'7 secret")
+    monkeypatch.setenv(MARK_VAR, "the-mark")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+
+    async def child_env() -> dict[str, str]:
+        proc = await procs.spawn(["env", "-0"])
+        out, _ = await proc.communicate()
+        return dict(item.split("=", 1) for item in out.decode().split("\0") if item)
+
+    seen = asyncio.run(child_env())
+    assert "CAM_PASSWORD" not in seen
+    assert seen[MARK_VAR] == "the-mark" and seen["LC_ALL"] == "C.UTF-8"
+    assert seen["PATH"] == os.environ["PATH"]

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -55,6 +56,22 @@ def mark_children() -> str:
     return mark
 
 
+# What an FFmpeg child is given of the daemon's environment: the locale, time zone,
+# paths, TLS and proxy settings, GPU drivers' switches, and the daemon's mark.
+# Nothing else: the daemon's environment may hold ${NAME} credentials.
+CHILD_ENV = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH"}
+    | {"SSL_CERT_FILE", "SSL_CERT_DIR", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY"}
+    | {"HTTPS_PROXY", "NO_PROXY", "LIBVA_DRIVER_NAME", "LIBVA_DRIVERS_PATH", "VDPAU_DRIVER"}
+    | {"CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "XDG_RUNTIME_DIR", MARK_VAR}
+)
+
+
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The part of ``environ`` an FFmpeg child gets (``CHILD_ENV`` and ``LC_*``)."""
+    return {k: v for k, v in environ.items() if k in CHILD_ENV or k.startswith("LC_")}
+
+
 def with_parent_death_signal(argv: Sequence[str]) -> list[str]:
     """Prefix argv so the kernel kills the child when the spawning thread dies."""
     if _SETPRIV is None:
@@ -71,6 +88,8 @@ async def spawn(
 ) -> asyncio.subprocess.Process:
     """Start argv in its own process group, its stdout and stderr piped (or merged).
 
+    Without ``env``, the child gets ``child_environment``, not the daemon's whole one.
+
     Must be called from the event loop thread: the parent-death signal fires when
     the thread that forked the child exits, and the loop thread lives as long as
     the daemon.
@@ -82,7 +101,7 @@ async def spawn(
         stderr=asyncio.subprocess.STDOUT if merge_output else asyncio.subprocess.PIPE,
         process_group=0,
         cwd=cwd,
-        env=env,
+        env=child_environment(os.environ) if env is None else env,
     )
 
 
@@ -380,3 +399,23 @@ def _is_recorded(proc: psutil.Process, argv: list[str], created: float) -> bool:
 
 def _has_mark(proc: psutil.Process, mark: str) -> bool:
     return bool(proc.environ().get(MARK_VAR) == mark)
+
+
+class Ending:
+    """A stream's end at its deadline: SIGTERM once, then SIGKILL once the grace has
+    passed (a blocked output can keep FFmpeg from exiting), as a stop does."""
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.since = 0.0
+
+    def push(self, pid: int, mono: float, grace: float) -> bool:
+        """Signal ``pid`` as its time says; True when it was SIGKILLed now."""
+        if self.pid != pid:
+            self.pid, self.since = pid, mono
+            signal_group(pid, signal.SIGTERM)
+        elif mono - self.since >= grace:
+            self.since = math.inf  # killed: no more signals to this pid
+            signal_group(pid, signal.SIGKILL)
+            return True
+        return False

@@ -45,6 +45,14 @@ SHUTDOWN = "daemon shutting down; the stream comes back at its next launch"
 REPLACED = "replaced by a new start of the same name"
 USER_RESTART = "restarted by the user"
 DURATION_REACHED = "duration reached"
+# A progress block counts only when the output time moved on this much: frames that
+# count while the output's timestamps stand still (clamped after a reset) are a stall.
+OUTPUT_ADVANCE_US = 100_000
+# This many "Non-monotonous DTS" lines between two progress blocks: FFmpeg clamps every
+# packet after its source's timestamps went back, and the output would stall for good.
+CLAMPED_LINES = 20
+_CLAMPED = ("Non-monotonous DTS", "non monotonically increasing dts")
+TIMESTAMPS_BACK = "the source's timestamps went back (it restarted or looped)"
 SHED = "shed"  # stopped for lack of CPU, kept saved, brought back when there is room
 
 Spawner = Callable[[Sequence[str]], Awaitable[asyncio.subprocess.Process]]
@@ -132,8 +140,10 @@ class Stream:
         self._progress_at = 0.0
         self._stopping: str | None = None  # why, once a stop is asked for
         self._stalled = False
-        self._full: str | None = None  # why FFmpeg was killed: its output's disk is full
-        self._ending: tuple[int, float] | None = None  # pid asked to end at the deadline, when
+        self._ending = procs.Ending()  # the deadline's SIGTERM, then SIGKILL after the grace
+        self._stall_reason = ""  # what _judge reports for a stall, if not "no progress"
+        self._output_mark = 0  # the output time when progress was last seen
+        self._clamped = 0  # "Non-monotonous DTS" lines since the last progress block
         self._returncode = 0  # of the last FFmpeg, negative for a signal
         self._wake = asyncio.Event()
         self._confirmed: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
@@ -214,6 +224,8 @@ class Stream:
                     self._end("failed" if reason else "finished", reason or self._clean_end)
                     return
                 delay = self._backoff.next_delay(ran_for)
+                if self._stalled and self._stall_reason == TIMESTAMPS_BACK and ran_for >= 5:
+                    delay = 0.0  # a source that looped is no failure: back at once
                 self.status = "retrying"
                 self.log.event(f"restarting in {delay:.1f}s: {reason or self._clean_end}")
                 self._wake.clear()
@@ -235,10 +247,8 @@ class Stream:
 
     def _judge(self, code: int | None) -> tuple[str | None, bool]:
         """Why FFmpeg ended (None: a clean end) and whether it runs again."""
-        if self._full:
-            reason = self._full
-        elif self._stalled:
-            reason = f"stalled: no progress for {self.settings.stall_timeout:g}s"
+        if self._stalled:
+            reason = f"stalled: {self._stall_reason}"
         elif code == 0 and self.spec.source_type == "rtsp":
             # A network source that ends before the deadline is an interruption: a
             # relay that stops relaying is the one thing this tool must not do.
@@ -256,21 +266,17 @@ class Stream:
                 if cause
                 else f"FFmpeg {_exit_words(self._returncode)}"
             )
-        return reason, should_restart(self.spec.restart, code, self._stalled or bool(self._full))
+        return reason, should_restart(self.spec.restart, code, self._stalled)
 
     async def _run_once(self) -> tuple[float, int | None]:
         """Run FFmpeg once; return how long it ran and its exit code (None: a signal)."""
         self.status = "starting"
-        self._stalled, self._full = False, None
+        self._stalled = False
+        self._output_mark = self._clamped = 0
         self._progress_at = self.clock.monotonic()
         self.log.tail.clear()
         target = self.output.next_spawn()
         self.argv = self._argv_for(target)
-        if full := self.output.disk_full():  # no FFmpeg for output it cannot write
-            self.log.event(full)
-            self.log.tail.append(full)
-            self._full = full
-            return 0.0, None
         try:
             proc = await self._spawn(self.argv)
         except OSError as exc:
@@ -287,7 +293,7 @@ class Stream:
         started = self.clock.monotonic()
         assert proc.stdout is not None and proc.stderr is not None
         await asyncio.gather(
-            self._read_progress(proc.stdout), read_lines(proc.stderr, self.log.ffmpeg)
+            self._read_progress(proc.stdout), read_lines(proc.stderr, self._ffmpeg_line)
         )
         returncode = self._returncode = await proc.wait()
         self._forget_child()
@@ -335,13 +341,39 @@ class Stream:
                 continue
             previous, self.progress = self.progress, block
             self.pace.add(self.clock.monotonic(), block.out_time_us / 1e6)
-            if (block.frames, block.out_time_us) != (previous.frames, previous.out_time_us):
+            self._clamped = 0
+            if block.out_time_us > 0:
+                advanced = block.out_time_us - self._output_mark >= OUTPUT_ADVANCE_US
+            else:  # no output time (yet): frames are all there is to go by
+                advanced = block.frames != previous.frames
+            if advanced:
                 self._progress_at = self.clock.monotonic()
+                self._output_mark = block.out_time_us
             # Running means frames flow: a source that sends none keeps it starting.
             if self.status == "starting" and block.frames > 0 and self._stopping is None:
                 self.status = "running"
                 self.last_error = None
                 self._confirm(None)
+
+    def _ffmpeg_line(self, line: str) -> None:
+        self.log.ffmpeg(line)
+        if any(words in line for words in _CLAMPED):
+            self._clamped += 1
+            if self._clamped == CLAMPED_LINES:
+                # SIGTERM: FFmpeg closes the segment or file it writes, as on a stop.
+                self._kill_stalled(TIMESTAMPS_BACK, signal.SIGTERM)
+
+    def _kill_stalled(self, why: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        """End an FFmpeg that runs without making output; ``_judge`` restarts it."""
+        pid = self.pid
+        if pid is None or self._stopping is not None:
+            return
+        if self._stalled:  # ended once already: a SIGTERM it did not obey
+            procs.signal_group(pid, signal.SIGKILL)
+            return
+        self._stalled, self._stall_reason = True, why
+        self.log.event(f"{why}: killing FFmpeg (pid {pid})")
+        procs.signal_group(pid, sig)
 
     def _end(self, status: str, why: str) -> None:
         self.status = status
@@ -365,40 +397,13 @@ class Stream:
                 self._end("finished", DURATION_REACHED)  # shed or not, it ends on time
             return
         if self.deadline is not None and now >= self.deadline and self.active:
-            if pid is not None:
-                self._end_at_deadline(pid, mono)
+            if pid is not None and self._ending.push(pid, mono, self.settings.grace):
+                self.log.event(f"duration reached; FFmpeg (pid {pid}) ignored SIGTERM: killed")
             self._wake.set()
-        elif (
-            pid is not None
-            and not self._full
-            and self._stopping is None
-            and (full := self.output.disk_full())
-        ):
-            self._full = full
-            self.log.event(f"{full}: killing FFmpeg (pid {pid})")
-            procs.signal_group(pid, signal.SIGKILL)
-        elif (
-            pid is not None
-            and not self._stalled
-            and self._stopping is None
-            and mono - self._progress_at > self.settings.stall_timeout
-        ):
-            self._stalled = True
-            self.log.event(
-                f"no progress for {self.settings.stall_timeout:g}s: killing FFmpeg (pid {pid})"
-            )
-            procs.signal_group(pid, signal.SIGKILL)
-
-    def _end_at_deadline(self, pid: int, mono: float) -> None:
-        """SIGTERM once; SIGKILL once the grace period has passed (a blocked output can
-        keep FFmpeg from exiting), as a stop does."""
-        if self._ending is None or self._ending[0] != pid:
-            self._ending = (pid, mono)
-            procs.signal_group(pid, signal.SIGTERM)
-        elif mono - self._ending[1] >= self.settings.grace:
-            self.log.event(f"duration reached; FFmpeg (pid {pid}) ignored SIGTERM: killing it")
-            self._ending = (pid, float("inf"))  # killed: no more signals to this pid
-            procs.signal_group(pid, signal.SIGKILL)
+        elif pid is not None and (full := self.output.disk_full()):  # FFmpeg would not say
+            self._kill_stalled(full)
+        elif mono - self._progress_at > self.settings.stall_timeout:
+            self._kill_stalled(f"no progress for {self.settings.stall_timeout:g}s")
 
     def forgive_pause(self, mono: float) -> None:
         """The daemon was not running until ``mono``: restart the stall clock from now."""
@@ -411,9 +416,7 @@ class Stream:
         self._wake.set()
         if self._proc is not None:
             await procs.stop(self._proc, self.settings.grace)
-        if not self.task.done():
-            # Waits for the loop to end without taking its outcome: a cancellation of
-            # the caller still reaches the caller.
+        if not self.task.done():  # waits without its outcome: the caller's cancel is the caller's
             await asyncio.wait([self.task])
         self.log.event(reason)
         self.output.end()
