@@ -85,6 +85,11 @@ ENVIRONMENT = [
         "Number of shards for daemon run --apply FILE --shard auto "
         "(default: unset; config.toml: shards).",
     ),
+    (
+        "STREAMALCHEMY_LIVE_RESTORE",
+        "Live restore: FFmpeg outlives a daemon that dies, and the next daemon adopts it "
+        "(default: true; config.toml: live_restore).",
+    ),
 ]
 FILES = [
     (
@@ -95,7 +100,7 @@ FILES = [
         "$STREAMALCHEMY_HOME/config.toml",
         "Settings, overridden by the environment: state_file, socket, persistence_enabled, "
         "backup_count, ffmpeg, ffprobe, rtsp_url, autostart, stall_timeout, mediamtx, "
-        "log_max_bytes, log_backups, metrics_addr, shards.",
+        "log_max_bytes, log_backups, metrics_addr, shards, live_restore.",
     ),
     ("$STREAMALCHEMY_HOME/streamalchemy.sock", "The control socket (HTTP/JSON), mode 0600."),
     ("$STREAMALCHEMY_HOME/logs/", "daemon.log, mediamtx.log and streams/NAME.log."),

@@ -108,9 +108,13 @@ async def _serve(settings: Settings, restore: bool, apply: ApplyOption) -> None:
         watcher.attach_loop(asyncio.get_running_loop())
         asyncio.set_child_watcher(watcher)
     controller = Controller(settings)
-    killed = controller.supervisor.record.reap_leftovers()
-    if killed:
-        log.warning("ended %d FFmpeg process(es) left by a previous daemon", len(killed))
+    # Live restore: what a previous daemon left running is adopted after the socket is
+    # up; otherwise it is ended now, before anything starts.
+    survivors = controller.supervisor.survivors()
+    if not settings.live_restore:
+        killed = controller.supervisor.record.reap_leftovers()
+        if killed:
+            log.warning("ended %d FFmpeg process(es) left by a previous daemon", len(killed))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, controller.shutdown.set)
@@ -134,8 +138,10 @@ async def _serve(settings: Settings, restore: bool, apply: ApplyOption) -> None:
 
         watch = applier.file_applier(ops, apply_file, shard, settings.data_dir)
         await watch.prune_first(ops, shard)
-    if restore and controller.store.enabled:
-        restoring = asyncio.create_task(controller.restore_at_launch())
+    if survivors or (restore and controller.store.enabled):
+        restoring = asyncio.create_task(
+            controller.restore_at_launch(survivors, restore=restore and controller.store.enabled)
+        )
     if watch is not None:
         applying = asyncio.create_task(watch.run(after=restoring))
     await controller.shutdown.wait()

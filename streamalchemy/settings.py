@@ -57,6 +57,7 @@ class Settings(NamedTuple):
     log_backups: int
     metrics_addr: tuple[str, int] | None
     shards: int | None
+    live_restore: bool
 
 
 def _parse_bool(value: str) -> bool:
@@ -130,6 +131,7 @@ _KNOWN: dict[str, tuple[str, Callable[[str], Any]]] = {
         _in_range(int, 0, 100, "expected a whole number from 0 to 100"),
     ),
     "metrics_addr": ("STREAMALCHEMY_METRICS_ADDR", parse_addr),
+    "live_restore": ("STREAMALCHEMY_LIVE_RESTORE", _parse_bool),
     "shards": (
         "STREAMALCHEMY_SHARDS",
         _in_range(int, 1, 10000, "expected a whole number of shards from 1 up"),
@@ -232,4 +234,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_backups=resolved.get("log_backups", 3),
         metrics_addr=resolved.get("metrics_addr"),
         shards=resolved.get("shards"),
+        live_restore=resolved.get("live_restore", True),
     )

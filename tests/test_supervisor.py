@@ -18,10 +18,12 @@ from streamalchemy.core.spec import StreamSpec
 from streamalchemy.errors import StreamExists
 from streamalchemy.supervision import procs
 from streamalchemy.supervision.backoff import Backoff
+from streamalchemy.supervision.childfiles import ChildIO
 from streamalchemy.supervision.supervisor import (
     DURATION_REACHED,
     SHUTDOWN,
     USER_STOP,
+    ArgvFor,
     Spawner,
     Stream,
     Supervisor,
@@ -48,8 +50,8 @@ class FakeClock:
         self.mono += seconds
 
 
-def stub(*args: str) -> Callable[[str], list[str]]:
-    return lambda target: [sys.executable, str(STUB), *args]
+def stub(*args: str) -> ArgvFor:
+    return lambda target, remaining=None: [sys.executable, str(STUB), *args]
 
 
 def spec(
@@ -80,9 +82,7 @@ class Harness:
             **settings,
         )
 
-    def launch(
-        self, s: StreamSpec, argv_for: Callable[[str], list[str]], target: str = "null"
-    ) -> Stream:
+    def launch(self, s: StreamSpec, argv_for: ArgvFor, target: str = "null") -> Stream:
         return self.sup.launch(
             s, saved_at=self.clock.time(), encoder="libx264", target=target, argv_for=argv_for
         )
@@ -279,11 +279,11 @@ def test_stop_says_why_and_sigterm_exit_is_no_error(tmp_path: Path) -> None:
 def test_an_exception_in_a_spawn_becomes_a_retry_with_last_error(tmp_path: Path) -> None:
     calls = []
 
-    def argv_for(target: str) -> list[str]:
+    def argv_for(target: str, remaining: float | None) -> list[str]:
         calls.append(target)
         if len(calls) == 1:
             raise RuntimeError("boom")
-        return stub()(target)
+        return stub()(target, remaining)
 
     async def test(h: Harness) -> None:
         s = h.launch(spec(), argv_for)
@@ -297,10 +297,10 @@ def test_an_exception_in_a_spawn_becomes_a_retry_with_last_error(tmp_path: Path)
 def test_a_spawn_error_on_a_full_disk_is_retried(tmp_path: Path) -> None:
     failures = [OSError(errno.ENOSPC, "No space left on device")]
 
-    async def spawn(argv: Sequence[str]) -> asyncio.subprocess.Process:
+    async def spawn(argv: Sequence[str], io: ChildIO) -> procs.Child:
         if failures:
             raise failures.pop()
-        return await procs.spawn(argv)
+        return await procs.spawn(argv, io)
 
     async def test(h: Harness) -> None:
         s = h.launch(spec(), stub())
@@ -343,8 +343,8 @@ def test_an_ffmpeg_line_longer_than_64k_is_cut_not_fatal(tmp_path: Path) -> None
 def test_each_spawn_of_a_recording_writes_the_next_numbered_file(tmp_path: Path) -> None:
     rec = tmp_path / "rec.mp4"
 
-    def argv_for(target: str) -> list[str]:
-        return stub("--out", target, "--blocks", "2", "--exit", "1")(target)
+    def argv_for(target: str, remaining: float | None) -> list[str]:
+        return stub("--out", target, "--blocks", "2", "--exit", "1")(target, remaining)
 
     async def test(h: Harness) -> None:
         s = h.launch(spec(output=str(rec)), argv_for, target=str(rec))

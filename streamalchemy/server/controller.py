@@ -45,6 +45,8 @@ from streamalchemy.server.httpserver import Reply, TextReply
 from streamalchemy.server.inputsockets import InputSockets
 from streamalchemy.server.metrics import Metrics
 from streamalchemy.settings import Settings
+from streamalchemy.supervision import procs
+from streamalchemy.supervision.adoption import Survivor
 from streamalchemy.supervision.ffmpeg import STATS_PERIOD, build_argv, input_script, output_target
 from streamalchemy.supervision.procs import ChildRecord
 from streamalchemy.supervision.recordings import refuse_existing_file
@@ -150,6 +152,7 @@ class Controller:
             on_end=self._on_end,
             log_max_bytes=settings.log_max_bytes,
             log_backups=settings.log_backups,
+            live_restore=settings.live_restore,
         )
         self.started = time.time()
         self.metrics = Metrics.of(self)
@@ -190,8 +193,11 @@ class Controller:
     def _missing_credentials(self, spec: StreamSpec) -> str | None:
         return unresolved([spec.source, spec.output], self.settings.config_file.parent)
 
-    def _launch(self, spec: StreamSpec, saved_at: float, encoder: str) -> Stream:
-        """Start supervising ``spec``; the caller owns the name and has checked it is free."""
+    def _launch(
+        self, spec: StreamSpec, saved_at: float, encoder: str, survivor: Survivor | None = None
+    ) -> Stream:
+        """Start supervising ``spec`` (adopting ``survivor``, the FFmpeg a previous daemon
+        left for it); the caller owns the name and has checked it is free."""
         if self._active(spec.name) is not None:  # never a second FFmpeg for a name
             raise StreamExists(f"stream {spec.name!r} is already running")
         target = output_target(spec, self.settings.rtsp_url, self.settings.hls_dir)
@@ -201,7 +207,7 @@ class Controller:
         secret_source = spec.source_type == "rtsp" and has_secret(spec.source)
         input_socket = self.inputs.open(spec.name, input_script(real)) if secret_source else None
 
-        def argv_for(current: str) -> list[str]:
+        def argv_for(current: str, remaining: float | None) -> list[str]:
             # Built per spawn: a restarted recording writes the next numbered file.
             return build_argv(
                 real,
@@ -212,12 +218,23 @@ class Controller:
                 # Reports often enough that a healthy stream never looks stalled.
                 stats_period=min(STATS_PERIOD, self.settings.stall_timeout / 2),
                 input_socket=input_socket,
+                time_limit=remaining,
             )
 
-        log.info("starting %s -> %s", spec.name, mask_credentials(target))
+        log.info(
+            "%s %s -> %s",
+            "adopting" if survivor else "starting",
+            spec.name,
+            mask_credentials(target),
+        )
         self.not_restored.pop(spec.name, None)
         return self.supervisor.launch(
-            spec, saved_at=saved_at, encoder=encoder, target=target, argv_for=argv_for
+            spec,
+            saved_at=saved_at,
+            encoder=encoder,
+            target=target,
+            argv_for=argv_for,
+            survivor=survivor,
         )
 
     async def _stop_stream(self, name: str, reason: str) -> None:
@@ -518,8 +535,47 @@ class Controller:
         log.info("restore %s: %s", step.name, result["reason"])
         return result
 
-    async def restore_at_launch(self) -> None:
-        await self.restore(dry_run=False)
+    async def restore_at_launch(
+        self, survivors: dict[str, Survivor] | None = None, restore: bool = True
+    ) -> None:
+        """Adopt what a previous daemon left running (live restore), then restore the rest."""
+        if survivors:
+            await self.adopt(survivors)
+        if restore:
+            await self.restore(dry_run=False)
+
+    async def adopt(self, survivors: dict[str, Survivor]) -> None:
+        """Take over each saved stream's FFmpeg that a previous daemon left, running or
+        ended (then handled as its exit); stop the ones whose stream is not saved: the
+        state file decides what runs."""
+        saved = await self.writer.load() if self.store.enabled else {}
+        strays: list[Survivor] = []
+        for name, survivor in survivors.items():
+            view = read_saved(name, saved[name]) if name in saved else None
+            encoder = str(survivor.record.get("encoder") or "")
+            if view is None or view.spec is None or not encoder:
+                strays.append(survivor)
+                continue
+            async with self.owning(name):
+                try:
+                    self._launch(view.spec, view.saved_at, encoder, survivor=survivor)
+                except StreamAlchemyError as exc:  # e.g. a ${NAME} gone: the restore reports it
+                    log.warning("%s: not adopted: %s", name, exc)
+                    strays.append(survivor)
+        for survivor in strays:
+            if survivor.alive:
+                log.warning("stopping %s (pid %d): not saved", survivor.name, survivor.process.pid)
+                self.supervisor.note(
+                    survivor.name,
+                    f"stopped FFmpeg (pid {survivor.process.pid}) left by a previous daemon: "
+                    "the stream is not saved",
+                )
+        await asyncio.gather(
+            *(procs.stop(s.process, self.supervisor.grace) for s in strays if s.alive)
+        )
+        for survivor in strays:
+            survivor.forget()
+        self.children.flush()
 
     async def close(self) -> None:
         """Stop every FFmpeg (the streams stay saved) and try once more any pending write."""
@@ -544,6 +600,7 @@ class Controller:
             "socket": str(self.settings.socket),
             "state_file": str(self.settings.state_file),
             "persistence_enabled": self.store.enabled,
+            "live_restore": self.settings.live_restore,
             "streams": sum(1 for s in self.supervisor.streams.values() if s.active),
             "log_dir": str(self.settings.log_dir),
             "ffmpeg": self.settings.ffmpeg,

@@ -20,16 +20,29 @@ from typing import Any, Protocol
 
 from streamalchemy.core.spec import StreamSpec, mask_credentials
 from streamalchemy.supervision import procs
+from streamalchemy.supervision.adoption import EXIT_UNKNOWN, Survivor
 from streamalchemy.supervision.backoff import Backoff
-from streamalchemy.supervision.progress import Progress, ProgressParser, explain_failure, root_cause
+from streamalchemy.supervision.childfiles import (
+    ChildFiles,
+    ChildIO,
+    ChildReader,
+    follow,
+    write_identity,
+)
+from streamalchemy.supervision.progress import Progress, explain_failure, root_cause
 from streamalchemy.supervision.recordings import OutputFiles
-from streamalchemy.supervision.streamlog import LOG_BACKUPS, LOG_MAX_BYTES, StreamLog, read_lines
+from streamalchemy.supervision.streamlog import LOG_BACKUPS, LOG_MAX_BYTES, StreamLog
 
 log = logging.getLogger("streamalchemy.supervisor")
 
 ACTIVE = frozenset({"starting", "running", "retrying", "stopping"})
 EXITS_KEPT = 10
-READ_CHUNK = 1 << 16
+# How often a stream reads its FFmpeg's files: a start waits for the first progress
+# block, a running stream's figures come every stats period (2 s) anyway.
+READ_STARTING = 0.05
+READ_RUNNING = 1.0
+# An FFmpeg ending this close to the deadline ended for it (its own -t, or our SIGTERM).
+DEADLINE_MARGIN = 2.0
 
 # Why a stream is stopped, in the words its log and its exits show.
 USER_STOP = "stopped by the user"
@@ -38,7 +51,9 @@ REPLACED = "replaced by a new start of the same name"
 USER_RESTART = "restarted by the user"
 DURATION_REACHED = "duration reached"
 
-Spawner = Callable[[Sequence[str]], Awaitable[asyncio.subprocess.Process]]
+Spawner = Callable[[Sequence[str], ChildIO], Awaitable[procs.Child]]
+# Builds FFmpeg's argv for the file it writes and the seconds it has left (None: no end).
+ArgvFor = Callable[[str, float | None], list[str]]
 
 
 class Clock(Protocol):
@@ -65,6 +80,7 @@ class StreamSettings:
     log_backups: int = LOG_BACKUPS
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
+    live_restore: bool = True
 
 
 def should_restart(policy: str, exit_code: int | None, stalled: bool) -> bool:
@@ -86,15 +102,18 @@ class Stream:
         saved_at: float,
         encoder: str,
         target: str,
-        argv_for: Callable[[str], list[str]],
+        argv_for: ArgvFor,
         log: StreamLog,
         settings: StreamSettings,
         on_end: Callable[[Stream], None],
+        files: ChildFiles,
         record: procs.ChildRecord | None = None,
         clock: Clock | None = None,
         spawn: Spawner = procs.spawn,
         rand: random.Random | None = None,
+        survivor: Survivor | None = None,
     ) -> None:
+        """``survivor``: the FFmpeg a previous daemon left for this stream, to adopt."""
         self.spec = spec
         self.saved_at = saved_at
         self.encoder = encoder
@@ -115,7 +134,10 @@ class Stream:
         self._on_end = on_end
         self._record = record
         self._spawn = spawn
-        self._proc: asyncio.subprocess.Process | None = None
+        self._files = files
+        self._reader = ChildReader(files, log.ffmpeg)
+        self._survivor = survivor
+        self._proc: procs.Child | None = None
         self._cpu_seen: tuple[int, float, float] | None = None  # pid, when, CPU seconds
         self._progress_at = 0.0
         self._stopping: str | None = None  # why, once a stop is asked for
@@ -170,14 +192,14 @@ class Stream:
         """
         try:
             while self._stopping is None:
-                if self._past_deadline():
+                if self._past_deadline() and self._survivor is None:
                     self._end("finished", DURATION_REACHED)
                     return
                 try:
                     ran_for, code = await self._run_once()
                     if self._stopping is not None:
                         return
-                    if self._past_deadline(margin=1.0):
+                    if self._past_deadline(margin=DEADLINE_MARGIN):
                         self._note_exit(code, DURATION_REACHED)
                         self._end("finished", DURATION_REACHED)
                         return
@@ -245,45 +267,99 @@ class Stream:
         self._stalled = False
         self._progress_at = self.clock.monotonic()
         self.log.tail.clear()
-        target = self.output.next_spawn()
-        self.argv = self._argv_for(target)
-        try:
-            proc = await self._spawn(self.argv)
-        except OSError as exc:
-            why = f"cannot run {self.argv[0]}: {exc.strerror or exc}"
-            self.log.event(why)
-            self.log.tail.append(why)
+        survivor, self._survivor = self._survivor, None
+        proc = self._adopt(survivor) if survivor is not None else await self._spawn_ffmpeg()
+        if proc is None:
             return 0.0, None
-        self._proc, self.started_at = proc, self.clock.time()
-        if self._stopping is not None:  # stop() came while the fork was under way
-            await procs.stop(proc, self.settings.grace)
-        self._record_child(proc.pid)
-        where = f", writing {mask_credentials(target)}" if target != self.target else ""
-        self.log.event(f"started FFmpeg (pid {proc.pid}){where}")
         started = self.clock.monotonic()
-        assert proc.stdout is not None and proc.stderr is not None
-        await asyncio.gather(
-            self._read_progress(proc.stdout), read_lines(proc.stderr, self.log.ffmpeg)
-        )
-        returncode = self._returncode = await proc.wait()
+        returncode = self._returncode = await self._follow(proc)
         self._forget_child()
         code = None if returncode < 0 else returncode
         if self._stopping is not None:
             # Our own SIGTERM: FFmpeg's 255 (or the signal) is the stop, not an error;
             # ``stop`` logs the reason once.
             self._note_exit(code, self._stopping)
-        elif not self._past_deadline(margin=1.0):
+        elif not self._past_deadline(margin=DEADLINE_MARGIN):
             self.log.event(f"FFmpeg (pid {proc.pid}) {_exit_words(returncode)}")
         return self.clock.monotonic() - started, code
+
+    async def _spawn_ffmpeg(self) -> procs.Child | None:
+        target = self.output.next_spawn()
+        # Its remaining time goes on the command line: the deadline holds with no daemon.
+        self.argv = self._argv_for(target, self.remaining(self.clock.time()))
+        try:
+            io = self._files.for_child(outlive=self.settings.live_restore)
+        except OSError as exc:
+            io = None
+            why = f"cannot open the files of FFmpeg: {exc.strerror or exc}"
+        except Exception as exc:  # the name's lock is held: an FFmpeg of it still runs
+            io = None
+            why = str(exc)
+        if io is not None:
+            try:
+                proc = await self._spawn(self.argv, io)
+            except OSError as exc:
+                why = f"cannot run {self.argv[0]}: {exc.strerror or exc}"
+            else:
+                self._proc, self.started_at = proc, self.clock.time()
+                if self._stopping is not None:  # stop() came while the fork was under way
+                    await procs.stop(proc, self.settings.grace)
+                self._record_child(proc.pid, io, target)
+                where = f", writing {mask_credentials(target)}" if target != self.target else ""
+                self.log.event(f"started FFmpeg (pid {proc.pid}){where}")
+                return proc
+            finally:
+                io.close()
+        self.log.event(why)
+        self.log.tail.append(why)
+        return None
+
+    def _adopt(self, survivor: Survivor) -> procs.Child:
+        """Take over the FFmpeg a previous daemon left: same pid, same file, same deadline."""
+        proc, entry = survivor.process, survivor.record
+        self._proc = proc
+        self.argv = [str(a) for a in entry.get("argv", [])]
+        if isinstance(entry.get("target"), str):
+            self.output.current = entry["target"]  # a recording goes on in the same file
+        started = entry.get("started_at")
+        self.started_at = float(started) if isinstance(started, int | float) else self.clock.time()
+        if survivor.alive:
+            if self._record is not None:
+                self._record.put(self.spec.name, entry)
+            why = f"adopted FFmpeg (pid {proc.pid}) left running by a previous daemon"
+            self.exits.append(
+                {"at": self.clock.time(), "code": None, "reason": why, "event": "adopted"}
+            )
+            self.log.event(why)
+            self.status = "running"
+            self._confirm(None)
+        else:
+            self.log.event(f"FFmpeg (pid {proc.pid}) ended while no daemon was running")
+        return proc
+
+    async def _follow(self, proc: procs.Child) -> int:
+        """Read FFmpeg's files until it exits; return its exit status."""
+        code = await follow(
+            proc.wait(),
+            lambda: self._take_progress(self._reader.read()),
+            lambda: READ_STARTING if self.status == "starting" else READ_RUNNING,
+        )
+        self._take_progress(self._reader.end())
+        return code
 
     def _note_exit(self, code: int | None, reason: str) -> None:
         self.exits.append({"at": self.clock.time(), "code": code, "reason": reason})
 
-    def _record_child(self, pid: int) -> None:
+    def _record_child(self, pid: int, io: ChildIO, target: str) -> None:
         if self._record is None:
             return
+        extra = {"target": target, "encoder": self.encoder, "started_at": self.started_at}
         try:
-            self._record.add(self.spec.name, pid, self.argv)
+            entry = self._record.add(self.spec.name, pid, self.argv, extra)
+            if entry is not None and io.keep:
+                write_identity(
+                    io.keep[0], entry
+                )  # in the lock FFmpeg holds: found without the record
         except OSError as exc:  # a full disk: the stream matters more than the record
             log.warning("%s: cannot record FFmpeg pid %d: %s", self.spec.name, pid, exc)
 
@@ -292,6 +368,7 @@ class Stream:
             return
         try:
             self._record.discard(self.spec.name)
+            self._files.forget()
         except OSError as exc:
             log.warning("%s: cannot update the children record: %s", self.spec.name, exc)
 
@@ -303,19 +380,16 @@ class Stream:
                 await asyncio.wait_for(proc.wait(), self.settings.grace)
         self._forget_child()
 
-    async def _read_progress(self, stream: asyncio.StreamReader) -> None:
-        parser = ProgressParser()
-        while data := await stream.read(READ_CHUNK):
-            block = parser.feed(data)
-            if block is None:
-                continue
-            previous, self.progress = self.progress, block
-            if (block.frames, block.out_time_us) != (previous.frames, previous.out_time_us):
-                self._progress_at = self.clock.monotonic()
-            if self.status == "starting" and self._stopping is None:
-                self.status = "running"
-                self.last_error = None
-                self._confirm(None)
+    def _take_progress(self, block: Progress | None) -> None:
+        if block is None:
+            return
+        previous, self.progress = self.progress, block
+        if (block.frames, block.out_time_us) != (previous.frames, previous.out_time_us):
+            self._progress_at = self.clock.monotonic()
+        if self.status == "starting" and self._stopping is None:
+            self.status = "running"
+            self.last_error = None
+            self._confirm(None)
 
     def _end(self, status: str, why: str) -> None:
         self.status = status
@@ -324,6 +398,7 @@ class Stream:
         else:
             self.log.event(f"{status}: {why}; not restarting (--restart {self.spec.restart})")
         self.output.end()
+        self._files.close()
         try:
             self._on_end(self)
         except Exception:
@@ -334,6 +409,8 @@ class Stream:
     def check(self, now: float, mono: float) -> None:
         """Called every tick (once a second): enforce the deadline, catch a stalled FFmpeg."""
         pid = self.pid
+        if pid is not None:
+            self._take_progress(self._reader.read())  # what FFmpeg wrote up to now counts
         if self.deadline is not None and now >= self.deadline and self.active:
             if pid is not None:
                 procs.signal_group(pid, signal.SIGTERM)
@@ -365,6 +442,7 @@ class Stream:
             await self.task
         self.log.event(reason)
         self.output.end()
+        self._files.close()
 
     def usage(self) -> tuple[float | None, float | None]:
         """CPU percent since the last call, and resident memory in MiB."""
@@ -422,6 +500,8 @@ class Stream:
 
 
 def _exit_words(returncode: int) -> str:
+    if returncode == EXIT_UNKNOWN:
+        return "ended; its exit code is unknown (adopted from a previous daemon)"
     if returncode < 0:
         try:
             name = signal.Signals(-returncode).name

@@ -16,6 +16,8 @@ from pathlib import Path
 from streamalchemy.core.spec import StreamSpec
 from streamalchemy.errors import StreamExists
 from streamalchemy.supervision import procs
+from streamalchemy.supervision.adoption import Survivor
+from streamalchemy.supervision.childfiles import ChildFiles
 from streamalchemy.supervision.stream import (
     ACTIVE,
     DURATION_REACHED,
@@ -23,6 +25,7 @@ from streamalchemy.supervision.stream import (
     SHUTDOWN,
     USER_RESTART,
     USER_STOP,
+    ArgvFor,
     Clock,
     Spawner,
     Stream,
@@ -39,6 +42,7 @@ __all__ = [
     "SHUTDOWN",
     "USER_RESTART",
     "USER_STOP",
+    "ArgvFor",
     "Clock",
     "Spawner",
     "Stream",
@@ -70,6 +74,7 @@ class Supervisor:
         log_backups: int = LOG_BACKUPS,
         backoff_base: float = 1.0,
         backoff_cap: float = 60.0,
+        live_restore: bool = True,
         clock: Clock | None = None,
         spawn: Spawner = procs.spawn,
         rand: random.Random | None = None,
@@ -85,6 +90,7 @@ class Supervisor:
             log_backups=log_backups,
             backoff_base=backoff_base,
             backoff_cap=backoff_cap,
+            live_restore=live_restore,
         )
         self.clock = clock or SystemClock()
         self.rand = rand or random.Random()
@@ -122,13 +128,15 @@ class Supervisor:
         saved_at: float,
         encoder: str,
         target: str,
-        argv_for: Callable[[str], list[str]],
+        argv_for: ArgvFor,
+        survivor: Survivor | None = None,
     ) -> Stream:
         """Begin supervising a new start of a stream; the caller awaits ``Stream.confirmed``.
 
         ``argv_for`` builds FFmpeg's command line for the file it is to write, once per
-        spawn: a restarted recording goes to the next numbered file. Refuses a name
-        that is still active: stop it first.
+        spawn: a restarted recording goes to the next numbered file. ``survivor``: the
+        FFmpeg a previous daemon left for it, adopted instead of a first spawn. Refuses
+        a name that is still active: stop it first.
         """
         current = self.streams.get(spec.name)
         if current is not None and current.active:
@@ -145,14 +153,21 @@ class Supervisor:
             log=self.stream_log(spec.name),
             settings=self.settings,
             on_end=self._on_end,
+            files=ChildFiles(self.record.run_dir, spec.name),
             record=self.record,
             clock=self.clock,
             spawn=self._spawn,
             rand=self.rand,
+            survivor=survivor,
         )
-        stream.output.begin()
+        if survivor is None:  # an adopted FFmpeg goes on writing what it wrote
+            stream.output.begin()
         self.streams[spec.name] = stream
         return stream
+
+    def survivors(self) -> dict[str, Survivor]:
+        """The FFmpeg children a previous daemon left (live restore), by stream name."""
+        return self.record.survivors() if self.settings.live_restore else {}
 
     async def stop(self, name: str, reason: str = USER_STOP) -> None:
         stream = self.streams.pop(name)
