@@ -14,13 +14,12 @@ import random
 import signal
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 from streamalchemy.core.spec import StreamSpec, mask_credentials
 from streamalchemy.supervision import procs
-from streamalchemy.supervision.adoption import EXIT_UNKNOWN, Survivor
+from streamalchemy.supervision.adoption import Survivor
 from streamalchemy.supervision.backoff import Backoff
 from streamalchemy.supervision.childfiles import (
     ChildFiles,
@@ -31,7 +30,17 @@ from streamalchemy.supervision.childfiles import (
 )
 from streamalchemy.supervision.progress import Progress, explain_failure, root_cause
 from streamalchemy.supervision.recordings import OutputFiles
-from streamalchemy.supervision.streamlog import LOG_BACKUPS, LOG_MAX_BYTES, StreamLog
+from streamalchemy.supervision.rules import (
+    DURATION_REACHED,
+    ArgvFor,
+    Clock,
+    Spawner,
+    StreamSettings,
+    SystemClock,
+    exit_words,
+    should_restart,
+)
+from streamalchemy.supervision.streamlog import StreamLog
 
 log = logging.getLogger("streamalchemy.supervisor")
 
@@ -43,53 +52,6 @@ READ_STARTING = 0.05
 READ_RUNNING = 1.0
 # An FFmpeg ending this close to the deadline ended for it (its own -t, or our SIGTERM).
 DEADLINE_MARGIN = 2.0
-
-# Why a stream is stopped, in the words its log and its exits show.
-USER_STOP = "stopped by the user"
-SHUTDOWN = "daemon shutting down; the stream comes back at its next launch"
-REPLACED = "replaced by a new start of the same name"
-USER_RESTART = "restarted by the user"
-DURATION_REACHED = "duration reached"
-
-Spawner = Callable[[Sequence[str], ChildIO], Awaitable[procs.Child]]
-# Builds FFmpeg's argv for the file it writes and the seconds it has left (None: no end).
-ArgvFor = Callable[[str, float | None], list[str]]
-
-
-class Clock(Protocol):
-    def time(self) -> float: ...
-
-    def monotonic(self) -> float: ...
-
-
-class SystemClock:
-    def time(self) -> float:
-        return time.time()
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-
-@dataclass(frozen=True)
-class StreamSettings:
-    """What every stream needs from the daemon's settings."""
-
-    stall_timeout: float = 20.0
-    grace: float = 5.0
-    log_max_bytes: int = LOG_MAX_BYTES
-    log_backups: int = LOG_BACKUPS
-    backoff_base: float = 1.0
-    backoff_cap: float = 60.0
-    live_restore: bool = True
-
-
-def should_restart(policy: str, exit_code: int | None, stalled: bool) -> bool:
-    """Whether an FFmpeg that ended (not stopped by us) runs again under ``policy``."""
-    if policy == "always":
-        return True
-    if policy == "never":
-        return False
-    return stalled or exit_code != 0
 
 
 class Stream:
@@ -257,7 +219,7 @@ class Stream:
             reason = (
                 explain_failure(cause, self.target)
                 if cause
-                else f"FFmpeg {_exit_words(self._returncode)}"
+                else f"FFmpeg {exit_words(self._returncode)}"
             )
         return reason, should_restart(self.spec.restart, code, self._stalled)
 
@@ -280,7 +242,7 @@ class Stream:
             # ``stop`` logs the reason once.
             self._note_exit(code, self._stopping)
         elif not self._past_deadline(margin=DEADLINE_MARGIN):
-            self.log.event(f"FFmpeg (pid {proc.pid}) {_exit_words(returncode)}")
+            self.log.event(f"FFmpeg (pid {proc.pid}) {exit_words(returncode)}")
         return self.clock.monotonic() - started, code
 
     async def _spawn_ffmpeg(self) -> procs.Child | None:
@@ -497,15 +459,3 @@ class Stream:
             "log_file": str(self.log.path),
             "exits": self.history(),
         }
-
-
-def _exit_words(returncode: int) -> str:
-    if returncode == EXIT_UNKNOWN:
-        return "ended; its exit code is unknown (adopted from a previous daemon)"
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"was killed by {name}"
-    return f"exited with code {returncode}"

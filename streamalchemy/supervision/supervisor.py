@@ -18,8 +18,7 @@ from streamalchemy.errors import StreamExists
 from streamalchemy.supervision import procs
 from streamalchemy.supervision.adoption import Survivor
 from streamalchemy.supervision.childfiles import ChildFiles
-from streamalchemy.supervision.stream import (
-    ACTIVE,
+from streamalchemy.supervision.rules import (
     DURATION_REACHED,
     REPLACED,
     SHUTDOWN,
@@ -28,11 +27,11 @@ from streamalchemy.supervision.stream import (
     ArgvFor,
     Clock,
     Spawner,
-    Stream,
     StreamSettings,
     SystemClock,
     should_restart,
 )
+from streamalchemy.supervision.stream import ACTIVE, Stream
 from streamalchemy.supervision.streamlog import LOG_BACKUPS, LOG_MAX_BYTES, StreamLog
 
 __all__ = [
