@@ -94,15 +94,29 @@ def is_ours(rec: Mapping[str, Any], proc: Path = PROC) -> bool:
         if _start_ticks(proc, pid) != int(rec["start_ticks"]):
             return False
         exe = os.readlink(base / "exe").removesuffix(" (deleted)")  # an upgraded FFmpeg
-        if exe != rec["exe"]:
-            return False
-        cmdline = [a.decode(errors="replace") for a in (base / "cmdline").read_bytes().split(b"\0")]
-        if mask_argv(cmdline[:-1]) != list(rec["argv"]):
+        raw = (base / "cmdline").read_bytes().split(b"\0")[:-1]
+        cmdline = mask_argv([a.decode(errors="replace") for a in raw])
+        argv = list(rec["argv"])
+        if (exe, cmdline) != (rec["exe"], argv) and not _script_of(rec["exe"], exe, cmdline, argv):
             return False
         mark = f"{MARK_VAR}={rec['mark']}".encode()
         return bool(rec["mark"]) and mark in (base / "environ").read_bytes().split(b"\0")
     except (OSError, KeyError, TypeError, ValueError, IndexError):
         return False
+
+
+def _script_of(script: str, exe: str, cmdline: list[str], argv: list[str]) -> bool:
+    """Whether the process runs ``script`` through its ``#!`` interpreter ``exe``: the kernel
+    makes that ``interpreter [one option] script args...``."""
+    if cmdline[-len(argv) :] != argv or not 0 < len(cmdline) - len(argv) <= 2:
+        return False
+    try:
+        with open(script, "rb") as f:
+            first = f.readline(256)
+    except OSError:
+        return False
+    parts = first[2:].split() if first.startswith(b"#!") else []
+    return bool(parts) and os.path.realpath(parts[0].decode(errors="replace")) == exe
 
 
 class Adopted:
