@@ -34,6 +34,8 @@ unset PYTHONDONTWRITEBYTECODE
 if [ "${1:-}" = "--soak" ]; then shift; exec "$py" -m bench.soak "$@"; fi
 # A header flood against the socket, the daemon's memory before and after: bash bench/run.sh --flood
 if [ "${1:-}" = "--flood" ]; then shift; exec "$py" -m bench.flood "$@"; fi
+# Shedding by priority, more streams than the cores can carry: bash bench/run.sh --overload [--minutes N] [--write]
+if [ "${1:-}" = "--overload" ]; then shift; exec "$py" -m bench.overload "$@"; fi
 if [ "${1:-}" = load ]; then shift; exec "$py" -m bench.load "$@"; fi  # bench/load.py
 # The fleet simulation (N daemons as N shards of one apply file): bash bench/run.sh --fleet [--write]
 if [ "${1:-}" = "--fleet" ]; then shift; exec "$py" -m bench.fleet "$@"; fi

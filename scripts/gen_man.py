@@ -11,6 +11,7 @@ Usage: python scripts/gen_man.py [--out DIR]    (default: man/ in this checkout)
 from __future__ import annotations
 
 import argparse
+import inspect
 import re
 from enum import Enum
 from pathlib import Path
@@ -90,6 +91,11 @@ ENVIRONMENT = [
         "Live restore: FFmpeg outlives a daemon that dies, and the next daemon adopts it "
         "(default: true; config.toml: live_restore).",
     ),
+    (
+        "STREAMALCHEMY_SHED_AFTER",
+        "Seconds a lower-priority stream may keep a higher-priority one below real time "
+        "before it is shed; 0 never sheds (default: 20; config.toml: shed_after).",
+    ),
 ]
 FILES = [
     (
@@ -100,7 +106,7 @@ FILES = [
         "$STREAMALCHEMY_HOME/config.toml",
         "Settings, overridden by the environment: state_file, socket, persistence_enabled, "
         "backup_count, ffmpeg, ffprobe, rtsp_url, autostart, stall_timeout, mediamtx, "
-        "log_max_bytes, log_backups, metrics_addr, shards, live_restore.",
+        "log_max_bytes, log_backups, metrics_addr, shards, live_restore, shed_after.",
     ),
     ("$STREAMALCHEMY_HOME/streamalchemy.sock", "The control socket (HTTP/JSON), mode 0600."),
     ("$STREAMALCHEMY_HOME/logs/", "daemon.log, mediamtx.log and streams/NAME.log."),
@@ -124,6 +130,15 @@ def text(value: str) -> str:
     value = value.replace("\\", "\\e").replace("-", "\\-")
     value = re.sub(r"`([^`]+)`", r"\\fB\1\\fR", value)
     return re.sub(r"^([.'])", r"\\&\1", value, flags=re.MULTILINE)
+
+
+def paragraph(value: str) -> str:
+    """One paragraph of a command's help; an indented one (an example) kept line by line.
+    ``\\[`` is how the help escapes a bracket from rich's markup."""
+    value = value.replace("\\[", "[")
+    if value.startswith(" "):
+        return ".RS 2\n.nf\n" + text(inspect.cleandoc(value)) + "\n.fi\n.RE"
+    return text(value)
 
 
 def choices_of(param: Any) -> list[str]:
@@ -196,7 +211,8 @@ def page(path: list[str], command: Any) -> str:
         synopsis(path, command),
         ".SH DESCRIPTION",
         "\n.PP\n".join(
-            text(p) for p in [*help_text.split("\n\n"), *(DESCRIPTION if len(path) == 1 else [])]
+            paragraph(p)
+            for p in [*help_text.split("\n\n"), *(DESCRIPTION if len(path) == 1 else [])]
         ),
     ]
     visible = [p for p in command.params if not getattr(p, "hidden", False)]

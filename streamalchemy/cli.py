@@ -16,19 +16,20 @@ import typer
 from streamalchemy import __version__
 from streamalchemy.client import commands
 from streamalchemy.client.fastpath import report_failure
+from streamalchemy.client.helpwords import Typer
 from streamalchemy.client.text import plain
 from streamalchemy.core.spec import START_OPTIONS, check_option
 from streamalchemy.errors import InvalidInput, StreamAlchemyError
 
-app = typer.Typer(
+app = Typer(
     name="streamalchemy",
     help="Streams that keep running: FFmpeg supervised by a daemon, restored after restarts.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-daemon_app = typer.Typer(help="Run, stop and inspect the background daemon.", no_args_is_help=True)
+daemon_app = Typer(help="Run, stop and inspect the background daemon.", no_args_is_help=True)
 app.add_typer(daemon_app, name="daemon")
-service_app = typer.Typer(
+service_app = Typer(
     help="Run the daemon as a systemd service, so that streams come back after a reboot.",
     no_args_is_help=True,
 )
@@ -43,6 +44,21 @@ def _complete_names(incomplete: str) -> list[str]:
         return [n for n in commands.stream_names() if n.startswith(incomplete)]
     except Exception:  # completion must never print a traceback into the shell
         return []
+
+
+def whole(least: int | None = None) -> Callable[[str], int]:
+    """A parser of whole numbers (from ``least`` up), refusing in words."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise typer.BadParameter(f"{value!r} is not a whole number") from None
+        if least is not None and number < least:
+            raise typer.BadParameter(f"{value} is less than {least}")
+        return number
+
+    return parse
 
 
 def _start_option(key: str) -> Any:
@@ -62,13 +78,13 @@ def _start_option(key: str) -> Any:
 
     # The default is in the help text, not the parameter: a None reaching the daemon
     # tells an explicit --resolution (refused with --codec copy) from the default.
-    checked = bool(choices) or key in ("fps", "duration")  # priority: Typer's int check
+    checked = bool(choices) or key in ("fps", "duration")
     return typer.Option(
         # "\[": rich would take a bare "[default: ...]" for markup and drop it.
         help=f"{option.help} \\[default: {option.default}]",
         show_default=False,
         metavar=f"[{'|'.join(choices)}]" if choices else option.metavar,
-        parser=parse if checked else None,
+        parser=parse if checked else whole() if key == "priority" else None,
         autocompletion=complete if choices else None,
     )
 
@@ -90,15 +106,38 @@ def _emit(as_json: bool, action: Callable[[], Any], show: Callable[[Any], None])
     return result
 
 
-def _render(view: str) -> Callable[[Any], None]:
+def _render(view: str, **options: Any) -> Callable[[Any], None]:
     """The rich view of ``render`` by name, imported only when a person reads it."""
 
     def show(result: Any) -> None:
         from streamalchemy.client import render
 
-        getattr(render, view)(result)
+        getattr(render, view)(result, **options)
 
     return show
+
+
+def _output_format(value: str) -> str:
+    if value != "wide":
+        raise typer.BadParameter(f"{value!r} is not wide (use --json for JSON)")
+    return value
+
+
+WideOpt = Annotated[
+    bool,
+    typer.Option("--wide", help="Every column, however narrow the terminal (else some drop out)."),
+]
+FormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "-o",
+        "--output",
+        metavar="wide",
+        help="-o wide is --wide, as in kubectl. \\[default: the columns that fit]",
+        show_default=False,
+        parser=_output_format,
+    ),
+]
 
 
 NameArg = Annotated[
@@ -188,15 +227,19 @@ def stop(names: NamesArg = None, all_streams: AllOpt = False, as_json: JsonOpt =
 
 
 @app.command("list")
-def list_streams(as_json: JsonOpt = False) -> None:
-    """Show the daemon's streams with live figures, and saved streams that are not running."""
-    _emit(as_json, commands.list_streams, _render("streams"))
+def list_streams(wide: WideOpt = False, fmt: FormatOpt = None, as_json: JsonOpt = False) -> None:
+    """Show the daemon's streams with live figures, and saved streams that are not running.
+
+    Name, status and time left always show; at a narrow terminal other columns drop
+    out (source and output first), --wide shows them all.
+    """
+    _emit(as_json, commands.list_streams, _render("streams", wide=wide or fmt == "wide"))
 
 
 @app.command()
-def saved(as_json: JsonOpt = False) -> None:
+def saved(wide: WideOpt = False, fmt: FormatOpt = None, as_json: JsonOpt = False) -> None:
     """Show the state file's entries (works while the daemon is down)."""
-    _emit(as_json, commands.saved, _render("saved"))
+    _emit(as_json, commands.saved, _render("saved", wide=wide or fmt == "wide"))
 
 
 @app.command()
@@ -238,7 +281,14 @@ def logs(
         ),
     ] = None,
     lines: Annotated[
-        int, typer.Option("-n", "--lines", min=0, help="How many lines (of each log).")
+        int,
+        typer.Option(
+            "-n",
+            "--lines",
+            metavar="N",
+            help="How many lines (of each log), 0 or more.",
+            parser=whole(0),
+        ),
     ] = 50,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
@@ -299,8 +349,12 @@ def restart(names: NamesArg = None, all_streams: AllOpt = False, as_json: JsonOp
 
     def show(result: Any) -> None:
         print(f"restarted: {', '.join(result['restarted'])}" if result["restarted"] else "none")
+        for failure in result["failed"]:
+            print(f"failed: {failure['name']}: {failure['reason']}", file=sys.stderr)
 
-    _emit(as_json, lambda: commands.restart(names or [], all_streams), show)
+    result = _emit(as_json, lambda: commands.restart(names or [], all_streams), show)
+    if not result["success"]:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -310,7 +364,7 @@ def show(name: NameArg, as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def top(as_json: JsonOpt = False) -> None:
+def top(wide: WideOpt = False, fmt: FormatOpt = None, as_json: JsonOpt = False) -> None:
     """Watch the streams live, full screen, refreshed every second (q or Ctrl-C leaves).
 
     Failed and retrying streams come first, then the others, by name. When stdout is
@@ -323,8 +377,12 @@ def top(as_json: JsonOpt = False) -> None:
     from streamalchemy.client.render import console
 
     fetch = view.fetcher(commands.client())
+    wide = wide or fmt == "wide"
     try:
-        code = view.live(fetch, console) if console.is_terminal else view.once(fetch, console)
+        if console.is_terminal:
+            code = view.live(fetch, console, wide=wide)
+        else:
+            code = view.once(fetch, console, wide=wide)
     except StreamAlchemyError as exc:
         _fail(exc, False)
     raise typer.Exit(code)
@@ -351,7 +409,28 @@ def apply_cmd(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Make the running streams match a declarative file; print the plan and what it did."""
+    """Make the running streams match a declarative file; print the plan and what it did.
+
+    FILE is TOML: one table per stream, named \\[streams.NAME], whose keys are the
+    options of start (file, url or testsrc = true; codec, resolution, fps, audio,
+    hwaccel, duration, output, restart, priority), for example:
+
+      \\[streams.cam1]
+      file = "/srv/video/loop.mp4"
+      codec = "h264"
+      resolution = 720
+      duration = "2h"
+      priority = 10
+
+      \\[streams.lobby]
+      url = "rtsp://${LOBBY_USER}:${LOBBY_PASS}@10.0.0.7/stream"
+      codec = "copy"
+
+    Missing streams are created, changed ones replaced (each change printed) and
+    unchanged ones left running; --prune also stops the saved streams that are not in
+    FILE. Applying the same file again changes nothing. An invalid file changes
+    nothing: exit 2, naming the stream and key at fault.
+    """
     from streamalchemy.apply import commands as apply_commands
 
     result = _emit(
@@ -381,7 +460,12 @@ def export_cmd(
         ),
     ] = "toml",
     shards: Annotated[
-        int, typer.Option(min=1, help="With --format kubernetes: the replicas, one per shard.")
+        int,
+        typer.Option(
+            metavar="N",
+            help="With --format kubernetes: the replicas, one per shard, 1 or more.",
+            parser=whole(1),
+        ),
     ] = 1,
     output: Annotated[
         str | None,
@@ -494,7 +578,9 @@ def service_install(
     ] = False,
     run_as: Annotated[
         str | None,
-        typer.Option(help="The system unit's user. \\[default: $SUDO_USER, else you]"),
+        typer.Option(
+            metavar="USER", help="The system unit's user. \\[default: $SUDO_USER, else you]"
+        ),
     ] = None,
     no_systemctl: NoSystemctlOpt = False,
     as_json: JsonOpt = False,

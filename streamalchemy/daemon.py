@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from streamalchemy import __version__, home
-from streamalchemy.core.credentials import mask_record
+from streamalchemy.core.masking import mask_record
 from streamalchemy.deploy import systemd
 from streamalchemy.errors import OperationFailed
 from streamalchemy.server.controller import Controller

@@ -58,6 +58,7 @@ class Settings(NamedTuple):
     metrics_addr: tuple[str, int] | None
     shards: int | None
     live_restore: bool
+    shed_after: float
 
 
 def _parse_bool(value: str) -> bool:
@@ -92,6 +93,11 @@ def _parse_program(value: str) -> str:
 def _parse_rtsp_url(value: str) -> str:
     if not value.startswith(("rtsp://", "rtsps://")):
         raise ValueError("expected an rtsp:// URL")
+    from urllib.parse import urlsplit  # only when the URL is set: not on every command's path
+
+    parts = urlsplit(value)  # "Invalid IPv6 URL": a ValueError, reported as the others
+    if not parts.hostname or parts.port == 0:  # a port out of range raises as well
+        raise ValueError("expected rtsp://HOST[:PORT]/PATH with a port from 1 to 65535")
     return value.rstrip("/")
 
 
@@ -135,6 +141,10 @@ _KNOWN: dict[str, tuple[str, Callable[[str], Any]]] = {
     "shards": (
         "STREAMALCHEMY_SHARDS",
         _in_range(int, 1, 10000, "expected a whole number of shards from 1 up"),
+    ),
+    "shed_after": (
+        "STREAMALCHEMY_SHED_AFTER",
+        _in_range(float, 0, 3600, "expected a number of seconds from 0 (never shed) to 3600"),
     ),
 }
 
@@ -235,4 +245,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         metrics_addr=resolved.get("metrics_addr"),
         shards=resolved.get("shards"),
         live_restore=resolved.get("live_restore", True),
+        shed_after=resolved.get("shed_after", 20.0),
     )

@@ -8,14 +8,16 @@ from pathlib import Path
 import pytest
 
 from streamalchemy.core import spec
-from streamalchemy.core.credentials import (
-    CredentialError,
+from streamalchemy.core.masking import (
     has_secret,
     is_secret_param,
-    lookup,
     mask_argv,
     mask_credentials,
     mask_document,
+)
+from streamalchemy.server.references import (
+    CredentialError,
+    lookup,
     references,
     resolve,
     unresolved,
@@ -171,8 +173,8 @@ def test_resolve_replaces_references_and_names_a_missing_one(tmp_path: Path) -> 
 
 
 def test_restore_plan_skips_a_stream_whose_reference_is_missing(tmp_path: Path) -> None:
-    from streamalchemy.core.credentials import unresolved as missing_in
     from streamalchemy.core.restore import plan
+    from streamalchemy.server.references import unresolved as missing_in
 
     entry = {
         "config": {"stream_type": "rtsp", "source_url": "rtsp://u:${CAM_PASS}@h/x"},

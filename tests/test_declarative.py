@@ -249,7 +249,9 @@ def test_file_applier_sees_a_configmap_symlink_swap(tmp_path: Path) -> None:
     (cm / "streams.toml").symlink_to("..data/streams.toml")
     seen: list[tuple[set[str], set[str]]] = []
 
-    async def apply_fn(desired: dict[str, StreamSpec], before: set[str]) -> dict[str, Any]:
+    async def apply_fn(
+        desired: dict[str, StreamSpec], before: set[str], held: dict[str, str]
+    ) -> dict[str, Any]:
         seen.append((set(desired), before))
         steps = plan(desired, {})
         return declarative.document(steps, False)
@@ -258,11 +260,14 @@ def test_file_applier_sees_a_configmap_symlink_swap(tmp_path: Path) -> None:
     watch = applier.FileApplier(cm / "streams.toml", record, apply_fn)
 
     async def scenario() -> None:
+        assert await watch.apply_now() is None  # a first look: applied once the next agrees
         assert await watch.apply_now() is not None
         assert await watch.apply_now() is None  # nothing changed
         publish("..v2", "[streams.a]\ntestsrc=true\n")
+        assert await watch.apply_now() is None
         assert await watch.apply_now() is not None
         publish("..v3", "[streams.a]\ntestsrc=\n")  # invalid: logged, nothing applied
+        assert await watch.apply_now() is None
         assert await watch.apply_now() is None
 
     asyncio.run(scenario())
@@ -295,7 +300,9 @@ def test_file_applier_retries_failed_steps_later(tmp_path: Path) -> None:
     now = [0.0]
     fake = FakeDaemon(fail={"a"})
 
-    async def apply_fn(desired: dict[str, StreamSpec], before: set[str]) -> dict[str, Any]:
+    async def apply_fn(
+        desired: dict[str, StreamSpec], before: set[str], held: dict[str, str]
+    ) -> dict[str, Any]:
         return await applier.apply(desired, fake.ops)
 
     watch = applier.FileApplier(
@@ -303,13 +310,46 @@ def test_file_applier_retries_failed_steps_later(tmp_path: Path) -> None:
     )
 
     async def scenario() -> None:
+        assert await watch.apply_now() is None  # the first look
         assert (await watch.apply_now() or {}).get("success") is False
         assert await watch.apply_now() is None  # not yet
         now[0] += applier.RETRY_FAILED
+        assert (await watch.apply_now() or {}).get("success") is False
+        now[0] += applier.RETRY_FAILED
+        assert await watch.apply_now() is None  # it failed twice: the wait doubled
+        now[0] += applier.RETRY_FAILED
         fake.fail.clear()
         assert (await watch.apply_now() or {}).get("success") is True
-        now[0] += applier.RETRY_FAILED
+        now[0] += applier.RETRY_MAX
         assert await watch.apply_now() is None  # nothing failed, nothing changed
 
     asyncio.run(scenario())
-    assert fake.calls == [("start", "a"), ("start", "a")]
+    assert fake.calls == [("start", "a")] * 3
+
+
+def test_a_masked_export_applied_keeps_the_saved_secrets() -> None:
+    specs = parse(
+        '[streams.cam]\nurl = "rtsp://cam:Kq\'7 Zt\\"9w@h/x?token=abc123"\n'
+        "[streams.ref]\nurl = 'rtsp://admin:${CAM_PW}@h/y'\n"
+        "[streams.key]\ntestsrc = true\noutput = 'rtmp://h/live/StreamKey9'\n"
+    )
+    saved = saved_of(specs)
+    masked = declarative.export_toml(declarative.export_tables(saved))
+    assert "Kq'7" not in masked and "StreamKey9" not in masked and "abc123" not in masked
+    assert "rtsp://admin:${CAM_PW}@h/y" in masked  # a reference exactly as written
+    steps = plan(parse(masked), declarative.current_specs(saved, {}))
+    assert [(s.action, s.spec) for s in steps] == [("unchanged", specs[s.name]) for s in steps]
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        "[streams.new]\nurl = 'rtsp://***:***@h/x'\n",  # no saved secret to keep
+        "[streams.cam]\nurl = 'rtsp://***:***@other/x'\n",  # the URL changed around it
+    ],
+)
+def test_a_masked_secret_that_cannot_be_kept_is_refused(table: str) -> None:
+    saved = saved_of(parse("[streams.cam]\nurl = 'rtsp://u:hunter2@h/x'\n"))
+    with pytest.raises(InvalidInput, match=r"--include-secrets") as err:
+        plan(parse(table), declarative.current_specs(saved, {}))
+    assert err.value.exit_code == 2 and "${NAME}" in str(err.value)

@@ -291,8 +291,17 @@ def test_copy_maps_video_and_optional_audio_without_filters() -> None:
     assert "-c:a pcm_alaw -ar 8000 -ac 1" in argv
 
 
+def test_audio_auto_keeps_the_sources_audio_copied_or_in_aac() -> None:
+    copied = argv_text({"file": "/v/a.mp4", "codec": "copy"}, encoder="copy")
+    assert "-map 0:v:0 -map 0:a:0? -c:v copy -c:a copy " in copied
+    encoded = argv_text({"url": "rtsp://cam/x"})
+    assert "-map 0:v:0 -map 0:a:0? -vf" in encoded and "-c:a aac -b:a 128k -ac 2" in encoded
+    pattern = argv_text({"testsrc": True})
+    assert "sine=" not in pattern and "-map 1" not in pattern and " -an " in pattern
+
+
 def test_no_audio_and_a_file_output() -> None:
-    argv = argv_text({"file": "/v/a.mp4", "output": "/tmp/rec.mp4"})
+    argv = argv_text({"file": "/v/a.mp4", "output": "/tmp/rec.mp4", "audio": "none"})
     assert "-map 0:v:0 -vf" in argv and " -an " in argv
     assert argv.endswith(
         "-f mp4 -movflags +frag_keyframe+empty_moov -flush_packets 1 -n file:/tmp/rec.mp4"

@@ -40,7 +40,7 @@ def test_defaults_follow_the_contract() -> None:
         codec="h264",
         resolution=None,
         fps=None,
-        audio="none",
+        audio="auto",
         hwaccel="none",
         duration=0.0,
         output="",
@@ -250,6 +250,9 @@ def test_entry_variants() -> None:
     assert entry(hardware_accel="nvenc").hwaccel == "nvenc"
     assert entry(audio_enabled="yes", audio_codec="").audio == "aac"
     assert entry(audio_enabled="yes", audio_codec="pcm_alaw").audio == "pcm_alaw"
+    # auto keeps the source's audio; an entry that does not say keeps it too.
+    assert entry(audio_enabled="auto").audio == entry().audio == "auto"
+    assert entry(audio_enabled="no", audio_codec="aac").audio == "none"
     # Blank (or absent) size and rate keep the source's; "source" is our own word for it.
     assert entry(target_fps="", resolution="").fps is None
     assert entry(target_fps="source", resolution="source").resolution is None

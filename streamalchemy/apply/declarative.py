@@ -12,20 +12,22 @@ Pure: nothing here starts, stops or saves a stream (``applier`` carries a plan o
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streamalchemy.core.masking import MASK, mask_url, secrets_in_url
 from streamalchemy.core.spec import (
     SOURCE,
     START_OPTIONS,
     StreamSpec,
-    mask_credentials,
     spec_from_entry,
     spec_from_request,
 )
@@ -35,6 +37,7 @@ SOURCE_KEYS = ("file", "url", "testsrc")
 OPTION_KEYS = tuple(START_OPTIONS)  # the start options after the source: one vocabulary
 KEYS = SOURCE_KEYS + OPTION_KEYS
 MAX_SHARDS = 10000  # as STREAMALCHEMY_SHARDS
+MAX_FILE_BYTES = 4 << 20  # an apply file of a few thousand streams is under 1 MiB
 ACTIONS = ("create", "update", "delete", "unchanged", "other-shard")
 
 Table = dict[str, Any]
@@ -44,29 +47,87 @@ Changes = dict[str, list[Any]]
 # -- reading a file -------------------------------------------------------------------
 
 
+def read_file(path: Path) -> bytes:
+    """The bytes of an apply file: a regular file of at most ``MAX_FILE_BYTES``.
+
+    Opened without blocking, so that a FIFO put in its place is refused instead of
+    waiting for a writer; never reads more than the limit (``/dev/zero`` included).
+    """
+    shown = str(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise InvalidInput(f"apply file not found: {shown!r}") from None
+    except OSError as exc:
+        raise InvalidInput(f"cannot read apply file {shown!r}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidInput(f"apply file {shown!r} is not a regular file; give a TOML file")
+        data = b""
+        while len(data) <= MAX_FILE_BYTES and (chunk := os.read(fd, 1 << 20)):
+            data += chunk
+    except OSError as exc:
+        raise InvalidInput(f"cannot read apply file {shown!r}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE_BYTES:
+        raise InvalidInput(
+            f"apply file {shown!r} is larger than {MAX_FILE_BYTES >> 20} MiB; split it"
+        )
+    return data
+
+
 def load_file(path: Path) -> dict[str, StreamSpec]:
     """Read, parse and validate an apply file; InvalidInput names the stream and key or line."""
+    return load_bytes(read_file(path), path)
+
+
+def load_bytes(data: bytes, path: Path) -> dict[str, StreamSpec]:
+    """Parse and validate what ``read_file`` read from ``path``."""
+    return parse(_text(data, path), origin=str(path), base_dir=path.absolute().parent)
+
+
+def load_each(data: bytes, path: Path) -> tuple[dict[str, StreamSpec], dict[str, str]]:
+    """As ``load_bytes``, but each stream on its own: the valid specs, and the error of
+    each invalid stream (a watched file: one typo must not hold back the others)."""
+    text = _text(data, path)
+    tables = _document(text, str(path), path.absolute().parent)
+    specs: dict[str, StreamSpec] = {}
+    errors: dict[str, str] = {}
+    for name, table in tables.items():
+        try:
+            specs.update(validate({name: table}, origin=str(path), text=text))
+        except InvalidInput as exc:
+            errors[name] = str(exc)
+    return specs, errors
+
+
+def _text(data: bytes, path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InvalidInput(f"apply file not found: {str(path)!r}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"cannot read apply file {str(path)!r}: {exc}") from None
-    return parse(text, origin=str(path), base_dir=path.absolute().parent)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"cannot read apply file {str(path)!r}: not UTF-8 ({exc})") from None
 
 
 def parse(
     text: str, *, origin: str = "<apply file>", base_dir: Path | None = None
 ) -> dict[str, StreamSpec]:
     """Validate a whole apply document; relative paths are taken from ``base_dir``."""
+    return validate(_document(text, origin, base_dir), origin=origin, text=text)
+
+
+def _document(text: str, origin: str, base_dir: Path | None) -> dict[str, Table]:
+    """The stream tables of an apply document, relative paths resolved."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInput(f"{origin}: invalid TOML: {exc}") from None
+    except RecursionError:  # arrays or inline tables nested a thousand deep
+        raise InvalidInput(f"{origin}: invalid TOML: nested too deeply") from None
     tables = _tables(doc, origin)
     if base_dir is not None:
         tables = {name: resolve_paths(table, base_dir) for name, table in tables.items()}
-    return validate(tables, origin=origin, text=text)
+    return tables
 
 
 def _tables(doc: Mapping[str, Any], origin: str) -> dict[str, Table]:
@@ -214,8 +275,33 @@ def table_of(spec: StreamSpec) -> Table:
 
 
 def _shown(key: str, value: Any) -> Any:
-    # mask_credentials keeps a ${NAME} reference: it names a secret, it holds none.
-    return mask_credentials(value) if key in ("url", "output") and isinstance(value, str) else value
+    # mask_url keeps a ${NAME} reference (and its user name): it names a secret, holds none.
+    return mask_url(value) if key in ("url", "output") and isinstance(value, str) else value
+
+
+def with_saved_secrets(spec: StreamSpec, saved: StreamSpec | None) -> StreamSpec:
+    """``spec`` with each URL that holds ``***`` where a secret goes given back its saved one.
+
+    An export without ``--include-secrets`` writes ``***``; applied unchanged, it means
+    "keep the saved secret" (the stream does not even restart). Anything else with
+    ``***`` there (a new stream, a URL changed around it) is refused: apply never
+    saves a masked value over a credential.
+    """
+    kept: dict[str, str] = {}
+    for attr, label in (("source", "url"), ("output", "output")):
+        value = getattr(spec, attr)
+        if MASK not in secrets_in_url(value):
+            continue
+        before = getattr(saved, attr) if saved is not None else ""
+        if not before or mask_url(before) != value:
+            raise InvalidInput(
+                f"stream {spec.name!r}: {label} {value!r} holds {MASK} where a secret goes, "
+                "and it is not the saved URL masked: write the secret as ${NAME} (see the "
+                "README) or export with --include-secrets"
+            )
+        kept[attr] = before
+    source, output = kept.get("source", spec.source), kept.get("output", spec.output)
+    return dataclasses.replace(spec, source=source, output=output) if kept else spec
 
 
 def changes_between(old: StreamSpec, new: StreamSpec) -> Changes:
@@ -288,6 +374,7 @@ class Step:
     changes: Changes = field(default_factory=dict)
     result: str = "planned"
     reason: str = ""
+    held: bool = False  # a delete planned but not carried out yet (see FileApplier)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -321,12 +408,16 @@ def plan(
     shard: tuple[int, int] | None = None,
     prune_only: Collection[str] | None = None,
     not_running: Collection[str] = (),
+    held: Mapping[str, str] | None = None,
 ) -> list[Step]:
     """The steps that make ``current`` match ``desired``, in name order.
 
     ``prune_only`` limits deletes to those names (the streams that came from a file);
-    ``not_running`` names saved streams that do not run, reported in their reason.
+    ``not_running`` names saved streams that do not run: they are started again (an
+    update without changes), since apply makes the running streams match the file.
+    ``held`` maps names whose delete is planned but not carried out to the reason.
     """
+    held = held or {}
 
     def prunable(name: str) -> bool:
         return prune_only is None or name in prune_only
@@ -338,7 +429,8 @@ def plan(
         here = name in current
         if spec is None:
             if here and prunable(name):
-                steps.append(Step(name, "delete", reason="not in the file"))
+                why = held.get(name)
+                steps.append(Step(name, "delete", reason=why or "not in the file", held=bool(why)))
             continue
         if shard is not None and (theirs := owner(name, shard[1])) != shard[0]:
             where = f"belongs to shard {theirs}/{shard[1]}"
@@ -352,11 +444,13 @@ def plan(
                 steps.append(Step(name, "other-shard", reason=where))
             continue
         old = current.get(name)
+        spec = with_saved_secrets(spec, old)
         if not here:
             steps.append(Step(name, "create", spec))
+        elif old == spec and name in not_running:
+            steps.append(Step(name, "update", spec, reason="saved but not running: started again"))
         elif old == spec:
-            why = "saved but not running" if name in not_running else ""
-            steps.append(Step(name, "unchanged", spec, reason=why))
+            steps.append(Step(name, "unchanged", spec))
         else:
             changes = changes_between(old, spec) if old is not None else {}
             why = "" if old is not None else "the saved entry is unreadable"

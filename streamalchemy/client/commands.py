@@ -13,7 +13,13 @@ from collections.abc import Iterator, Sequence
 
 from streamalchemy.client.connection import Client
 from streamalchemy.core.names import is_valid_name, validate_name
-from streamalchemy.errors import DaemonUnreachable, InvalidInput, OperationFailed, StreamNotFound
+from streamalchemy.errors import (
+    DaemonUnreachable,
+    InvalidInput,
+    OperationFailed,
+    StreamAlchemyError,
+    StreamNotFound,
+)
 from streamalchemy.settings import Settings, load_settings
 
 TYPE_CHECKING = False  # not typing's: see main.py
@@ -25,6 +31,7 @@ if TYPE_CHECKING:
         ListResult,
         LogsResult,
         MessageResult,
+        RestartFailure,
         RestartResult,
         RestoreResult,
         SavedResult,
@@ -55,8 +62,8 @@ def _store(settings: Settings) -> StateStore:
 
 
 def _masked(doc: object) -> object:
-    """``doc`` with every secret masked (credentials imports what the polled path skips)."""
-    from streamalchemy.core.credentials import mask_document
+    """``doc`` with every secret masked (masking imports what the polled path skips)."""
+    from streamalchemy.core.masking import mask_document
 
     return mask_document(doc)
 
@@ -119,8 +126,10 @@ def restart(names: Sequence[str], all_streams: bool) -> RestartResult:
     """Stop and start again with the saved spec; the deadline (``saved_at``) is kept.
 
     Each name is its own request, which the daemon serialises with every other
-    lifecycle of that name. Unknown names fail the command (exit 4) after the
-    known ones are restarted, as ``stop`` does.
+    lifecycle of that name. A failure does not stop the others: each stream that
+    failed is in ``failed`` with its reason (``success`` false, exit 1). Unknown
+    names fail the command (exit 4) after the known ones are restarted, as ``stop``
+    does.
     """
     _names_or_all(names, all_streams, "restart")
     c = client()
@@ -130,17 +139,23 @@ def restart(names: Sequence[str], all_streams: bool) -> RestartResult:
         names = sorted(active | set(listing.get("not_running", {})))
     restarted: list[str] = []
     unknown: list[str] = []
-    for name in dict.fromkeys(names):
+    failed: list[RestartFailure] = []
+    for name in dict.fromkeys(map(validate_name, names)):
         try:
-            c.request("POST", f"/streams/{validate_name(name)}/restart", {}, timeout=600)
+            c.request("POST", f"/streams/{name}/restart", {}, timeout=600)
         except StreamNotFound:
             unknown.append(name)
+        except DaemonUnreachable:
+            raise  # no daemon to go on with
+        except StreamAlchemyError as exc:  # a source gone, FFmpeg failing: that stream's
+            reason = str(exc).removeprefix(f"{name}: ")
+            failed.append({"name": name, "reason": reason})
         else:
             restarted.append(name)
     if unknown:
         done = f" (restarted: {', '.join(restarted)})" if restarted else ""
         raise StreamNotFound(f"no such stream: {', '.join(unknown)}{done}")
-    return {"success": True, "restarted": restarted}
+    return {"success": not failed, "restarted": restarted, "failed": failed}
 
 
 def list_streams() -> ListResult:

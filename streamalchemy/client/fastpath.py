@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 def report_failure(exc: StreamAlchemyError, as_json: bool) -> int:
     """Print a failure the contract's way (one stderr line) and return its exit code."""
-    from streamalchemy.core.credentials import mask_credentials
+    from streamalchemy.core.masking import mask_credentials
 
     message = mask_credentials(" ".join(str(exc).split()))  # one line, no secret
     if as_json:

@@ -8,17 +8,22 @@ or ``console.print(..., style=...)``, never with ``[markup]`` in strings.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from streamalchemy.client import columns
+from streamalchemy.client.columns import ALWAYS, Column
 from streamalchemy.client.text import plain
 from streamalchemy.core.durations import duration_text
-from streamalchemy.core.spec import mask_credentials, read_saved
+from streamalchemy.core.masking import mask_url
+from streamalchemy.core.spec import StreamSpec, read_saved
 
 
 class PlainConsole(Console):
@@ -36,8 +41,8 @@ def styled(text: object, style: str) -> Text:
     return Text(plain(text), style=style)
 
 
-# Piped output keeps whole lines: scripts grep it, and 80 columns would cut every cell.
-console = PlainConsole(width=None if sys.stdout.isatty() else 240)
+# Piped output keeps whole lines (scripts grep it) unless COLUMNS says how wide to be.
+console = PlainConsole(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 1000)
 STATUS_STYLE = {
     "running": "green",
     "starting": "cyan",
@@ -45,6 +50,7 @@ STATUS_STYLE = {
     "stopping": "magenta",
     "failed": "red",
     "finished": "dim",
+    "shed": "yellow",
 }
 
 
@@ -72,93 +78,133 @@ def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def streams(result: dict[str, Any]) -> None:
-    table = Table(box=None, header_style="bold")
-    for column in (
-        "NAME",
-        "STATUS",
-        "PID",
-        "UPTIME",
-        "LEFT",
-        "RESTARTS",
-        "SOURCE",
-        "OUTPUT",
-        "ENCODER",
-        "FPS",
-        "KBPS",
-        "SPEED",
-        "CPU%",
-        "MEM MB",
-    ):
-        table.add_column(column, no_wrap=column in ("NAME", "STATUS", "PID"))
-    for s in result["streams"]:
-        status = s["status"]
-        table.add_row(
-            s["name"],
-            styled(status, STATUS_STYLE.get(status, "")),
-            str(s["pid"] or "-"),
-            span(s["uptime_seconds"]),
-            "unlimited" if s["remaining_seconds"] is None else span(s["remaining_seconds"]),
-            str(s["restarts"]),
-            s["source"],
-            s["output"],
-            s["encoder"],
-            _num(s["fps"], ".1f"),
-            _num(s["bitrate_kbps"], ".0f"),
-            "-" if s["speed"] is None else f"{s['speed']:.2f}x",
-            _num(s["cpu_percent"], ".1f"),
-            _num(s["memory_mb"], ".0f"),
-        )
+def _left(seconds: float | None) -> str:
+    return "unlimited" if seconds is None else span(seconds)
+
+
+def status_cell(stream: dict[str, Any]) -> Text:
+    status = str(stream["status"])
+    return styled(status, STATUS_STYLE.get(status, ""))
+
+
+def width(wide: bool) -> int | None:
+    """The width a table must fit: None (every column) when asked, or when no terminal
+    and no COLUMNS say how wide the reader is (a script greps whole lines)."""
+    if wide or (not console.is_terminal and "COLUMNS" not in os.environ):
+        return None
+    return console.width
+
+
+# ``list``: name, status and time left stay at any width; the rest drop out from the end
+# of their rank: where it comes from and goes to first (``show`` tells them), figures last.
+LIST_COLUMNS = (
+    Column("NAME", lambda s: s["name"], ALWAYS),
+    Column("STATUS", status_cell, ALWAYS),
+    Column("LEFT", lambda s: _left(s["remaining_seconds"]), ALWAYS),
+    Column("UPTIME", lambda s: span(s["uptime_seconds"]), 5),
+    Column("RESTARTS", lambda s: str(s["restarts"]), 3, "right"),
+    Column("FPS", lambda s: _num(s["fps"], ".1f"), 1, "right"),
+    Column("KBPS", lambda s: _num(s["bitrate_kbps"], ".0f"), 4, "right"),
+    Column("SPEED", lambda s: "-" if s["speed"] is None else f"{s['speed']:.2f}x", 2, "right"),
+    Column("CPU%", lambda s: _num(s["cpu_percent"], ".1f"), 6, "right"),
+    Column("MEM MB", lambda s: _num(s["memory_mb"], ".0f"), 7, "right"),
+    Column("PID", lambda s: str(s["pid"] or "-"), 8, "right"),
+    Column("ENCODER", lambda s: s["encoder"] or "-", 9),
+    Column("SOURCE", lambda s: s["source"], 11),
+    Column("OUTPUT", lambda s: s["output"], 10),
+)
+
+
+def streams(result: dict[str, Any], wide: bool = False) -> None:
     if result["streams"]:
-        console.print(table)
+        _print_table(columns.table(LIST_COLUMNS, result["streams"], width(wide)))
     else:
         console.print("no streams")
     for s in result["streams"]:
-        if s["last_error"] and s["status"] in ("retrying", "failed"):
+        if s["last_error"] and s["status"] in ("retrying", "failed", "shed"):
             console.print(f"{s['name']}: {s['last_error']}", style="yellow")
+    unsaved = [s["name"] for s in result["streams"] if s.get("saved") is False]
+    if unsaved:
+        console.print(
+            f"unsaved (will not come back after a daemon restart): {', '.join(unsaved)}",
+            style="yellow",
+        )
     for name, why in result.get("not_running", {}).items():
         console.print(f"warning: {name} is saved but not running: {why}", style="yellow")
 
 
-def saved(result: dict[str, Any]) -> None:
+def _print_table(fitted: tuple[Table, int]) -> None:
+    """A table at its own width: a wide one is not squeezed into the terminal (the
+    terminal wraps its lines, as it does kubectl's -o wide)."""
+    table, natural = fitted
+    before = console.width
+    console.width = max(before, natural)  # print's own width= may only narrow
+    try:
+        console.print(table)
+    finally:
+        console.width = before
+
+
+def source_kind(spec: StreamSpec) -> str:
+    """file, testsrc, or a URL source's scheme (the state file says ``rtsp`` for any URL)."""
+    if spec.source_type == "rtsp":
+        return urlsplit(spec.source).scheme.lower() or "url"
+    return spec.source_type
+
+
+def _saved_row(name: str, entry: Any, now: float) -> dict[str, Any]:
+    view = read_saved(name, entry)
+    spec = view.spec
+    if spec is None:
+        return {"name": name, "error": view.error}
+    deadline = view.deadline
+    return {
+        "name": name,
+        "type": source_kind(spec),
+        "source": mask_url(spec.source or "testsrc"),
+        "codec": spec.codec,
+        "duration": duration_text(spec.duration) if spec.duration else "unlimited",
+        "saved": _when_short(view.saved_at),
+        "left": "unlimited" if deadline is None else span(max(0.0, deadline - now)),
+        "priority": str(spec.priority),
+        "output": mask_url(spec.output or "default RTSP"),
+    }
+
+
+def _saved_cell(key: str) -> Any:
+    return lambda row: row.get(key, "-")
+
+
+SAVED_COLUMNS = (
+    Column("NAME", _saved_cell("name"), ALWAYS),
+    Column("TYPE", lambda r: styled("invalid", "red") if "error" in r else r["type"], ALWAYS),
+    Column("LEFT", _saved_cell("left"), ALWAYS),
+    Column("DURATION", _saved_cell("duration"), 1),
+    Column("SAVED", _saved_cell("saved"), 2),
+    Column("CODEC", _saved_cell("codec"), 3),
+    Column("PRIORITY", _saved_cell("priority"), 4, "right"),
+    Column("SOURCE", _saved_cell("source"), 6),
+    Column("OUTPUT", _saved_cell("output"), 5),
+)
+
+
+def saved(result: dict[str, Any], wide: bool = False) -> None:
     if not result["enabled"]:
         console.print("persistence is disabled (ENABLE_STREAM_PERSISTENCE=false)", style="yellow")
-    table = Table(box=None, header_style="bold")
-    for column in (
-        "NAME",
-        "TYPE",
-        "SOURCE",
-        "CODEC",
-        "DURATION",
-        "SAVED",
-        "LEFT",
-        "PRIORITY",
-        "OUTPUT",
-    ):
-        table.add_column(column)
     now = time.time()
-    for name, entry in sorted(result["streams"].items()):
-        view = read_saved(name, entry)
-        spec = view.spec
-        if spec is None:
-            table.add_row(name, styled("invalid", "red"), view.error, *["-"] * 6)
-            continue
-        deadline = view.deadline
-        table.add_row(
-            name,
-            spec.source_type,
-            mask_credentials(spec.source or "testsrc"),
-            spec.codec,
-            duration_text(spec.duration) if spec.duration else "unlimited",
-            _when(view.saved_at),
-            "unlimited" if deadline is None else span(max(0.0, deadline - now)),
-            str(spec.priority),
-            mask_credentials(spec.output or "default RTSP"),
-        )
-    if result["streams"]:
-        console.print(table)
+    rows = [_saved_row(name, entry, now) for name, entry in sorted(result["streams"].items())]
+    if rows:
+        _print_table(columns.table(SAVED_COLUMNS, rows, width(wide)))
     else:
         console.print("no saved streams")
+    for row in rows:
+        if "error" in row:
+            console.print(f"{row['name']}: {row['error']}", style="red")
+
+
+def _when_short(at: float) -> str:
+    """A local date and time to the minute: enough to tell saved streams apart."""
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(at))
 
 
 def restore(result: dict[str, Any]) -> None:
@@ -222,22 +268,26 @@ def started(stream: dict[str, Any]) -> None:
         )
 
 
+UNSAVED = "unsaved: not in the state file, a daemon restart ends it"
+
+
 def details(result: dict[str, Any]) -> None:
     """``show NAME``: one stream, key by key, then its spec and its last exits."""
     s = result["stream"]
     table = Table(box=None, show_header=False)
     table.add_column(style="bold")
     table.add_column()
-    status = s["status"]
     deadline = result.get("deadline")
     rows = [
         ("name", s["name"]),
-        ("status", styled(status, STATUS_STYLE.get(status, ""))),
+        ("status", status_cell(s)),
         ("pid", str(s["pid"] or "-")),
         ("source", s["source"]),
         ("output", s.get("current_output") or s["output"]),
         ("encoder", s["encoder"] or "-"),
-        ("saved at", _when(s["saved_at"])),
+        ("saved at", _when(s["saved_at"]))
+        if s.get("saved", True)
+        else ("saved", styled(UNSAVED, "yellow")),
         ("ends", "unlimited" if deadline is None else _when(deadline)),
         ("left", "unlimited" if s["remaining_seconds"] is None else span(s["remaining_seconds"])),
         ("uptime", span(s["uptime_seconds"])),

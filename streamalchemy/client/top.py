@@ -25,13 +25,15 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from streamalchemy.client import columns
+from streamalchemy.client.columns import ALWAYS, Column
 from streamalchemy.client.connection import Client
-from streamalchemy.client.render import STATUS_STYLE, span, styled
+from streamalchemy.client.render import span, status_cell, styled, width
 from streamalchemy.client.text import plain
 from streamalchemy.errors import StreamAlchemyError
 
 REFRESH = 1.0  # seconds between two reads of the daemon
-PROBLEMS = ("failed", "retrying")  # shown first: what needs a look is never scrolled away
+PROBLEMS = ("failed", "retrying", "shed")  # shown first: what needs a look is never scrolled away
 
 # Reads the daemon's streams; the argument says whether a daemon that is down may be
 # started (only for the first read: a daemon stopped while top runs stays stopped).
@@ -54,32 +56,31 @@ def _figure(value: float | None, fmt: str, unit: str = "") -> str:
     return "-" if value is None else f"{value:{fmt}}{unit}"
 
 
-def table(streams: list[dict[str, Any]]) -> Table:
-    grid = Table(box=None, header_style="bold", expand=False)
-    for column in ("NAME", "STATUS", "PID", "FPS", "BITRATE", "SPEED", "CPU", "MEMORY"):
-        grid.add_column(
-            column, no_wrap=True, justify="left" if column in ("NAME", "STATUS") else "right"
-        )
-    grid.add_column("RESTARTS", justify="right", no_wrap=True)
-    grid.add_column("UPTIME", justify="right", no_wrap=True)
-    grid.add_column("LEFT", justify="right", no_wrap=True)
-    for s in order(streams):
-        status = str(s["status"])
-        remaining = s.get("remaining_seconds")
-        grid.add_row(
-            styled(s["name"], ""),
-            Text(status, style=STATUS_STYLE.get(status, "")),
-            str(s.get("pid") or "-"),
-            _figure(s.get("fps"), ".1f"),
-            _figure(s.get("bitrate_kbps"), ",.0f", " kb/s"),
-            _figure(s.get("speed"), ".2f", "x"),
-            _figure(s.get("cpu_percent"), ".1f", "%"),
-            _figure(s.get("memory_mb"), ".0f", " MB"),
-            str(s.get("restarts", 0)),
-            span(s.get("uptime_seconds")),
-            "unlimited" if remaining is None else span(remaining),
-        )
-    return grid
+def _left(s: dict[str, Any]) -> str:
+    remaining = s.get("remaining_seconds")
+    return "unlimited" if remaining is None else span(remaining)
+
+
+# Name, status and time left stay whole at any width; the others drop out, highest rank
+# first (``list`` has the same rule).
+COLUMNS = (
+    Column("NAME", lambda s: s["name"], ALWAYS),
+    Column("STATUS", status_cell, ALWAYS),
+    Column("LEFT", _left, ALWAYS, "right"),
+    Column("FPS", lambda s: _figure(s.get("fps"), ".1f"), 1, "right"),
+    Column("BITRATE", lambda s: _figure(s.get("bitrate_kbps"), ",.0f", " kb/s"), 4, "right"),
+    Column("SPEED", lambda s: _figure(s.get("speed"), ".2f", "x"), 2, "right"),
+    Column("CPU", lambda s: _figure(s.get("cpu_percent"), ".1f", "%"), 5, "right"),
+    Column("MEMORY", lambda s: _figure(s.get("memory_mb"), ".0f", " MB"), 6, "right"),
+    Column("RESTARTS", lambda s: str(s.get("restarts", 0)), 3, "right"),
+    Column("UPTIME", lambda s: span(s.get("uptime_seconds")), 7, "right"),
+    Column("PID", lambda s: str(s.get("pid") or "-"), 8, "right"),
+)
+
+
+def table(streams: list[dict[str, Any]], width: int | None = None) -> Table:
+    """The streams, problems first, in the columns that fit ``width`` (None: all)."""
+    return columns.table(COLUMNS, order(streams), width)[0]
 
 
 def summary(streams: list[dict[str, Any]]) -> str:
@@ -92,7 +93,12 @@ def summary(streams: list[dict[str, Any]]) -> str:
 
 
 def screen(
-    doc: dict[str, Any] | None, error: str | None, now: float, *, keys: bool = True
+    doc: dict[str, Any] | None,
+    error: str | None,
+    now: float,
+    *,
+    keys: bool = True,
+    width: int | None = None,
 ) -> RenderableType:
     streams = doc["streams"] if doc else []
     head = Text.assemble(
@@ -102,7 +108,7 @@ def screen(
         ("  q: quit" if keys else "", "dim"),
     )
     parts: list[RenderableType] = [head, Text()]
-    parts.append(table(streams) if streams else Text("no streams", style="dim"))
+    parts.append(table(streams, width) if streams else Text("no streams", style="dim"))
     problems = [s for s in order(streams) if s["status"] in PROBLEMS and s.get("last_error")]
     if problems:
         parts.append(Text())
@@ -155,7 +161,7 @@ def _on_term(signum: int, frame: FrameType | None) -> None:
     raise _Terminated
 
 
-def live(fetch: Fetch, console: Console, stdin: TextIO = sys.stdin) -> int:
+def live(fetch: Fetch, console: Console, stdin: TextIO = sys.stdin, *, wide: bool = False) -> int:
     """Run the full-screen view until ``q`` (exit 0), Ctrl-C (0) or SIGTERM (143)."""
     doc: dict[str, Any] | None = fetch(True)  # an unreachable daemon fails here, plainly
     error: str | None = None
@@ -166,7 +172,10 @@ def live(fetch: Fetch, console: Console, stdin: TextIO = sys.stdin) -> int:
             Live(console=console, screen=True, auto_refresh=False, transient=True) as view,
         ):
             while True:
-                view.update(screen(doc, error, time.time(), keys=fd is not None), refresh=True)
+                # The terminal's width at each refresh: a resized window is followed.
+                width = None if wide else console.width
+                frame = screen(doc, error, time.time(), keys=fd is not None, width=width)
+                view.update(frame, refresh=True)
                 if _wait_for_quit(fd, REFRESH):
                     return 0
                 try:
@@ -181,7 +190,7 @@ def live(fetch: Fetch, console: Console, stdin: TextIO = sys.stdin) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
-def once(fetch: Fetch, console: Console) -> int:
+def once(fetch: Fetch, console: Console, *, wide: bool = False) -> int:
     """One plain snapshot, for a pipe or a file."""
-    console.print(screen(fetch(True), None, time.time(), keys=False))
+    console.print(screen(fetch(True), None, time.time(), keys=False, width=width(wide)))
     return 0

@@ -22,7 +22,7 @@ class StreamDoc(TypedDict):
     """STREAM of the contract: one supervised stream and its live figures."""
 
     name: str
-    status: str  # starting running retrying stopping failed finished
+    status: str  # starting running retrying stopping failed finished shed
     pid: int | None
     source: str  # credentials masked
     source_type: str
@@ -41,11 +41,14 @@ class StreamDoc(TypedDict):
     fps: float | None
     bitrate_kbps: float | None
     speed: float | None
+    recent_speed: NotRequired[float | None]  # over the last 10 s, as shedding judges it
     cpu_percent: float | None
     memory_mb: float | None
     last_error: str | None
     log_file: str
     current_output: NotRequired[str]  # the file being written now, for a file output
+    # Whether the state file holds it (list and show): if not, a daemon restart ends it.
+    saved: NotRequired[bool]
     exits: NotRequired[list[ExitDoc]]
 
 
@@ -78,9 +81,15 @@ class StopResult(TypedDict):
     stopped: list[str]
 
 
+class RestartFailure(TypedDict):
+    name: str
+    reason: str
+
+
 class RestartResult(TypedDict):
     success: bool
     restarted: list[str]
+    failed: list[RestartFailure]
 
 
 class SavedResult(TypedDict):

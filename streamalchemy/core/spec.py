@@ -15,16 +15,18 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-# The one masking function lives in credentials; imported from here too.
-from streamalchemy.core.credentials import mask_credentials as mask_credentials
 from streamalchemy.core.durations import hours_text, parse_duration, parse_duration_hours
+
+# The one masking function lives in masking; imported from here too.
+from streamalchemy.core.masking import mask_credentials as mask_credentials
+from streamalchemy.core.masking import mask_url
 from streamalchemy.core.names import validate_name as validate_name
 from streamalchemy.errors import InvalidInput
 
 CODECS = ("h264", "h265", "mpeg4", "copy")
 RESOLUTIONS = (480, 720, 1080, 1440, 2160)
 FPS_RANGE = (1, 120)
-AUDIO_CODECS = ("aac", "pcm_alaw", "none")
+AUDIO_CODECS = ("auto", "aac", "pcm_alaw", "none")
 HWACCELS = ("none", "auto", "nvenc", "vaapi", "qsv", "videotoolbox")
 RESTARTS = ("on-failure", "always", "never")
 SOURCE_TYPES = ("file", "rtsp", "testsrc")
@@ -66,7 +68,12 @@ START_OPTIONS: dict[str, StartOption] = {
         f"{TESTSRC_FPS}).",
         metavar="source|1-120",
     ),
-    "audio": StartOption("none", "Audio codec.", AUDIO_CODECS),
+    "audio": StartOption(
+        "auto",
+        "The source's audio: auto keeps it (copied with --codec copy, else AAC; a test "
+        "pattern has none), none drops it.",
+        AUDIO_CODECS,
+    ),
     "hwaccel": StartOption("none", "Hardware encoder.", HWACCELS),
     "duration": StartOption(
         "0", "0 = unlimited; hours as a number (1.5) or 90m, 2h, 45s, 1h30m.", metavar="DURATION"
@@ -96,7 +103,7 @@ class StreamSpec:
     codec: str = "h264"
     resolution: int | None = None  # None: the source's (and always with codec copy)
     fps: int | None = None  # None: the source's (and always with codec copy)
-    audio: str = "none"
+    audio: str = "auto"  # "auto": the source's audio kept, if it has any
     hwaccel: str = "none"
     duration: float = 0.0  # seconds, 0 = unlimited
     output: str = ""  # "" = default RTSP URL, "null", "hls", a URL or an absolute file path
@@ -110,8 +117,9 @@ class StreamSpec:
             # copy keeps neither; "" says so instead of a misleading default.
             "resolution": _config_size(self.codec, self.resolution),
             "target_fps": _config_size(self.codec, self.fps),
-            "audio_enabled": "no" if self.audio == "none" else "yes",
-            "audio_codec": self.audio,
+            "audio_enabled": _AUDIO_ENABLED.get(self.audio, "yes"),
+            # The original app reads a codec here: auto's re-encode is AAC.
+            "audio_codec": "aac" if self.audio == "auto" else self.audio,
             "hardware_accel": {"none": "no", "auto": "yes"}.get(self.hwaccel, self.hwaccel),
             "duration_hours": hours_text(self.duration),
             "stream_type": self.source_type,
@@ -123,6 +131,10 @@ class StreamSpec:
             config["source_url"] = self.source
         config.update(output=self.output, restart=self.restart, priority=str(self.priority))
         return config
+
+
+# The state file's audio_enabled for a spec's audio; a codec's is "yes".
+_AUDIO_ENABLED = {"none": "no", "auto": "auto"}
 
 
 def _config_size(codec: str, value: int | None) -> str:
@@ -193,15 +205,18 @@ def spec_from_entry(name: str, entry: Mapping[str, Any]) -> StreamSpec:
         source = config.get("source_url")
     else:
         source = ""
+    # Absent: the original app kept a source's audio unless told "no"; auto does that.
     audio_enabled = _choice(
-        "audio_enabled", _blank(config.get("audio_enabled")), ("yes", "no"), "no"
+        "audio_enabled", _blank(config.get("audio_enabled")), ("yes", "no", "auto"), "auto"
     )
     hardware = config.get("hardware_accel")
     fields = {
         "codec": config.get("video_codec"),
         "resolution": config.get("resolution"),
         "fps": config.get("target_fps"),
-        "audio": (config.get("audio_codec") or "aac") if audio_enabled == "yes" else "none",
+        "audio": (config.get("audio_codec") or "aac")
+        if audio_enabled == "yes"
+        else {"no": "none", "auto": "auto"}[audio_enabled],
         "hwaccel": {"yes": "auto", "no": "none"}.get(hardware, hardware)
         if isinstance(hardware, str)
         else hardware,
@@ -449,12 +464,19 @@ def _url(field: str, value: object, schemes: tuple[str, ...]) -> str:
     accepted = f"a URL starting with {', '.join(s + '://' for s in schemes)}"
     if not isinstance(value, str) or "://" not in value:
         raise InvalidInput(f"invalid {field} {value!r}: use {accepted}")
-    shown = mask_credentials(value)
+    shown = mask_url(value)
     if not value.isprintable():
         raise InvalidInput(f"invalid {field} {shown!r}: a URL cannot contain control characters")
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+        # A ${NAME} reference may stand for the port; it is checked once resolved.
+        port = None if "${" in parts.netloc else parts.port
+    except ValueError as exc:  # "Invalid IPv6 URL", "Port out of range 0-65535", ...
+        raise InvalidInput(f"invalid {field} {shown!r}: {exc}") from None
     if parts.scheme.lower() not in schemes or not parts.netloc:
         raise InvalidInput(f"invalid {field} {shown!r}: use {accepted}")
+    if port == 0:
+        raise InvalidInput(f"invalid {field} {shown!r}: port 0 is not a port to connect to")
     return value
 
 
@@ -497,7 +519,7 @@ def _check_container(codec: str, audio: str, output: str) -> None:
     muxer = output_muxer(output)
     if muxer == "flv" and codec in ("h265", "mpeg4"):
         raise InvalidInput(
-            f"codec {codec} cannot go to output {mask_credentials(output)!r}: "
+            f"codec {codec} cannot go to output {mask_url(output)!r}: "
             "FLV (rtmp://, .flv) carries h264 only; use --codec h264 or another output"
         )
     if muxer == "mp4" and audio == "pcm_alaw":

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import streamalchemy
 from streamalchemy import __version__, encoders
-from streamalchemy.core.credentials import has_secret, resolve_spec, unresolved
 from streamalchemy.core.details import running_details, saved_details
+from streamalchemy.core.masking import has_secret, remember, spec_secrets
 from streamalchemy.core.restore import Step, dry_run_results, plan
 from streamalchemy.core.spec import (
     StreamSpec,
@@ -44,6 +44,8 @@ from streamalchemy.persist import StateStore, StateWriter, new_entry
 from streamalchemy.server.httpserver import Reply, TextReply
 from streamalchemy.server.inputsockets import InputSockets
 from streamalchemy.server.metrics import Metrics
+from streamalchemy.server.references import resolve_spec, resolved_values, unresolved
+from streamalchemy.server.shedder import SIDE_FILE, Shedder
 from streamalchemy.settings import Settings
 from streamalchemy.supervision import procs
 from streamalchemy.supervision.adoption import Survivor
@@ -53,6 +55,7 @@ from streamalchemy.supervision.recordings import refuse_existing_file
 from streamalchemy.supervision.sources import check_file, check_source
 from streamalchemy.supervision.supervisor import (
     REPLACED,
+    SHED,
     USER_RESTART,
     USER_STOP,
     Stream,
@@ -166,6 +169,7 @@ class Controller:
         self._retrying: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.inputs = InputSockets(settings.socket.parent / "in")
+        self.shedder = Shedder(self, settings.shed_after, settings.data_dir / SIDE_FILE)
 
     # -- one owner per name --------------------------------------------------------
 
@@ -186,6 +190,10 @@ class Controller:
         stream = self.supervisor.streams.get(name)
         return stream if stream is not None and stream.active else None
 
+    def _kept(self) -> set[str]:
+        """The names that run, or are shed (saved, waiting for room): not to restore."""
+        return {n for n, s in self.supervisor.streams.items() if s.active or s.status == SHED}
+
     def _secrets(self, spec: StreamSpec) -> StreamSpec:
         """``spec`` with its ${NAME} references resolved (CredentialError, exit 2, if not)."""
         return resolve_spec(spec, self.settings.config_file.parent)
@@ -203,7 +211,11 @@ class Controller:
         target = output_target(spec, self.settings.rtsp_url, self.settings.hls_dir)
         real = self._secrets(spec)
         real_target = output_target(real, self.settings.rtsp_url, self.settings.hls_dir)
-        # A source with a secret reaches FFmpeg through a private socket, not argv.
+        # Known before FFmpeg says a word: hidden in every reply and log line from now on.
+        config_dir = self.settings.config_file.parent
+        found = resolved_values([spec.source, spec.output], config_dir)
+        remember(spec_secrets([real.source, real.output], found))
+        # A source with any secret reaches FFmpeg through a private socket, not argv.
         secret_source = spec.source_type == "rtsp" and has_secret(spec.source)
         input_socket = self.inputs.open(spec.name, input_script(real)) if secret_source else None
 
@@ -228,6 +240,7 @@ class Controller:
             mask_credentials(target),
         )
         self.not_restored.pop(spec.name, None)
+        self.shedder.start()
         return self.supervisor.launch(
             spec,
             saved_at=saved_at,
@@ -300,28 +313,42 @@ class Controller:
             return await self._start(spec, replace=replace, overwrite=overwrite, saved_at=saved_at)
 
     async def _start(
-        self, spec: StreamSpec, *, replace: bool, saved_at: float | None, overwrite: bool = False
+        self,
+        spec: StreamSpec,
+        *,
+        replace: bool,
+        saved_at: float | None,
+        overwrite: bool = False,
+        numbered: bool = False,
     ) -> Stream:
+        """``numbered``: a file output that exists is not refused, the stream goes on into
+        its next numbered file (as ``saved_at`` does: a restart, an apply)."""
         name = spec.name
         self._secrets(spec)  # an unresolvable ${NAME} is refused before anything changes
         previous = self._active(name)
+        if previous is None and not replace and name in self._kept():
+            raise StreamExists(f"stream {name!r} already exists (shed); use --replace or stop it")
         if previous is not None and not replace:
             raise StreamExists(
                 f"stream {name!r} already exists (pid {previous.pid}); "
                 "use --replace or stop it first"
             )
+        refuse = saved_at is None and not numbered
         # A new name's file is probed while its FFmpeg starts (which reads the same file):
         # a start waits for the longer of the two, not their sum. A replacement is probed
-        # first, so that a bad file never stops the stream it was to replace.
+        # first, so that a bad file never stops the stream it was to replace, and so is
+        # an --overwrite, so that a bad source never deletes the old recording.
         checking = asyncio.create_task(
             asyncio.to_thread(self.check_source, spec, self.settings.ffprobe)
         )
         try:
-            if previous is not None:
+            is_file = spec.output.startswith("/")
+            replacing_file = refuse and overwrite and is_file and os.path.lexists(spec.output)
+            if previous is not None or replacing_file:
                 await checking
             else:
                 check_file(spec)  # missing or unreadable: refused before anything starts
-            if saved_at is None:  # a restart continues into the next numbered file instead
+            if refuse:
                 refuse_existing_file(spec.output, overwrite)
             encoder = await self.choose_encoder.choose_async(spec)
         except Exception:
@@ -438,13 +465,14 @@ class Controller:
         if dry_run:
             saved = await self.writer.load()
             await self._encoders_for(saved)
-            running = {n for n in self.supervisor.streams if self._active(n)}
             return dry_run_results(
-                plan(
-                    saved,
-                    running=running,
-                    choose_encoder=self.choose_encoder,
-                    credentials_missing=self._missing_credentials,
+                self.shedder.restore_plan(
+                    plan(
+                        saved,
+                        running=self._kept(),
+                        choose_encoder=self.choose_encoder,
+                        credentials_missing=self._missing_credentials,
+                    )
                 )
             )
         if self._restoring is None or self._restoring.done():
@@ -463,13 +491,13 @@ class Controller:
         snapshot = _Snapshot(self.store.version(), {})
         snapshot.saved = saved = await self.writer.load()
         await self._encoders_for(saved)
-        running = {n for n in self.supervisor.streams if self._active(n)}
         steps = plan(
             saved,
-            running=running,
+            running=self._kept(),
             choose_encoder=self.choose_encoder,
             credentials_missing=self._missing_credentials,
         )
+        steps = self.shedder.restore_plan(steps)
         results = {s.name: {"result": s.result, "reason": s.reason} for s in steps}
         slots = asyncio.Semaphore(RESTORE_PARALLEL)
 
@@ -481,6 +509,9 @@ class Controller:
                         results[step.name] = await self._restore_one(step)
                         return
             results[step.name] = {"result": step.result, "reason": step.reason}
+            if step.result == "skipped" and step.spec is not None:  # held back: shed
+                async with self.owning(step.name):
+                    self.shedder.hold(step)
             if step.expired:
                 async with self.owning(step.name):
                     if self._active(step.name) is None:
@@ -511,7 +542,7 @@ class Controller:
         entry = snapshot.saved.get(name)
         if entry is None:
             return Step(name, "skipped", "no longer saved (stopped meanwhile)")
-        running = {name} if self._active(name) else set()
+        running = {name} & self._kept()
         return plan(
             {name: entry},
             running=running,
@@ -582,6 +613,7 @@ class Controller:
         for task in (self._restoring, self._retrying, *self._background):
             if task is not None:
                 task.cancel()
+        await self.shedder.close()
         await self.supervisor.stop_all()
         self.inputs.close_all()
         if self.writer.pending:
@@ -614,7 +646,7 @@ class Controller:
 
     async def list_streams(self) -> dict[str, Any]:
         saved = await self.writer.load()
-        active = {n for n, s in self.supervisor.streams.items() if s.active}
+        active = self._kept()
         not_running = {
             name: self.not_restored.get(name, "not started since the daemon launched")
             for name in sorted(saved)
@@ -622,7 +654,10 @@ class Controller:
         }
         return {
             "success": True,
-            "streams": [s.snapshot() for _, s in sorted(self.supervisor.streams.items())],
+            "streams": [
+                {**s.snapshot(), "saved": n in saved}
+                for n, s in sorted(self.supervisor.streams.items())
+            ],
             "not_running": not_running,
         }
 
@@ -655,9 +690,11 @@ class Controller:
         """``show NAME``: a stream the supervisor has, or a saved one that does not run."""
         name = validate_name(name)
         stream = self.supervisor.streams.get(name)
+        saved = await self.writer.load()
         if stream is not None:
-            return 200, dict(running_details(stream.snapshot(), stream.spec))
-        entry = (await self.writer.load()).get(name)
+            doc = running_details({**stream.snapshot(), "saved": name in saved}, stream.spec)
+            return 200, dict(doc)
+        entry = saved.get(name)
         if entry is None:
             raise StreamNotFound(f"no such stream: {name}")
         settings = self.settings
@@ -769,7 +806,7 @@ class Controller:
                     saved_at = current.saved_at
                 elif update and (entry := (await self.writer.load()).get(spec.name)):
                     saved_at = float(entry["saved_at"])
-                return await self._start(spec, replace=True, saved_at=saved_at)
+                return await self._start(spec, replace=True, saved_at=saved_at, numbered=True)
 
         async def stop(name: str) -> object:
             result = await self.stop_names([name])
@@ -778,7 +815,7 @@ class Controller:
             return result
 
         def running() -> dict[str, StreamSpec]:
-            return {n: s.spec for n, s in self.supervisor.streams.items() if s.active}
+            return {n: s.spec for n, s in self.supervisor.streams.items() if n in self._kept()}
 
         from streamalchemy.apply import applier
 

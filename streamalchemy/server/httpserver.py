@@ -22,7 +22,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from streamalchemy.core.credentials import mask_document
+from streamalchemy.core.masking import mask_document
 
 log = logging.getLogger("streamalchemy.http")
 

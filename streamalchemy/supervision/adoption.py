@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streamalchemy.core.credentials import mask_argv
+from streamalchemy.core.masking import mask_argv
 from streamalchemy.supervision.childfiles import lock_is_held, read_identity
 
 log = logging.getLogger("streamalchemy.adoption")

@@ -90,7 +90,7 @@ def _input_args(spec: StreamSpec, input_socket: str | None = None) -> list[str]:
         height, fps = spec.resolution or TESTSRC_RESOLUTION, spec.fps or TESTSRC_FPS
         video = f"testsrc2=size={_width(height)}x{height}:rate={fps}"
         args = ["-re", "-f", "lavfi", "-i", video]
-        if spec.audio != "none":
+        if _has_audio(spec):
             args += ["-re", "-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000"]
         return args
     scheme = urlsplit(spec.source).scheme.lower()
@@ -143,9 +143,16 @@ def _url_input_options(scheme: str) -> list[tuple[str, str]]:
     return [("timeout", SOURCE_TIMEOUT_US)]  # srt, udp, tcp
 
 
+def _has_audio(spec: StreamSpec) -> bool:
+    """Whether the output carries audio: never with none; a test pattern only when asked."""
+    if spec.source_type == "testsrc":
+        return spec.audio not in ("none", "auto")
+    return spec.audio != "none"
+
+
 def _map_args(spec: StreamSpec) -> list[str]:
     args = ["-map", "0:v:0"]
-    if spec.audio == "none":
+    if not _has_audio(spec):
         return args
     if spec.source_type == "testsrc":
         return [*args, "-map", "1:a:0"]
@@ -201,11 +208,13 @@ def _encoder_options(encoder: str) -> list[str]:
 
 
 def _audio_args(spec: StreamSpec) -> list[str]:
-    if spec.audio == "aac":
+    if not _has_audio(spec):
+        return ["-an"]
+    if spec.audio == "auto" and spec.codec == "copy":
+        return ["-c:a", "copy"]
+    if spec.audio in ("aac", "auto"):
         return ["-c:a", "aac", "-b:a", "128k", "-ac", "2"]
-    if spec.audio == "pcm_alaw":
-        return ["-c:a", "pcm_alaw", "-ar", "8000", "-ac", "1"]
-    return ["-an"]
+    return ["-c:a", "pcm_alaw", "-ar", "8000", "-ac", "1"]
 
 
 def _output_args(spec: StreamSpec, target: str) -> list[str]:

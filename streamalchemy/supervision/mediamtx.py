@@ -40,7 +40,11 @@ def local_address(rtsp_url: str) -> tuple[str, int] | None:
 
     An ``rtsps://`` server needs MediaMTX's TLS settings: that one the user runs.
     """
-    parts = urlsplit(rtsp_url)
+    try:
+        parts = urlsplit(rtsp_url)
+        port = parts.port or 554
+    except ValueError:  # the settings refuse such a URL; never fail the launch here
+        return None
     host = parts.hostname or ""
     try:
         local = host == "localhost" or ipaddress.ip_address(host).is_loopback
@@ -48,7 +52,7 @@ def local_address(rtsp_url: str) -> tuple[str, int] | None:
         local = False
     if parts.scheme != "rtsp" or not local:
         return None
-    return host, parts.port or 554
+    return host, port
 
 
 def listening(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from streamalchemy.core.credentials import mask_argv
+from streamalchemy.core.masking import mask_argv
 from streamalchemy.errors import OperationFailed
 from streamalchemy.supervision import adoption
 from streamalchemy.supervision.childfiles import ChildIO

@@ -95,9 +95,13 @@ def root_cause(lines: list[str]) -> str | None:
 
 def explain_failure(cause: str, target: str) -> str:
     """Turn FFmpeg's wording into what to do, for the failures users meet first."""
-    url = urlsplit(target)
+    try:
+        url = urlsplit(target)
+        port = url.port or 554
+    except ValueError:
+        return cause
     if url.scheme in ("rtsp", "rtsps") and "refused" in cause.lower():
-        where = f"{url.hostname}:{url.port or 554}"
+        where = f"{url.hostname}:{port}"
         if where in cause:
             return (
                 f"cannot connect to the RTSP server at {where} (connection refused): "

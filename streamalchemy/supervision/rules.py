@@ -20,6 +20,7 @@ SHUTDOWN = "daemon shutting down; the stream comes back at its next launch"
 REPLACED = "replaced by a new start of the same name"
 USER_RESTART = "restarted by the user"
 DURATION_REACHED = "duration reached"
+SHED = "shed"  # stopped for lack of CPU, kept saved, brought back when there is room
 
 Spawner = Callable[[Sequence[str], ChildIO], Awaitable[procs.Child]]
 # Builds FFmpeg's argv for the file it writes and the seconds it has left (None: no end).

@@ -28,10 +28,12 @@ from streamalchemy.supervision.childfiles import (
     follow,
     write_identity,
 )
+from streamalchemy.supervision.pace import Window
 from streamalchemy.supervision.progress import Progress, explain_failure, root_cause
 from streamalchemy.supervision.recordings import OutputFiles
 from streamalchemy.supervision.rules import (
     DURATION_REACHED,
+    SHED,
     ArgvFor,
     Clock,
     Spawner,
@@ -74,8 +76,10 @@ class Stream:
         spawn: Spawner = procs.spawn,
         rand: random.Random | None = None,
         survivor: Survivor | None = None,
+        held: str | None = None,
     ) -> None:
-        """``survivor``: the FFmpeg a previous daemon left for this stream, to adopt."""
+        """``survivor``: the FFmpeg a previous daemon left for this stream, to adopt.
+        ``held``: the stream is shed already (why): it runs no FFmpeg until replaced."""
         self.spec = spec
         self.saved_at = saved_at
         self.encoder = encoder
@@ -89,6 +93,7 @@ class Stream:
         self.started_at: float | None = None
         self.last_error: str | None = None
         self.progress = Progress()
+        self.pace = Window()  # output seconds against the monotonic clock: recent speed
         self.deadline = saved_at + spec.duration if spec.duration else None
         self.exits: deque[dict[str, Any]] = deque(maxlen=EXITS_KEPT)
         self.output = OutputFiles(spec.output, target)
@@ -110,6 +115,8 @@ class Stream:
         self._backoff = Backoff(
             base=settings.backoff_base, cap=settings.backoff_cap, rand=rand or random.Random()
         )
+        if held is not None:
+            self.status, self.last_error, self._stopping = SHED, held, held
         self.task = asyncio.create_task(self._run(), name=f"stream-{spec.name}")
 
     @property
@@ -346,6 +353,7 @@ class Stream:
         if block is None:
             return
         previous, self.progress = self.progress, block
+        self.pace.add(self.clock.monotonic(), block.out_time_us / 1e6)
         if (block.frames, block.out_time_us) != (previous.frames, previous.out_time_us):
             self._progress_at = self.clock.monotonic()
         if self.status == "starting" and self._stopping is None:
@@ -371,6 +379,10 @@ class Stream:
     def check(self, now: float, mono: float) -> None:
         """Called every tick (once a second): enforce the deadline, catch a stalled FFmpeg."""
         pid = self.pid
+        if self.status == SHED:
+            if self.deadline is not None and now >= self.deadline:
+                self._end("finished", DURATION_REACHED)  # shed or not, it ends on time
+            return
         if pid is not None:
             self._take_progress(self._reader.read())  # what FFmpeg wrote up to now counts
         if self.deadline is not None and now >= self.deadline and self.active:
@@ -405,6 +417,11 @@ class Stream:
         self.log.event(reason)
         self.output.end()
         self._files.close()
+
+    async def shed(self, reason: str) -> None:
+        """Stop FFmpeg for lack of CPU: the stream stays, ``shed``, until replaced or stopped."""
+        await self.stop(reason)
+        self.status, self.last_error = SHED, reason
 
     def usage(self) -> tuple[float | None, float | None]:
         """CPU percent since the last call, and resident memory in MiB."""
@@ -453,9 +470,15 @@ class Stream:
             "fps": self.progress.fps,
             "bitrate_kbps": self.progress.bitrate_kbps,
             "speed": self.progress.speed,
+            # Over the last seconds, as shedding judges it (``speed`` is since FFmpeg began).
+            "recent_speed": _rounded(self.pace.rate()) if running else None,
             "cpu_percent": cpu,
             "memory_mb": None if mem is None else round(mem, 1),
             "last_error": self.last_error,
             "log_file": str(self.log.path),
             "exits": self.history(),
         }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)

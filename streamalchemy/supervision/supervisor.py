@@ -21,6 +21,7 @@ from streamalchemy.supervision.childfiles import ChildFiles
 from streamalchemy.supervision.rules import (
     DURATION_REACHED,
     REPLACED,
+    SHED,
     SHUTDOWN,
     USER_RESTART,
     USER_STOP,
@@ -38,6 +39,7 @@ __all__ = [
     "ACTIVE",
     "DURATION_REACHED",
     "REPLACED",
+    "SHED",
     "SHUTDOWN",
     "USER_RESTART",
     "USER_STOP",
@@ -129,13 +131,15 @@ class Supervisor:
         target: str,
         argv_for: ArgvFor,
         survivor: Survivor | None = None,
+        held: str | None = None,
     ) -> Stream:
         """Begin supervising a new start of a stream; the caller awaits ``Stream.confirmed``.
 
         ``argv_for`` builds FFmpeg's command line for the file it is to write, once per
         spawn: a restarted recording goes to the next numbered file. ``survivor``: the
         FFmpeg a previous daemon left for it, adopted instead of a first spawn. Refuses
-        a name that is still active: stop it first.
+        a name that is still active: stop it first. ``held``: the stream is shed, for
+        that reason, and runs nothing (its deadline is still watched).
         """
         current = self.streams.get(spec.name)
         if current is not None and current.active:
@@ -158,8 +162,11 @@ class Supervisor:
             spawn=self._spawn,
             rand=self.rand,
             survivor=survivor,
+            held=held,
         )
-        if survivor is None:  # an adopted FFmpeg goes on writing what it wrote
+        if held is not None:
+            stream.log.event(held)
+        elif survivor is None:  # an adopted FFmpeg goes on writing what it wrote
             stream.output.begin()
         self.streams[spec.name] = stream
         return stream

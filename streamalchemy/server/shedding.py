@@ -1,0 +1,210 @@
+"""The shedding rule: which stream to stop when the machine cannot keep up, and when
+to bring it back. Pure: given each stream's recent figures, the host's idle CPU and
+the time, ``Rule.decide`` returns at most one decision; ``hold_back`` chooses what a
+restore leaves out. Nothing here measures, stops or starts anything
+(``server/shedder.py`` does).
+
+The rule, in short:
+
+- A stream of a real-time source (a file or a test pattern, read at its own pace)
+  whose recent speed stays below ``REAL_TIME`` for ``after`` seconds, while a stream of
+  lower priority runs, is suffering: the lowest-priority running stream is shed (the
+  one using the most CPU among equals). A URL source's speed is its source's pace, not
+  the machine's, so it never suffers; it is shed as any CPU user is.
+- Streams of equal priority are never shed for each other.
+- One change at a time: ``SETTLE`` seconds after each, so that its effect shows in
+  the figures before the next.
+- A shed stream comes back, highest priority first (a lower one never overtakes a
+  higher one), once the host has had idle CPU for its last measured use plus a margin,
+  and no running stream has been slow, for ``after`` seconds; ``after`` doubles for
+  each time it was shed again within ``FORGIVE`` seconds of coming back (backoff).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+REAL_TIME = 0.95  # below this recent speed, a real-time source is not keeping up
+SETTLE = 10.0  # seconds between two decisions
+MIN_WORTH = 2.0  # percent of a core: a stream using less frees nothing worth a stop
+UNKNOWN_NEED = 100.0  # percent of a core assumed for a stream never measured
+MARGIN = 0.25  # room wanted beyond a stream's last use, as a fraction of it ...
+MARGIN_MIN = 5.0  # ... and at least this many percent of a core
+BACKOFF_CAP = 600.0  # seconds: the longest a shed stream waits for room to last
+FORGIVE = 600.0  # seconds back without being shed again: its backoff starts over
+SHED = "shed"
+BRING_BACK = "bring back"
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One stream as the rule sees it.
+
+    ``state``: ``running``, ``shed``, or anything else (starting, retrying: neither
+    judged nor shed). ``speed``: output seconds per wall second over the recent window,
+    None when not known. ``cpu``: percent of one core, recent while it runs, its last
+    measured use when shed (None: never measured).
+    """
+
+    name: str
+    priority: int
+    state: str
+    paced: bool
+    speed: float | None = None
+    cpu: float | None = None
+    remaining: float | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # SHED or BRING_BACK
+    name: str
+    reason: str
+
+
+@dataclass
+class _Record:
+    shed_count: int = 0  # times shed again soon after coming back: the backoff exponent
+    back_at: float | None = None
+
+
+def need(cpu: float | None) -> float:
+    """Idle CPU (percent of a core) a stream needs before it is brought back."""
+    use = UNKNOWN_NEED if cpu is None else cpu
+    return use + max(MARGIN * use, MARGIN_MIN)
+
+
+class Rule:
+    """The rule and the little it remembers: since when each stream is slow, since
+    when there is room, and each stream's backoff. ``after`` 0: never sheds."""
+
+    def __init__(self, after: float) -> None:
+        self.after = after
+        self._slow_since: dict[str, float] = {}
+        self._room_since: float | None = None
+        self._room_for: str | None = None
+        self._last_change = float("-inf")
+        self._records: dict[str, _Record] = {}
+
+    def wait_for(self, name: str) -> float:
+        """Seconds of room that ``name`` needs before it comes back (with its backoff)."""
+        record = self._records.get(name)
+        count = record.shed_count if record else 0
+        return float(min(self.after * 2**count, max(BACKOFF_CAP, self.after)))
+
+    def was_shed(self, name: str, count: int) -> None:
+        """``name`` is shed already (adopted shed by a new daemon), ``count`` times running."""
+        self._records.setdefault(name, _Record()).shed_count = count
+
+    def shed_count(self, name: str) -> int:
+        record = self._records.get(name)
+        return record.shed_count if record else 0
+
+    def decide(self, now: float, streams: Sequence[Seen], idle: float | None) -> Decision | None:
+        """At most one decision for this moment; call it every second or so."""
+        if self.after <= 0:
+            return None
+        self._forget(s.name for s in streams)
+        running = [s for s in streams if s.state == "running"]
+        for s in streams:
+            slow = s.state == "running" and s.paced and s.speed is not None
+            if slow and s.speed is not None and s.speed < REAL_TIME:
+                self._slow_since.setdefault(s.name, now)
+            else:
+                self._slow_since.pop(s.name, None)
+        if now - self._last_change < SETTLE:
+            self._room_since = None
+            return None
+        decision = self._shed(now, running) or self._bring_back(now, streams, idle)
+        if decision is not None:
+            self._last_change = now
+            self._room_since = None
+        return decision
+
+    def _forget(self, names: Iterable[str]) -> None:
+        known = set(names)
+        for memory in (self._slow_since, self._records):
+            for name in [n for n in memory if n not in known]:
+                del memory[name]
+
+    def _shed(self, now: float, running: list[Seen]) -> Decision | None:
+        suffering = [
+            s
+            for s in running
+            if s.name in self._slow_since and now - self._slow_since[s.name] >= self.after
+        ]
+        if not suffering:
+            return None
+        top = max(suffering, key=lambda s: (s.priority, -(s.speed or 0.0)))
+        victims = [
+            s
+            for s in running
+            if s.priority < top.priority and (s.cpu is None or s.cpu >= MIN_WORTH)
+        ]
+        if not victims:
+            return None
+        victim = min(victims, key=lambda s: (s.priority, -(s.cpu or 0.0), s.name))
+        record = self._records.setdefault(victim.name, _Record())
+        soon = record.back_at is not None and now - record.back_at < FORGIVE
+        record.shed_count = record.shed_count + 1 if soon else 0
+        uses = "" if victim.cpu is None else f" (it used {victim.cpu:.0f}% of a core)"
+        reason = (
+            f"shed for lack of CPU: {top.name} (priority {top.priority}) ran at "
+            f"{top.speed:.2f}x, below real time, for {now - self._slow_since[top.name]:.0f}s"
+            f"{uses}"
+        )
+        return Decision(SHED, victim.name, reason)
+
+    def _bring_back(
+        self, now: float, streams: Sequence[Seen], idle: float | None
+    ) -> Decision | None:
+        shed = [
+            s for s in streams if s.state == "shed" and (s.remaining is None or s.remaining > 0)
+        ]
+        if not shed or idle is None or self._slow_since:
+            self._room_since = None
+            return None
+        head = max(shed, key=lambda s: (s.priority, -need(s.cpu), s.name))
+        if idle < need(head.cpu):
+            self._room_since = None
+            return None
+        if self._room_since is None or self._room_for != head.name:
+            self._room_since, self._room_for = now, head.name
+        waited = now - self._room_since
+        if waited < self.wait_for(head.name):
+            return None
+        self._records.setdefault(head.name, _Record()).back_at = now
+        return Decision(
+            BRING_BACK,
+            head.name,
+            f"brought back: {idle:.0f}% of a core idle for {waited:.0f}s, "
+            f"it needs about {need(head.cpu):.0f}%",
+        )
+
+
+def hold_back(
+    candidates: Sequence[tuple[str, int, float | None]],
+    *,
+    top: int,
+    used: float,
+    capacity: float,
+) -> dict[str, str]:
+    """Which streams a restore leaves out, with the reason, from their last measured CPU.
+
+    ``candidates``: (name, priority, CPU percent of a core or None) of the streams to
+    start; ``top``: the highest priority among them and the running ones; ``used``: the
+    CPU the running ones take; ``capacity``: what the host can give to streams. In
+    priority order, a stream below ``top`` whose known use would take the total past
+    ``capacity`` is held back; the top priority and streams never measured always start.
+    """
+    held: dict[str, str] = {}
+    for name, priority, cpu in sorted(candidates, key=lambda c: (-c[1], c[0])):
+        if cpu is not None and priority < top and used + cpu > capacity:
+            held[name] = (
+                f"held back for lack of CPU: it used {cpu:.0f}% of a core when it last ran, "
+                f"{max(capacity - used, 0.0):.0f}% is left after higher priorities"
+            )
+            continue
+        used += cpu or 0.0
+    return held
