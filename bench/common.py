@@ -388,9 +388,9 @@ def daemon_argvs(home: Path, entries: dict[str, Any]) -> list[list[str]]:
     """The argv the daemon would run for each saved entry (ffmpeg.build_argv)."""
     try:
         from streamalchemy import encoders
-        from streamalchemy.core.spec import spec_from_entry
+        from streamalchemy.core.saved import spec_from_entry
         from streamalchemy.settings import load_settings
-        from streamalchemy.supervision.ffmpeg import build_argv, output_target
+        from streamalchemy.supervision.ffmpeg import build_argv
     except ImportError as exc:
         raise BenchError(f"streamalchemy does not import yet: {exc}") from exc
     settings = load_settings(env=env_for(home))
@@ -399,7 +399,7 @@ def daemon_argvs(home: Path, entries: dict[str, Any]) -> list[list[str]]:
     for name, entry in entries.items():
         spec = spec_from_entry(name, entry)
         encoder = encoders.choose(spec.codec, spec.hwaccel, table)
-        target = output_target(spec, settings.rtsp_url, settings.hls_dir)
+        target = spec.target(settings.rtsp_url, settings.hls_dir)
         argvs.append(list(build_argv(spec, ffmpeg=settings.ffmpeg, encoder=encoder, target=target)))
     return argvs
 

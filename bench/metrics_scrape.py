@@ -186,7 +186,6 @@ scrape, on a shared machine under the load above.
 {END}"""
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="one 10 s window of each")

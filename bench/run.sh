@@ -21,7 +21,7 @@ if ! command -v ffmpeg >/dev/null; then
     echo "bench: ffmpeg is not on PATH; run 'bash scripts/bootstrap.sh' first" >&2
     exit 2
 fi
-if ! "$py" -c "import psutil, platformdirs" 2>/dev/null; then
+if ! "$py" -c "import psutil, platformdirs, filelock" 2>/dev/null; then
     echo "bench: $py lacks the project's dependencies; run 'bash scripts/bootstrap.sh'" >&2
     exit 2
 fi
@@ -34,6 +34,8 @@ unset PYTHONDONTWRITEBYTECODE
 if [ "${1:-}" = "--soak" ]; then shift; exec "$py" -m bench.soak "$@"; fi
 # A header flood against the socket, the daemon's memory before and after: bash bench/run.sh --flood
 if [ "${1:-}" = "--flood" ]; then shift; exec "$py" -m bench.flood "$@"; fi
+# 8 hostile peers and 1,100 idle connections on the metrics address: bash bench/run.sh --hostile
+if [ "${1:-}" = "--hostile" ]; then shift; exec "$py" -m bench.hostile "$@"; fi
 # Shedding by priority, more streams than the cores can carry: bash bench/run.sh --overload [--minutes N] [--write]
 if [ "${1:-}" = "--overload" ]; then shift; exec "$py" -m bench.overload "$@"; fi
 if [ "${1:-}" = load ]; then shift; exec "$py" -m bench.load "$@"; fi  # bench/load.py

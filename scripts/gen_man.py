@@ -147,7 +147,7 @@ def choices_of(param: Any) -> list[str]:
     choices = [
         c.value if isinstance(c, Enum) else str(c) for c in getattr(holder, "choices", None) or ()
     ]
-    # Options built from spec.START_OPTIONS show their choices as the metavar "[a|b|c]".
+    # Options built from options.START show their choices as the metavar "[a|b|c]".
     listed = re.fullmatch(r"\[(.+\|.+)\]", getattr(param, "metavar", None) or "")
     return choices or (listed[1].split("|") if listed else [])
 

@@ -1,24 +1,20 @@
 """The ``streamalchemy`` command: parse, ask the daemon (or the state file), print.
 
-Nothing here starts FFmpeg or writes the state file itself. Human output lives in
-``render`` and imports rich only when a person is reading; ``--json`` paths stay lean.
+Typer declarations only: nothing here starts FFmpeg or writes the state file itself.
+How a result or a failure is printed is ``client.report``; human output lives in
+``client.render`` and imports rich only when a person is reading.
 """
 
 from __future__ import annotations
 
-import json
 import sys
-from collections.abc import Callable
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
 from streamalchemy import __version__
-from streamalchemy.client import commands
-from streamalchemy.client.fastpath import report_failure
+from streamalchemy.client import commands, report, typerparts
 from streamalchemy.client.helpwords import Typer
-from streamalchemy.client.text import plain
-from streamalchemy.core.spec import START_OPTIONS, check_option
 from streamalchemy.errors import InvalidInput, StreamAlchemyError
 
 app = Typer(
@@ -38,91 +34,6 @@ app.add_typer(service_app, name="service")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
 
-def _complete_names(incomplete: str) -> list[str]:
-    """Stream names for the shell: the state file's and a running daemon's; never starts one."""
-    try:
-        return [n for n in commands.stream_names() if n.startswith(incomplete)]
-    except Exception:  # completion must never print a traceback into the shell
-        return []
-
-
-def whole(least: int | None = None) -> Callable[[str], int]:
-    """A parser of whole numbers (from ``least`` up), refusing in words."""
-
-    def parse(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            raise typer.BadParameter(f"{value!r} is not a whole number") from None
-        if least is not None and number < least:
-            raise typer.BadParameter(f"{value} is less than {least}")
-        return number
-
-    return parse
-
-
-def _start_option(key: str) -> Any:
-    """The Typer option for a ``start`` option, built from ``spec.START_OPTIONS``."""
-    option = START_OPTIONS[key]
-    choices = option.choices
-
-    def parse(value: str) -> str:
-        try:
-            check_option(key, value)
-        except InvalidInput as exc:
-            raise typer.BadParameter(str(exc)) from None
-        return value
-
-    def complete(incomplete: str) -> list[str]:
-        return [c for c in choices if c.startswith(incomplete)]
-
-    # The default is in the help text, not the parameter: a None reaching the daemon
-    # tells an explicit --resolution (refused with --codec copy) from the default.
-    checked = bool(choices) or key in ("fps", "duration")
-    return typer.Option(
-        # "\[": rich would take a bare "[default: ...]" for markup and drop it.
-        help=f"{option.help} \\[default: {option.default}]",
-        show_default=False,
-        metavar=f"[{'|'.join(choices)}]" if choices else option.metavar,
-        parser=parse if checked else whole() if key == "priority" else None,
-        autocompletion=complete if choices else None,
-    )
-
-
-def _fail(exc: StreamAlchemyError, as_json: bool) -> NoReturn:
-    raise typer.Exit(report_failure(exc, as_json))
-
-
-def _emit(as_json: bool, action: Callable[[], Any], show: Callable[[Any], None]) -> Any:
-    """Run ``action``; print its result as JSON or through ``show``; map errors to exit codes."""
-    try:
-        result = action()
-    except StreamAlchemyError as exc:
-        _fail(exc, as_json)
-    if as_json:
-        print(json.dumps(result))
-    else:
-        show(result)
-    return result
-
-
-def _render(view: str, **options: Any) -> Callable[[Any], None]:
-    """The rich view of ``render`` by name, imported only when a person reads it."""
-
-    def show(result: Any) -> None:
-        from streamalchemy.client import render
-
-        getattr(render, view)(result, **options)
-
-    return show
-
-
-def _output_format(value: str) -> str:
-    if value != "wide":
-        raise typer.BadParameter(f"{value!r} is not wide (use --json for JSON)")
-    return value
-
-
 WideOpt = Annotated[
     bool,
     typer.Option("--wide", help="Every column, however narrow the terminal (else some drop out)."),
@@ -135,17 +46,20 @@ FormatOpt = Annotated[
         metavar="wide",
         help="-o wide is --wide, as in kubectl. \\[default: the columns that fit]",
         show_default=False,
-        parser=_output_format,
+        parser=typerparts.output_format,
     ),
 ]
 
 
 NameArg = Annotated[
-    str, typer.Argument(metavar="NAME", help="The stream.", autocompletion=_complete_names)
+    str,
+    typer.Argument(metavar="NAME", help="The stream.", autocompletion=typerparts.complete_names),
 ]
 NamesArg = Annotated[
     list[str] | None,
-    typer.Argument(metavar="NAME...", help="The streams.", autocompletion=_complete_names),
+    typer.Argument(
+        metavar="NAME...", help="The streams.", autocompletion=typerparts.complete_names
+    ),
 ]
 AllOpt = Annotated[bool, typer.Option("--all", help="Every stream.")]
 
@@ -155,29 +69,20 @@ def start(
     name: Annotated[
         str, typer.Argument(metavar="NAME", help="Stream name: letters, digits, _ and -, 1-64.")
     ],
-    file: Annotated[str | None, typer.Option(help="Loop a local video file.")] = None,
-    url: Annotated[str | None, typer.Option(help="Relay an RTSP or other network URL.")] = None,
-    testsrc: Annotated[bool, typer.Option("--testsrc", help="A synthetic test pattern.")] = False,
-    codec: Annotated[str | None, _start_option("codec")] = None,
-    resolution: Annotated[str | None, _start_option("resolution")] = None,
-    fps: Annotated[str | None, _start_option("fps")] = None,
-    audio: Annotated[str | None, _start_option("audio")] = None,
-    hwaccel: Annotated[str | None, _start_option("hwaccel")] = None,
-    duration: Annotated[str | None, _start_option("duration")] = None,
-    output: Annotated[str | None, _start_option("output")] = None,
-    restart: Annotated[str | None, _start_option("restart")] = None,
-    priority: Annotated[int | None, _start_option("priority")] = None,
-    replace: Annotated[
-        bool, typer.Option("--replace", help="Replace a stream of this name.")
-    ] = False,
-    overwrite: Annotated[
-        bool,
-        typer.Option(
-            "--overwrite",
-            help="A file output may replace an existing file at the first start. \\[default: off]",
-            show_default=False,
-        ),
-    ] = False,
+    file: Annotated[str | None, typerparts.start_option("file")] = None,
+    url: Annotated[str | None, typerparts.start_option("url")] = None,
+    testsrc: Annotated[bool, typerparts.start_option("testsrc")] = False,
+    codec: Annotated[str | None, typerparts.start_option("codec")] = None,
+    resolution: Annotated[str | None, typerparts.start_option("resolution")] = None,
+    fps: Annotated[str | None, typerparts.start_option("fps")] = None,
+    audio: Annotated[str | None, typerparts.start_option("audio")] = None,
+    hwaccel: Annotated[str | None, typerparts.start_option("hwaccel")] = None,
+    duration: Annotated[str | None, typerparts.start_option("duration")] = None,
+    output: Annotated[str | None, typerparts.start_option("output")] = None,
+    restart: Annotated[str | None, typerparts.start_option("restart")] = None,
+    priority: Annotated[int | None, typerparts.start_option("priority")] = None,
+    replace: Annotated[bool, typerparts.start_option("replace")] = False,
+    overwrite: Annotated[bool, typerparts.start_option("overwrite")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Start a stream, wait until FFmpeg runs, save it, and print its output URL.
@@ -211,7 +116,7 @@ def start(
 
         started(result["stream"])
 
-    _emit(as_json, action, show)
+    report.emit(as_json, action, show)
 
 
 @app.command()
@@ -223,7 +128,7 @@ def stop(names: NamesArg = None, all_streams: AllOpt = False, as_json: JsonOpt =
             f"stopped: {', '.join(result['stopped'])}" if result["stopped"] else "nothing to stop"
         )
 
-    _emit(as_json, lambda: commands.stop(names or [], all_streams), show)
+    report.emit(as_json, lambda: commands.stop(names or [], all_streams), show)
 
 
 @app.command("list")
@@ -233,13 +138,13 @@ def list_streams(wide: WideOpt = False, fmt: FormatOpt = None, as_json: JsonOpt 
     Name, status and time left always show; at a narrow terminal other columns drop
     out (source and output first), --wide shows them all.
     """
-    _emit(as_json, commands.list_streams, _render("streams", wide=wide or fmt == "wide"))
+    report.emit(as_json, commands.list_streams, report.view("streams", wide=wide or fmt == "wide"))
 
 
 @app.command()
 def saved(wide: WideOpt = False, fmt: FormatOpt = None, as_json: JsonOpt = False) -> None:
     """Show the state file's entries (works while the daemon is down)."""
-    _emit(as_json, commands.saved, _render("saved", wide=wide or fmt == "wide"))
+    report.emit(as_json, commands.saved, report.view("saved", wide=wide or fmt == "wide"))
 
 
 @app.command()
@@ -250,11 +155,11 @@ def clear(
     """Empty the state file (backed up first); running streams are untouched."""
     if not yes:
         if not sys.stdin.isatty():
-            _fail(InvalidInput("refusing to clear the state file without --yes"), as_json)
+            report.fail(InvalidInput("refusing to clear the state file without --yes"), as_json)
         if not typer.confirm("Remove every saved stream from the state file?", default=False):
-            _fail(InvalidInput("cancelled; nothing was cleared"), as_json)
+            report.fail(InvalidInput("cancelled; nothing was cleared"), as_json)
 
-    _emit(as_json, commands.clear, lambda r: print(r["message"]))
+    report.emit(as_json, commands.clear, lambda r: print(r["message"]))
 
 
 @app.command()
@@ -265,7 +170,7 @@ def restore(
     as_json: JsonOpt = False,
 ) -> None:
     """Restore every saved stream that is not running, and report each."""
-    result = _emit(as_json, lambda: commands.restore(dry_run), _render("restore"))
+    result = report.emit(as_json, lambda: commands.restore(dry_run), report.view("restore"))
     if not result["success"]:
         raise typer.Exit(1)
 
@@ -277,7 +182,7 @@ def logs(
         typer.Argument(
             metavar="[NAME]",
             help="The stream; without it, every stream's log, each line prefixed with its name.",
-            autocompletion=_complete_names,
+            autocompletion=typerparts.complete_names,
         ),
     ] = None,
     lines: Annotated[
@@ -287,7 +192,7 @@ def logs(
             "--lines",
             metavar="N",
             help="How many lines (of each log), 0 or more.",
-            parser=whole(0),
+            parser=typerparts.whole(0),
         ),
     ] = 50,
     follow: Annotated[
@@ -296,51 +201,13 @@ def logs(
     as_json: JsonOpt = False,
 ) -> None:
     """Show a stream's FFmpeg log and lifecycle events, or every stream's."""
-    if as_json and follow:
-        _fail(
-            InvalidInput("--follow prints lines as they come; it cannot be combined with --json"),
-            as_json,
-        )
-    if name is not None:
-        result = _emit(
-            as_json,
-            lambda: commands.logs(name, lines),
-            lambda r: print("\n".join(map(plain, r["lines"]))) if r["lines"] else None,
-        )
-        paths = {name: result["path"]}
-        offsets = {name: result["offset"]}
-    else:
-        tails = _emit(
-            as_json,
-            lambda: {"success": True, "logs": commands.all_logs(lines)},
-            lambda r: _print_prefixed({n: t["lines"] for n, t in r["logs"].items()}),
-        )
-        paths = {n: t["path"] for n, t in tails["logs"].items()}
-        offsets = {n: t["offset"] for n, t in tails["logs"].items()}
-    if follow:
-        width = max(map(len, paths), default=0)
-        try:
-            for stream, line in commands.follow(paths, offsets=offsets):
-                print(_prefixed(stream, line, width) if name is None else plain(line), flush=True)
-        except KeyboardInterrupt:
-            pass
-
-
-def _prefixed(name: str, line: str, width: int) -> str:
-    return f"{name.ljust(width)} | {plain(line)}"
-
-
-def _print_prefixed(tails: dict[str, list[str]]) -> None:
-    width = max(map(len, tails), default=0)
-    for stream, lines in tails.items():
-        for line in lines:
-            print(_prefixed(stream, line, width))
+    report.logs(name, lines, follow, as_json)
 
 
 @app.command()
 def encoders(as_json: JsonOpt = False) -> None:
     """Show video encoders per codec, software and hardware, and which `auto` picks."""
-    _emit(as_json, commands.encoders, _render("encoders"))
+    report.emit(as_json, commands.encoders, report.view("encoders"))
 
 
 @app.command()
@@ -352,7 +219,7 @@ def restart(names: NamesArg = None, all_streams: AllOpt = False, as_json: JsonOp
         for failure in result["failed"]:
             print(f"failed: {failure['name']}: {failure['reason']}", file=sys.stderr)
 
-    result = _emit(as_json, lambda: commands.restart(names or [], all_streams), show)
+    result = report.emit(as_json, lambda: commands.restart(names or [], all_streams), show)
     if not result["success"]:
         raise typer.Exit(1)
 
@@ -360,7 +227,7 @@ def restart(names: NamesArg = None, all_streams: AllOpt = False, as_json: JsonOp
 @app.command()
 def show(name: NameArg, as_json: JsonOpt = False) -> None:
     """Everything about one stream: spec, output, status, deadline, restarts, last exits, log."""
-    _emit(as_json, lambda: commands.show(name), _render("details"))
+    report.emit(as_json, lambda: commands.show(name), report.view("details"))
 
 
 @app.command()
@@ -370,22 +237,7 @@ def top(wide: WideOpt = False, fmt: FormatOpt = None, as_json: JsonOpt = False) 
     Failed and retrying streams come first, then the others, by name. When stdout is
     not a terminal, prints one snapshot and exits.
     """
-    if as_json:
-        _emit(True, commands.list_streams, print)
-        return
-    from streamalchemy.client import top as view
-    from streamalchemy.client.render import console
-
-    fetch = view.fetcher(commands.client())
-    wide = wide or fmt == "wide"
-    try:
-        if console.is_terminal:
-            code = view.live(fetch, console, wide=wide)
-        else:
-            code = view.once(fetch, console, wide=wide)
-    except StreamAlchemyError as exc:
-        _fail(exc, False)
-    raise typer.Exit(code)
+    raise typer.Exit(report.top(wide or fmt == "wide", as_json))
 
 
 @app.command("apply")
@@ -433,7 +285,7 @@ def apply_cmd(
     """
     from streamalchemy.apply import commands as apply_commands
 
-    result = _emit(
+    result = report.emit(
         as_json,
         lambda: apply_commands.apply_file(file, prune=prune, dry_run=dry_run, shard=shard),
         apply_commands.render_plan,
@@ -464,7 +316,7 @@ def export_cmd(
         typer.Option(
             metavar="N",
             help="With --format kubernetes: the replicas, one per shard, 1 or more.",
-            parser=whole(1),
+            parser=typerparts.whole(1),
         ),
     ] = 1,
     output: Annotated[
@@ -491,7 +343,7 @@ def export_cmd(
         else:
             print(f"exported {len(result['streams'])} stream(s) to {result['output']}")
 
-    _emit(
+    report.emit(
         as_json,
         lambda: apply_commands.export(
             fmt=fmt, shards=shards, output=output, include_secrets=include_secrets
@@ -541,19 +393,19 @@ def daemon_run(
             restore=not no_restore, apply_file=apply_file, shard=shard, metrics_addr=metrics_addr
         )
     except StreamAlchemyError as exc:
-        _fail(exc, False)
+        report.fail(exc, False)
 
 
 @daemon_app.command("stop")
 def daemon_stop(as_json: JsonOpt = False) -> None:
     """Stop the daemon gracefully; its streams come back at its next launch."""
-    _emit(as_json, commands.daemon_stop, lambda r: print(r["message"]))
+    report.emit(as_json, commands.daemon_stop, lambda r: print(r["message"]))
 
 
 @daemon_app.command("status")
 def daemon_status(as_json: JsonOpt = False) -> None:
     """Show the daemon's pid, version, uptime, home, installation, paths and streams."""
-    _emit(as_json, commands.daemon_status, _render("status"))
+    report.emit(as_json, commands.daemon_status, report.view("status"))
 
 
 FlavourOpt = Annotated[
@@ -595,7 +447,7 @@ def service_install(
         else:
             print(service.summary(result))
 
-    _emit(
+    report.emit(
         as_json,
         lambda: commands.service_install(user, print_only, run_as, no_systemctl),
         show,
@@ -613,7 +465,7 @@ def service_uninstall(
 
         print(service.summary(result))
 
-    _emit(as_json, lambda: commands.service_uninstall(user, no_systemctl), show)
+    report.emit(as_json, lambda: commands.service_uninstall(user, no_systemctl), show)
 
 
 def _version(value: bool) -> None:
@@ -634,27 +486,4 @@ def _main(
 
 def main() -> None:
     """Console entry point: usage errors become one JSON document too under ``--json``."""
-    command = typer.main.get_command(app)
-    try:
-        code = command.main(prog_name="streamalchemy", standalone_mode=False)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except typer.Abort:
-        sys.exit(1)
-    except Exception as exc:
-        format_message = getattr(exc, "format_message", None)
-        if format_message is None or not isinstance(getattr(exc, "exit_code", None), int):
-            raise
-        # A usage error (wrong option, bad value, missing argument): one line, as
-        # every other error, pointing at the command's help.
-        ctx = getattr(exc, "ctx", None)
-        where = ctx.command_path if ctx is not None else "streamalchemy"
-        message = format_message().replace("Value error, ", "").rstrip(".")
-        if not message:  # the help was shown instead of running nothing
-            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
-        message += f" (see '{where} --help')"
-        if "--json" in sys.argv[1:]:
-            print(json.dumps({"success": False, "message": message}))
-        print(f"streamalchemy: {message}", file=sys.stderr)
-        sys.exit(exc.exit_code)  # type: ignore[attr-defined]
-    sys.exit(code if isinstance(code, int) else 0)
+    report.run_app(app)

@@ -13,6 +13,7 @@ import errno
 import fcntl
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -23,9 +24,11 @@ from streamalchemy import __version__, home
 from streamalchemy.core.masking import mask_record
 from streamalchemy.deploy import systemd
 from streamalchemy.errors import OperationFailed
+from streamalchemy.server import routes
 from streamalchemy.server.controller import Controller
 from streamalchemy.server.httpserver import connection_handler
 from streamalchemy.server.metrics import listen
+from streamalchemy.server.restoring import at_launch
 from streamalchemy.settings import Settings
 from streamalchemy.supervision import mediamtx, procs
 from streamalchemy.supervision.streamlog import CappedHandler
@@ -68,6 +71,22 @@ def _hold_instance_lock(data_dir: Path) -> IO[str]:
     return lock
 
 
+def raise_fd_limit() -> int:
+    """Raise the soft limit of open files to the hard one; return the soft limit now.
+
+    Each stream holds a few descriptors (pipes, its log), so the usual soft limit of
+    1,024 caps a daemon near 330 streams although the hard limit allows far more.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY or soft >= hard:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        return soft
+    return hard
+
+
 def _bind(path: Path) -> socket.socket:
     """Bind the control socket (0600 in a 0700 directory), replacing only a dead one."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -107,7 +126,7 @@ async def _serve(settings: Settings, restore: bool, apply: ApplyOption) -> None:
         watcher = asyncio.PidfdChildWatcher()
         watcher.attach_loop(asyncio.get_running_loop())
         asyncio.set_child_watcher(watcher)
-    controller = Controller(settings)
+    controller = Controller.from_settings(settings)
     # Live restore: what a previous daemon left running is adopted after the socket is
     # up; otherwise it is ended now, before anything starts.
     survivors = controller.supervisor.survivors()
@@ -125,7 +144,7 @@ async def _serve(settings: Settings, restore: bool, apply: ApplyOption) -> None:
     # Up before the daemon answers or restores: RTSP streams find their server running.
     rtsp_server = await mediamtx.start_if_needed(settings)
     server = await asyncio.start_unix_server(
-        connection_handler(controller.handle), sock=_bind(settings.socket)
+        connection_handler(routes.dispatcher(controller)), sock=_bind(settings.socket)
     )
     log.info("daemon %s listening on %s (pid %d)", __version__, settings.socket, os.getpid())
     systemd.notify("READY=1")
@@ -140,7 +159,7 @@ async def _serve(settings: Settings, restore: bool, apply: ApplyOption) -> None:
         await watch.prune_first(ops, shard)
     if survivors or (restore and controller.store.enabled):
         restoring = asyncio.create_task(
-            controller.restore_at_launch(survivors, restore=restore and controller.store.enabled)
+            at_launch(controller, survivors, restore and controller.store.enabled)
         )
     if watch is not None:
         applying = asyncio.create_task(watch.run(after=restoring))
@@ -171,6 +190,7 @@ def run(settings: Settings, restore: bool = True, apply: ApplyOption = None) -> 
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = _hold_instance_lock(settings.data_dir)
     _setup_logging(settings)
+    log.debug("open files limit: %d", raise_fd_limit())
     procs.mark_children()
     try:
         asyncio.run(_serve(settings, restore, apply))

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fcntl
 import functools
 import glob
 import itertools
@@ -38,9 +37,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import filelock
+
 from streamalchemy.errors import StateFileError
 
 log = logging.getLogger("streamalchemy.persist")
+LOCK_POLL = 0.002  # seconds between two tries of a held state lock
 
 Document = dict[str, Any]
 _MARKABLE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a stream name: safe as a file name
@@ -95,51 +97,6 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _lock(path: Path, timeout: float) -> int:
-    """Take an exclusive flock on ``path`` (created 0600, never through a symlink).
-
-    A waiter sleeps in the kernel and is woken when the lock is released, instead of
-    polling: a writer in a loop cannot starve it. flock(2) has no timeout, so the
-    wait runs in a helper thread; a caller that gives up leaves it to take the lock
-    and drop it at once. Returns the descriptor; closing it releases the lock.
-    TimeoutError after ``timeout`` seconds.
-    """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return fd
-    except BlockingIOError:
-        pass
-    except BaseException:
-        os.close(fd)
-        raise
-    errors: list[OSError] = []
-    guard = threading.Lock()
-    taken, abandoned = threading.Event(), threading.Event()
-
-    def wait() -> None:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as exc:
-            errors.append(exc)
-        with guard:
-            if abandoned.is_set():
-                os.close(fd)  # the caller gave up: drop the lock at once
-                return
-            taken.set()
-
-    threading.Thread(target=wait, name="state-lock-wait", daemon=True).start()
-    if not taken.wait(timeout):
-        with guard:
-            if not taken.is_set():
-                abandoned.set()
-                raise TimeoutError(path)
-    if errors:
-        os.close(fd)
-        raise errors[0]
-    return fd
-
-
 def _link(src: Path, dst: Path) -> None:
     """Make ``dst`` another name of ``src``; a copy where the filesystem has no hard links."""
     try:
@@ -169,6 +126,11 @@ class StateStore:
         self.enabled = enabled
         self.lock_timeout = lock_timeout
         self._lock_path = Path(f"{self.path}.lock")
+        # An flock on <path>.lock (created 0600, never through a symlink, kept on release so
+        # that a plain flock of the same file, another version's, still excludes us).
+        self._lock = filelock.FileLock(
+            self._lock_path, timeout=lock_timeout, mode=0o600, preserve_lock_file=True
+        )
         # Removals not written yet, for when even their marker could not be made.
         self._unwritten: set[str] = set()
         self._unwritten_lock = threading.Lock()  # the writer thread changes it, the loop reads
@@ -325,8 +287,10 @@ class StateStore:
     def _locked(self, *, reading: bool = False) -> Iterator[None]:
         lock = self._lock_path
         try:
-            fd = _lock(lock, self.lock_timeout)
-        except TimeoutError:
+            # flock is polled, not queued: a short interval keeps the wait of a reader
+            # behind the daemon's writer to about one write.
+            self._lock.acquire(poll_interval=LOCK_POLL)
+        except filelock.Timeout:
             raise StateFileError(
                 f"{lock} is still locked after {self.lock_timeout:g}s: another streamalchemy"
                 f" process (the daemon, `saved` or `clear`) holds it; retry, or see `fuser {lock}`"
@@ -340,10 +304,7 @@ class StateStore:
         try:
             yield
         finally:
-            os.close(fd)  # releases the flock
-            # Let a woken waiter take it before this thread, back with its next write,
-            # takes it again: the kernel wakes waiters but does not queue them.
-            os.sched_yield()
+            self._lock.release()
 
     def _backups(self) -> list[Path]:
         return [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -284,3 +286,51 @@ def daemon(tmp_home: Path) -> Iterator[Daemon]:
     d = Daemon(tmp_home)
     yield d
     d.stop()
+
+
+# -- shared by the metrics, dashboard and top tests ---------------------------------
+
+PER_STREAM = (
+    "streamalchemy_stream_up",
+    "streamalchemy_stream_info",
+    "streamalchemy_stream_frames_total",
+    "streamalchemy_stream_fps",
+    "streamalchemy_stream_output_bytes_total",
+    "streamalchemy_stream_speed",
+    "streamalchemy_stream_restarts_total",
+    "streamalchemy_stream_remaining_seconds",
+    "streamalchemy_stream_cpu_seconds_total",
+    "streamalchemy_stream_memory_bytes",
+)
+DAEMON = (
+    "streamalchemy_build_info",
+    "streamalchemy_daemon_start_time_seconds",
+    "streamalchemy_restore_results_total",
+    "streamalchemy_state_writes_total",
+    "streamalchemy_state_write_errors_total",
+)
+
+
+def promtool_findings(exposition: bytes) -> list[str]:
+    checked = subprocess.run(
+        ["promtool", "check", "metrics"], input=exposition, capture_output=True, timeout=30
+    )
+    findings = (checked.stdout + checked.stderr).decode().strip().splitlines()
+    assert checked.returncode in (0, 3), findings  # 3: lint findings only, it parsed
+    return findings if checked.returncode else []
+
+
+DASHBOARD = Path(__file__).parent.parent / "deploy" / "grafana" / "streamalchemy.json"
+
+
+def expressions() -> list[str]:
+    """Every PromQL expression of the dashboard, with Grafana's variables filled in."""
+    doc = json.loads(DASHBOARD.read_text())
+    found = [t["expr"] for p in doc["panels"] for t in p.get("targets", [])]
+    return [e.replace("$__rate_interval", "1m").replace("$name", ".*") for e in found]
+
+
+def own_terminal() -> None:
+    """In the child: a session whose controlling terminal is the pty, as in a real shell."""
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)

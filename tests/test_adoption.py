@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_supervisor import STUB, Harness, log_text, run, spec, stub, until
 
 from conftest import kill_tree, wait_for
 from streamalchemy.errors import OperationFailed
 from streamalchemy.supervision import adoption, procs
-from streamalchemy.supervision.adoption import EXIT_UNKNOWN, Adopted, Survivor, identity, is_ours
+from streamalchemy.supervision.adoption import Survivor, identity, is_ours
 from streamalchemy.supervision.childfiles import (
     ChildFiles,
     Tail,
@@ -176,122 +175,3 @@ def test_a_name_whose_lock_a_child_holds_cannot_start_again(tmp_path: Path) -> N
     assert lock is not None
     os.close(lock)
     files.close()
-
-
-# -- adoption and how an adopted exit is classified ---------------------------------------
-
-
-async def left_running(h: Harness, tmp: Path, *args: str) -> tuple[int, dict[str, Survivor]]:
-    """A stub FFmpeg spawned as a dead daemon would have left it, and what a new one finds."""
-    argv = stub(*args)("null", None)
-    io = ChildFiles(h.sup.record.run_dir, "s").for_child(outlive=True)
-    proc = await procs.spawn(argv, io)
-    entry = h.sup.record.add("s", proc.pid, argv, {"target": "null", "encoder": "libx264"})
-    assert entry is not None
-    write_identity(io.keep[0], entry)
-    io.close()
-    await until(lambda: is_ours(entry), "the stub's exec")
-    return proc.pid, procs.ChildRecord(h.sup.record.path).survivors()
-
-
-def test_a_living_ffmpeg_is_adopted_with_its_pid_and_figures(tmp_path: Path) -> None:
-    async def test(h: Harness) -> None:
-        pid, found = await left_running(h, tmp_path, "--every", "0.2")
-        assert list(found) == ["s"] and found["s"].alive
-        s = h.sup.launch(
-            spec(),
-            saved_at=h.clock.time(),
-            encoder="libx264",
-            target="null",
-            argv_for=stub(),
-            survivor=found["s"],
-        )
-        await until(lambda: s.pid == pid and s.status == "running", "the adoption")
-        await until(lambda: s.progress.frames > 0, "figures from the adopted FFmpeg")
-        assert f"adopted FFmpeg (pid {pid})" in log_text(s)
-        assert s.history()[-1]["event"] == "adopted"
-        await h.sup.stop("s")
-        assert s.pid is None and not os.path.exists(f"/proc/{pid}/cmdline")
-
-    run(tmp_path, test)
-
-
-def ended(name: str = "s", **rec: Any) -> Survivor:
-    return Survivor(name, {"pid": 999999, **rec}, Adopted(999999, None), Path("/nonexistent"))
-
-
-def test_an_ffmpeg_that_ended_with_no_daemon_is_restarted_as_a_failure(tmp_path: Path) -> None:
-    async def test(h: Harness) -> None:
-        s = h.sup.launch(
-            spec(),
-            saved_at=h.clock.time(),
-            encoder="libx264",
-            target="null",
-            argv_for=stub(),
-            survivor=ended(),
-        )
-        await until(lambda: s.restarts == 1 and s.status == "running", "the restart")
-        first = s.history()[0]
-        assert first["code"] is None and "exit code is unknown" in first["reason"]
-        assert "ended while no daemon was running" in log_text(s)
-
-    run(tmp_path, test)
-
-
-def test_an_ffmpeg_that_ended_at_its_deadline_finishes_the_stream(tmp_path: Path) -> None:
-    async def test(h: Harness) -> None:
-        s = h.sup.launch(
-            spec(duration=10.0),
-            saved_at=h.clock.time() - 11,
-            encoder="libx264",
-            target="null",
-            argv_for=stub(),
-            survivor=ended(),
-        )
-        await until(lambda: h.ended, "the end")
-        assert s.status == "finished" and s.restarts == 0
-
-    run(tmp_path, test)
-
-
-def test_under_restart_never_an_unknown_exit_is_a_failure(tmp_path: Path) -> None:
-    async def test(h: Harness) -> None:
-        s = h.sup.launch(
-            spec(restart="never"),
-            saved_at=h.clock.time(),
-            encoder="libx264",
-            target="null",
-            argv_for=stub(),
-            survivor=ended(),
-        )
-        await until(lambda: h.ended, "the end")
-        assert s.status == "failed" and s.history()[0]["code"] is None
-
-    run(tmp_path, test)
-
-
-def test_the_remaining_time_is_on_each_spawns_command_line(tmp_path: Path) -> None:
-    seen: list[float | None] = []
-
-    def argv_for(target: str, remaining: float | None) -> list[str]:
-        seen.append(remaining)
-        return [sys.executable, str(STUB), "--blocks", "2", "--exit", "1"]
-
-    async def test(h: Harness) -> None:
-        h.sup.launch(
-            spec(duration=100.0),
-            saved_at=h.clock.time() - 40,
-            encoder="libx264",
-            target="null",
-            argv_for=argv_for,
-        )
-        await until(lambda: len(seen) >= 2, "a restart")
-        assert seen[0] == 60.0
-
-    run(tmp_path, test)
-
-
-def test_an_unknown_exit_reads_as_such() -> None:
-    from streamalchemy.supervision.rules import exit_words
-
-    assert "unknown" in exit_words(EXIT_UNKNOWN)

@@ -9,9 +9,10 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from test_controller import make_controller, saved
+from fakes import make_controller, saved
 
 from streamalchemy.apply import applier, declarative
+from streamalchemy.server import routes
 
 CHEAP = 'testsrc = true\noutput = "null"\n'
 
@@ -27,10 +28,12 @@ def test_an_apply_and_a_stop_on_one_name_each_wait_their_turn(tmp_path: Path) ->
 
     async def scenario() -> tuple[Any, Any]:
         applying = asyncio.create_task(
-            c.handle("POST", "/apply", {}, body(f"[streams.a]\n{CHEAP}[streams.b]\n{CHEAP}"))
+            routes.handle(
+                c, "POST", "/apply", {}, body(f"[streams.a]\n{CHEAP}[streams.b]\n{CHEAP}")
+            )
         )
         await asyncio.sleep(0.01)  # the apply owns 'a' and is confirming its FFmpeg
-        stopped = await c.handle("POST", "/stop", {}, {"names": ["a"]})
+        stopped = await routes.handle(c, "POST", "/stop", {}, {"names": ["a"]})
         return await applying, stopped
 
     try:

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from streamalchemy.apply import applier, declarative
 from streamalchemy.apply.declarative import parse, plan
+from streamalchemy.core.saved import to_config
 from streamalchemy.core.spec import StreamSpec
 from streamalchemy.errors import InvalidInput
 from streamalchemy.persist import new_entry
@@ -128,7 +129,7 @@ def test_fuzzed_bytes_are_specs_or_one_line(data: bytes) -> None:
 
 def test_a_saved_stream_that_does_not_run_is_started_again() -> None:
     specs = parse(patterns("a", "b"))
-    saved = {n: new_entry(s.to_config(), 1000.0) for n, s in specs.items()}
+    saved = {n: new_entry(to_config(s), 1000.0) for n, s in specs.items()}
     current = declarative.current_specs(saved, {"a": specs["a"]})
     steps = {s.name: s for s in plan(specs, current, not_running={"b"})}
     assert steps["a"].action == "unchanged"
@@ -235,7 +236,7 @@ def test_an_emptied_file_never_prunes_before_the_launch_restore(tmp_path: Path) 
     record = applier.AppliedRecord(tmp_path / "applied.json")
     record.save(path, {"a", "b"})
     specs = parse(patterns("a", "b"))
-    saved = {n: new_entry(s.to_config(), 1000.0) for n, s in specs.items()}
+    saved = {n: new_entry(to_config(s), 1000.0) for n, s in specs.items()}
     stopped: list[str] = []
 
     async def stop(name: str) -> None:

@@ -13,7 +13,9 @@ import pytest
 from streamalchemy.client import commands
 from streamalchemy.client import fastpath as main
 from streamalchemy.core.details import saved_details, spec_doc
-from streamalchemy.core.spec import START_OPTIONS, spec_from_request
+from streamalchemy.core.options import START_OPTIONS
+from streamalchemy.core.saved import to_config
+from streamalchemy.core.spec import spec_from_request
 from streamalchemy.errors import InvalidInput
 
 
@@ -93,7 +95,7 @@ def test_spec_doc_gives_the_options_back_masked() -> None:
 
 def test_show_of_a_saved_entry_and_of_an_invalid_one() -> None:
     spec = spec_from_request({"name": "cam", "testsrc": True, "duration": "2m"})
-    entry = {"config": spec.to_config(), "saved_at": 1000.0, "status": "active"}
+    entry = {"config": to_config(spec), "saved_at": 1000.0, "status": "active"}
     doc = saved_details(
         "cam", entry, log_file="/l/cam.log", why="skipped", target=lambda s: "T", now=1030.0
     )

@@ -8,149 +8,30 @@ running that is not saved, nothing saved that the user stopped.
 from __future__ import annotations
 
 import asyncio
-import collections
-import itertools
-import json
 import os
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from fakes import FakeStream, FakeSupervisor, make_controller, run, save_many, saved, spec
 
 from streamalchemy import daemon
 from streamalchemy.client import commands
 from streamalchemy.client.logfollow import Follower
-from streamalchemy.core.spec import StreamSpec, spec_from_entry, spec_from_request
+from streamalchemy.core.saved import spec_from_entry, to_config
+from streamalchemy.core.spec import StreamSpec, spec_from_request
 from streamalchemy.errors import InvalidInput, OperationFailed, StateFileError, StreamExists
 from streamalchemy.persist import new_entry
-from streamalchemy.server.controller import RESTORE_PARALLEL, Controller
-from streamalchemy.settings import load_settings
-
-T = TypeVar("T")
-_pids = itertools.count(1000)
-
-
-class FakeStream:
-    """A stream whose FFmpeg confirms (or fails) after ``delay`` seconds."""
-
-    def __init__(self, spec: StreamSpec, saved_at: float, encoder: str, delay: float) -> None:
-        self.spec, self.saved_at, self.encoder = spec, saved_at, encoder
-        self.status = "starting"
-        self.pid: int | None = next(_pids)
-        self.last_error: str | None = None
-        self.delay = delay
-        self.fail: str | None = None
-        self.gate: asyncio.Event | None = None
-        self.exits: collections.deque[dict[str, Any]] = collections.deque()
-
-    @property
-    def active(self) -> bool:
-        return self.status in ("starting", "running")
-
-    async def confirmed(self, window: float) -> str | None:
-        await asyncio.sleep(self.delay)
-        if self.gate is not None:
-            await self.gate.wait()
-        if self.fail:
-            self.status, self.last_error = "failed", self.fail
-            return self.fail
-        if self.status == "starting":
-            self.status = "running"
-        return None
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"name": self.spec.name, "status": self.status, "pid": self.pid}
-
-
-class FakeSupervisor:
-    """Records every launch; fails the test at once if a name gets a second live process."""
-
-    def __init__(self, log_dir: Path, delay: float = 0.01) -> None:
-        self.streams: dict[str, FakeStream] = {}
-        self.launched: list[str] = []
-        self.live: list[FakeStream] = []
-        self.delay = delay
-        self.fail: dict[str, str] = {}
-        self.gates: dict[str, asyncio.Event] = {}  # names whose confirmation waits for a set()
-        self.notes: list[tuple[str, str]] = []
-        self.log_dir = log_dir
-
-    def log_path(self, name: str) -> Path:
-        return self.log_dir / f"{name}.log"
-
-    def launch(self, spec: StreamSpec, *, saved_at: float, encoder: str, **_: Any) -> FakeStream:
-        twins = [s for s in self.live if s.spec.name == spec.name]
-        assert not twins, f"a second process for {spec.name}"
-        stream = FakeStream(spec, saved_at, encoder, self.delay)
-        stream.fail = self.fail.get(spec.name)
-        stream.gate = self.gates.get(spec.name)
-        self.streams[spec.name] = stream
-        self.launched.append(spec.name)
-        self.live.append(stream)
-        return stream
-
-    async def stop(self, name: str, reason: str = "stopped by the user") -> None:
-        stream = self.streams.pop(name)
-        await asyncio.sleep(0.001)
-        stream.status, stream.pid = "stopped", None
-        if stream in self.live:
-            self.live.remove(stream)
-
-    async def stop_all(self) -> None:
-        for name in list(self.streams):
-            await self.stop(name)
-
-    def note(self, name: str, text: str) -> None:
-        self.notes.append((name, text))
-
-    def running(self) -> set[str]:
-        return {s.spec.name for s in self.live}
-
-
-class FakeChooser:
-    def __call__(self, spec: StreamSpec) -> str:
-        return "copy" if spec.codec == "copy" else "libx264"
-
-    async def ready(self) -> None:
-        return None
-
-    async def choose_async(self, spec: StreamSpec) -> str:
-        return self(spec)
+from streamalchemy.server import routes
+from streamalchemy.server.controller import Controller
+from streamalchemy.server.restoring import RESTORE_PARALLEL
 
 
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     return tmp_path
-
-
-def make_controller(home: Path, delay: float = 0.01) -> tuple[Controller, FakeSupervisor]:
-    settings = load_settings(env={"STREAMALCHEMY_HOME": str(home), "STREAMALCHEMY_MEDIAMTX": "off"})
-    controller = Controller(settings)
-    fake = FakeSupervisor(home / "logs", delay)
-    controller.supervisor = fake  # type: ignore[assignment]
-    controller.choose_encoder = FakeChooser()  # type: ignore[assignment]
-    controller.check_source = lambda spec, ffprobe: None
-    return controller, fake
-
-
-def spec(name: str) -> StreamSpec:
-    return spec_from_request({"name": name, "testsrc": True, "output": "null"})
-
-
-def saved(home: Path) -> set[str]:
-    path = home / "active_streams.json"
-    return set(json.loads(path.read_text())) if path.exists() else set()
-
-
-def save_many(controller: Controller, names: list[str]) -> None:
-    for name in names:
-        controller.store.save(name, new_entry(spec(name).to_config(), time.time()))
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
 
 
 @pytest.fixture
@@ -294,17 +175,18 @@ def test_stop_stops_even_when_the_write_fails_and_the_stream_stays_gone(
 
     monkeypatch.setattr(c.store, "_write", full)
     result = run(c.stop_names(["a"]))
-    status, reply = result.reply()
+    status, reply = routes.stop_reply(result)
     assert result.stopped == ["a"] and status == 500 and "disk full" in reply["message"]
     assert fake.running() == {"b"}
-    assert c.status()["state_write_ok"] is False and "disk full" in c.status()["state_write_error"]
+    report = routes.status(c)
+    assert report["state_write_ok"] is False and "disk full" in report["state_write_error"]
     # Still in the file, but hidden from every reader and never restored.
     assert "a" in saved(home) and "a" not in c.store.load()
     assert run(c.restore())["b"]["result"] == "skipped"
     assert fake.running() == {"b"}
     monkeypatch.setattr(c.store, "_write", real_write)
     run(c.writer.flush())
-    assert saved(home) == {"b"} and c.status()["state_write_ok"] is True
+    assert saved(home) == {"b"} and routes.status(c)["state_write_ok"] is True
 
 
 def test_an_exception_in_one_restore_is_that_streams_failure(
@@ -369,7 +251,7 @@ def test_priority_is_bounded_alike_for_start_and_restore() -> None:
     with pytest.raises(InvalidInput, match="priority"):
         spec_from_request({"name": "p", "testsrc": True, "priority": 1_000_000_000})
     ok = spec_from_request({"name": "p", "testsrc": True, "priority": -999_999_999})
-    again = spec_from_entry("p", new_entry(ok.to_config(), time.time()))
+    again = spec_from_entry("p", new_entry(to_config(ok), time.time()))
     assert again.priority == ok.priority == -999_999_999
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from streamalchemy.apply import applier, declarative
 from streamalchemy.apply.declarative import owner, parse, plan
+from streamalchemy.core.saved import to_config
 from streamalchemy.core.spec import StreamSpec
 from streamalchemy.errors import InvalidInput, StreamExists
 from streamalchemy.persist import new_entry
@@ -36,7 +37,7 @@ def patterns(*names: str, extra: str = "") -> str:
 
 
 def saved_of(specs: dict[str, StreamSpec]) -> dict[str, dict[str, Any]]:
-    return {n: new_entry(s.to_config(), 1000.0) for n, s in specs.items()}
+    return {n: new_entry(to_config(s), 1000.0) for n, s in specs.items()}
 
 
 def test_parse_uses_start_vocabulary() -> None:

@@ -22,7 +22,7 @@ import pytest
 from conftest import FFMPEG, FFPROBE, RtspReceiver, free_port, kill_tree, wait_for
 from streamalchemy.core.spec import StreamSpec, spec_from_request
 from streamalchemy.supervision import ffmpeg
-from streamalchemy.supervision.ffmpeg import build_argv, output_target
+from streamalchemy.supervision.ffmpeg import build_argv
 from streamalchemy.supervision.sources import check_source
 
 SMALL = {"resolution": 480, "fps": 10}
@@ -110,13 +110,13 @@ def check_output(spec: StreamSpec, tmp: Path) -> None:
     if spec.output == "":
         receiver = RtspReceiver(path=spec.name)
         try:
-            target = output_target(spec, f"rtsp://127.0.0.1:{receiver.port}", hls_dir)
+            target = spec.target(f"rtsp://127.0.0.1:{receiver.port}", hls_dir)
             assert target == receiver.url
             stream_until(argv_for(spec, target), lambda _: receiver.frames > 0, "RTSP frames")
         finally:
             receiver.stop()
         return
-    target = output_target(spec, "rtsp://unused", hls_dir)
+    target = spec.target("rtsp://unused", hls_dir)
     out = Path(target)
     if spec.output == "null":
         stream_until(argv_for(spec, target), lambda run: run.frames > 0, "frames")
@@ -185,7 +185,7 @@ def test_hostile_paths_reach_ffmpeg_as_one_argv_item(sample_video: Path, tmp_pat
             {"name": "hostile", "file": str(source), "output": str(out), **SMALL}
         )
         check_source(spec, FFPROBE)
-        target = output_target(spec, "rtsp://unused", tmp_path)
+        target = spec.target("rtsp://unused", tmp_path)
         argv = build_argv(spec, ffmpeg=FFMPEG, encoder="libx264", target=target)
         assert argv.count(str(source)) == 1
         assert argv[argv.index(str(source)) - 1] == "-i"
@@ -256,7 +256,7 @@ def test_silent_url_source_makes_ffmpeg_exit(scheme: str, monkeypatch: pytest.Mo
 
 def argv_text(body: dict[str, Any], encoder: str = "libx264", target: str = "") -> str:
     spec = spec_from_request({"name": "cam", **body})
-    target = target or output_target(spec, "rtsp://h:8554", Path("/srv/hls"))
+    target = target or spec.target("rtsp://h:8554", Path("/srv/hls"))
     return " ".join(build_argv(spec, ffmpeg="ffmpeg", encoder=encoder, target=target))
 
 
@@ -350,7 +350,7 @@ def test_url_sources_get_a_timeout(url: str, options: str) -> None:
 def test_output_target_is_what_a_user_opens() -> None:
     def target(output: str) -> str:
         spec = spec_from_request({"name": "cam", "testsrc": True, "output": output})
-        return output_target(spec, "rtsp://127.0.0.1:8554/", Path("/d/hls"))
+        return spec.target("rtsp://127.0.0.1:8554/", Path("/d/hls"))
 
     assert target("") == "rtsp://127.0.0.1:8554/cam"
     assert target("hls") == "/d/hls/cam/index.m3u8"

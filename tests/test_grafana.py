@@ -4,19 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
-from test_metrics import DAEMON, PER_STREAM
-
-DASHBOARD = Path(__file__).parent.parent / "deploy" / "grafana" / "streamalchemy.json"
-
-
-def expressions() -> list[str]:
-    """Every PromQL expression of the dashboard, with Grafana's variables filled in."""
-    doc = json.loads(DASHBOARD.read_text())
-    found = [t["expr"] for p in doc["panels"] for t in p.get("targets", [])]
-    return [e.replace("$__rate_interval", "1m").replace("$name", ".*") for e in found]
+from conftest import DAEMON, DASHBOARD, PER_STREAM, expressions
 
 
 def test_dashboard_has_a_name_variable_over_the_streams() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from streamalchemy.core.saved import to_config
 from streamalchemy.deploy import kubernetes as kube
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,7 +69,7 @@ def test_exported_manifests_validate_strictly(tmp_path: Path) -> None:
     from streamalchemy.persist import new_entry
 
     spec = spec_from_request({"name": "cam1", "url": "rtsp://u:secret@h/x", "codec": "copy"})
-    tables = declarative.export_tables({"cam1": new_entry(spec.to_config(), 1.0)})
+    tables = declarative.export_tables({"cam1": new_entry(to_config(spec), 1.0)})
     text = kube.dump(kube.manifests(declarative.export_toml(tables), shards=5))
     assert "secret" not in text
     path = tmp_path / "fleet.yaml"

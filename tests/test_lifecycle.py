@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from conftest import FFMPEG, cli, cli_json, wait_for
+from streamalchemy.core.saved import to_config
 from streamalchemy.core.spec import spec_from_request
 from streamalchemy.persist import new_entry
 
@@ -149,7 +150,7 @@ def write_saved(home: Path, clips: Path, sample_video: Path, names: list[str]) -
             "codec": "copy",
             "output": "null",
         }
-        doc[name] = new_entry(spec_from_request(body).to_config(), time.time())
+        doc[name] = new_entry(to_config(spec_from_request(body)), time.time())
     path = home / "active_streams.json"
     path.write_text(json.dumps(doc))
     path.chmod(0o600)
@@ -277,7 +278,7 @@ def test_a_hanging_ffmpeg_never_slows_daemon_status(
     hang.write_text("#!/bin/sh\nsleep 59.93\n")  # not exec: the probe ends its group
     hang.chmod(0o755)
     body = {"name": "h1", "testsrc": True, "output": "null"}
-    state = {"h1": new_entry(spec_from_request(body).to_config(), time.time())}
+    state = {"h1": new_entry(to_config(spec_from_request(body)), time.time())}
     (tmp_home / "active_streams.json").write_text(json.dumps(state))
     (tmp_home / "active_streams.json").chmod(0o600)
     d = QuietDaemon(tmp_home, {"STREAMALCHEMY_FFMPEG": str(hang)})

@@ -5,34 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import DAEMON, PER_STREAM, promtool_findings
 from streamalchemy import __version__
 from streamalchemy.server.metrics import CONTENT_TYPE, DaemonFigures, Metrics
-
-PER_STREAM = (
-    "streamalchemy_stream_up",
-    "streamalchemy_stream_info",
-    "streamalchemy_stream_frames_total",
-    "streamalchemy_stream_fps",
-    "streamalchemy_stream_bitrate_bits_per_second",
-    "streamalchemy_stream_speed",
-    "streamalchemy_stream_restarts_total",
-    "streamalchemy_stream_remaining_seconds",
-    "streamalchemy_stream_cpu_seconds_total",
-    "streamalchemy_stream_memory_bytes",
-)
-DAEMON = (
-    "streamalchemy_build_info",
-    "streamalchemy_daemon_start_time_seconds",
-    "streamalchemy_restore_results_total",
-    "streamalchemy_state_writes_total",
-    "streamalchemy_state_write_errors_total",
-)
 
 
 def snapshot(name: str, **figures: Any) -> dict[str, Any]:
@@ -45,7 +26,7 @@ def snapshot(name: str, **figures: Any) -> dict[str, Any]:
         "source_type": "testsrc",
         "frames": 100,
         "fps": 5.0,
-        "bitrate_kbps": 250.5,
+        "output_bytes": 250500,
         "speed": 1.0,
         "restarts": 0,
         "remaining_seconds": 3600.0,
@@ -100,7 +81,7 @@ def test_every_contract_metric_is_present_per_stream() -> None:
 
 def test_figures_are_in_base_units() -> None:
     fake = Fake(snapshot("cam1", status="retrying", pid=None))
-    assert fake.value("streamalchemy_stream_bitrate_bits_per_second", name="cam1") == 250500
+    assert fake.value("streamalchemy_stream_output_bytes_total", name="cam1") == 250500
     assert fake.value("streamalchemy_stream_up", name="cam1") == 0
     labels = {
         "name": "cam1",
@@ -121,14 +102,14 @@ def test_running_stream_reads_its_process_cpu_and_memory() -> None:
 
 def test_unknown_figures_are_absent_never_nan() -> None:
     fake = Fake(
-        snapshot("new", fps=None, bitrate_kbps=None, speed=None, remaining_seconds=None, pid=None)
+        snapshot("new", fps=None, output_bytes=None, speed=None, remaining_seconds=None, pid=None)
     )
     text = fake.metrics.exposition().decode()
     assert "NaN" not in text
     samples = fake.samples()
     for metric in (
         "streamalchemy_stream_fps",
-        "streamalchemy_stream_bitrate_bits_per_second",
+        "streamalchemy_stream_output_bytes_total",
         "streamalchemy_stream_speed",
         "streamalchemy_stream_remaining_seconds",
         "streamalchemy_stream_memory_bytes",
@@ -168,18 +149,32 @@ def test_label_values_are_escaped() -> None:
     assert names_of(fake.samples(), "streamalchemy_stream_up") == {'we"ird\\name\n'}
 
 
-# The contract names this metric in bits, which promtool's unit lint would have in bytes:
-# that one finding is expected (see the README's "Metrics"); anything else is a fault.
-BITS_LINT = 'streamalchemy_stream_bitrate_bits_per_second use base unit "bytes" instead of "bits"'
+def test_output_bytes_only_grow_across_ffmpeg_restarts() -> None:
+    fake = Fake(snapshot("cam1", output_bytes=1000))
+    assert fake.value("streamalchemy_stream_output_bytes_total", name="cam1") == 1000
+    fake.snaps = [snapshot("cam1", output_bytes=300, restarts=1)]  # a new FFmpeg
+    assert fake.value("streamalchemy_stream_output_bytes_total", name="cam1") == 1300
 
 
-def promtool_findings(exposition: bytes) -> list[str]:
-    checked = subprocess.run(
-        ["promtool", "check", "metrics"], input=exposition, capture_output=True, timeout=30
-    )
-    findings = (checked.stdout + checked.stderr).decode().strip().splitlines()
-    assert checked.returncode in (0, 3), findings  # 3: lint findings only, it parsed
-    return [f for f in findings if f != BITS_LINT]
+def test_hls_output_bytes_count_the_segments_ffmpeg_deleted(tmp_path: Path) -> None:
+    def segment(number: int, size: int) -> Path:
+        path = tmp_path / f"segment_{number:05d}.ts"
+        path.write_bytes(b"x" * size)
+        return path
+
+    first = segment(0, 100)
+    fake = Fake(snapshot("hls", output_bytes=None, hls_dir=str(tmp_path)))
+    assert fake.value("streamalchemy_stream_output_bytes_total", name="hls") == 100
+    first.write_bytes(b"x" * 150)  # still being written
+    segment(1, 40)
+    assert fake.value("streamalchemy_stream_output_bytes_total", name="hls") == 190
+    first.unlink()  # FFmpeg deletes the oldest segment
+    segment(2, 10)
+    fake.metrics._collector.sample_segments()  # the daemon's sampler, between scrapes
+    segment(1, 60)
+    assert fake.value("streamalchemy_stream_output_bytes_total", name="hls") == 220
+    (tmp_path / "index.m3u8").write_text("#EXTM3U\n")  # the playlist is not a segment
+    assert fake.value("streamalchemy_stream_output_bytes_total", name="hls") == 220
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
@@ -231,3 +226,10 @@ def test_tcp_handler_serves_metrics_and_refuses_everything_else() -> None:
     ):
         status, body = ask(method, path)
         assert status in (403, 404, 405) and body["success"] is False, (method, path)
+
+
+def test_tcp_refusals_never_repeat_the_request() -> None:
+    fake = Fake()
+    for method, path in (("X" * 8000, "/metrics"), ("GET", "/" + "rtsp://" * 1000)):
+        status, body = asyncio.run(fake.metrics.handle_tcp(method, path, {}, {}))
+        assert status in (404, 405) and len(body["message"]) < 100

@@ -24,11 +24,20 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from test_grafana import expressions
-from test_metrics import DAEMON, PER_STREAM, promtool_findings
-from test_top import own_terminal
 
-from conftest import Daemon, cli, end_daemon_of, free_port, kill_tree, wait_for
+from conftest import (
+    DAEMON,
+    PER_STREAM,
+    Daemon,
+    cli,
+    end_daemon_of,
+    expressions,
+    free_port,
+    kill_tree,
+    own_terminal,
+    promtool_findings,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -209,7 +218,7 @@ def test_tcp_address_serves_nothing_but_metrics(metered: Metered) -> None:
     ]
     for method, path, body in refused:
         status, _, text = metered.tcp(method, path, body)
-        assert status in (403, 404, 405), (method, path, status)
+        assert status in (403, 404, 405, 413), (method, path, status)  # 413: a body
         assert "streamalchemy_" not in text
     names = {s["name"] for s in json.loads(cli("list", "--json").stdout)["streams"]}
     assert names == set(STREAMS)  # nothing was started or stopped over TCP
@@ -355,3 +364,21 @@ def test_unusable_metrics_address_is_exit_2_in_one_line(tmp_home: Path) -> None:
             assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
             assert "metrics" in proc.stderr.lower() or "METRICS" in proc.stderr
     assert not (tmp_home / "streamalchemy.sock").exists()
+
+
+def test_hls_output_bytes_are_counted_from_its_segments(metered: Metered) -> None:
+    started = cli(
+        "start", "hls1", "--testsrc", "--resolution", "480", "--fps", "5", "--output", "hls"
+    )
+    assert started.returncode == 0, started.stderr
+    try:
+        wait_for(
+            lambda: (
+                metered.samples().get(("streamalchemy_stream_output_bytes_total", "hls1"), 0) > 0
+            ),
+            30,
+            "bytes of hls1's segments",
+            interval=0.5,
+        )
+    finally:
+        assert cli("stop", "hls1").returncode == 0

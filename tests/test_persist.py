@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -11,7 +12,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +21,7 @@ import pytest
 
 from conftest import kill_tree
 from streamalchemy.errors import StateFileError
-from streamalchemy.persist import StateStore, _lock, new_entry
+from streamalchemy.persist import StateStore, new_entry
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,11 +102,14 @@ except StateFileError as exc:
     print(exc)
 """
 
+# A plain flock, as another tool (or another version of ours) takes it: filelock is an
+# flock of the same file, so each excludes the other.
 HOLDER = """
-import sys, time, filelock
-with filelock.FileLock(sys.argv[1]):
-    print("ready", flush=True)
-    time.sleep(60)
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("ready", flush=True)
+time.sleep(60)
 """
 
 
@@ -546,32 +549,14 @@ def test_a_pending_removal_of_an_odd_name_writes_no_file_outside(
     assert "../../escape" not in store.load()  # still hidden, from memory
 
 
-def test_a_lock_wait_that_times_out_never_keeps_the_lock(tmp_path: Path) -> None:
-    path = tmp_path / "state.lock"
-    holder = _lock(path, 1.0)
-    began = time.monotonic()
-    with pytest.raises(TimeoutError):
-        _lock(path, 0.2)  # its helper thread still waits in flock
-    assert time.monotonic() - began < 1.0
-    os.close(holder)  # the abandoned waiter takes the lock, then drops it at once
-    again = _lock(path, 2.0)
-    os.close(again)
-
-
-def test_a_waiter_is_woken_at_the_release_not_polled(tmp_path: Path) -> None:
-    path = tmp_path / "state.lock"
-    holder = _lock(path, 1.0)
-    got: list[float] = []
-
-    def wait() -> None:
-        fd = _lock(path, 5.0)
-        got.append(time.monotonic())
+def test_a_plain_flock_is_refused_while_the_store_holds_its_lock(state: Path) -> None:
+    store = StateStore(state)
+    store.save("a", entry(1))
+    fd = os.open(f"{state}.lock", os.O_RDWR)
+    try:
+        with store._locked(), pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released with the store's lock
+    finally:
         os.close(fd)
-
-    waiter = threading.Thread(target=wait)
-    waiter.start()
-    time.sleep(0.2)
-    released = time.monotonic()
-    os.close(holder)
-    waiter.join(5)
-    assert got and got[0] - released < 0.05
+    assert Path(f"{state}.lock").exists()  # kept: a plain flock of the path still excludes

@@ -79,3 +79,11 @@ def test_root_cause_and_the_rtsp_hint() -> None:
     assert cause == lines[0]
     hint = explain_failure(cause, "rtsp://127.0.0.1:8554/cam")
     assert "127.0.0.1:8554" in hint and "MediaMTX" in hint and "--output hls" in hint
+
+
+def test_total_size_is_the_bytes_written_or_unknown() -> None:
+    parser = ProgressParser()
+    block = parser.feed(b"frame=3\ntotal_size=N/A\nprogress=continue\n")
+    assert block is not None and block.total_size is None  # HLS and RTSP say N/A
+    block = parser.feed(b"frame=9\ntotal_size=37788\nprogress=continue\n")
+    assert block is not None and block.total_size == 37788

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from conftest import Daemon, cli, cli_json, wait_for
-from streamalchemy.core.restore import plan
 
 pytestmark = pytest.mark.e2e
 
@@ -225,14 +224,3 @@ def test_saved_works_with_daemon_down_and_clear_needs_yes(tmp_home: Path) -> Non
     assert (code, doc) == (0, {"success": True, "message": "All persistent streams cleared"})
     assert cli_json("saved")[1]["streams"] == {}
     assert (tmp_home / "active_streams.json.backup.1").exists()
-
-
-def test_plan_orders_by_priority() -> None:
-    now = time.time()
-    entries = {
-        "low": entry(pattern_config(priority="-1"), now),
-        "high": entry(pattern_config(priority="10"), now),
-        "mid": entry(pattern_config(), now),
-    }
-    steps = plan(entries, running=set(), choose_encoder=lambda s: "libx264", now=now)
-    assert [s.name for s in steps] == ["high", "mid", "low"]

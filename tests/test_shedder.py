@@ -61,11 +61,11 @@ class Owner:
     async def owning(self, name: str) -> AsyncIterator[None]:
         yield
 
-    def _active(self, name: str) -> Stream | None:
+    def active(self, name: str) -> Stream | None:
         stream = self.supervisor.streams.get(name)
         return stream if stream is not None and stream.active else None
 
-    def _launch(self, spec: StreamSpec, saved_at: float, encoder: str) -> Stream:
+    def launch(self, spec: StreamSpec, saved_at: float, encoder: str) -> Stream:
         return self.supervisor.launch(
             spec,
             saved_at=saved_at,
@@ -118,7 +118,7 @@ def side_file(tmp: Path) -> dict[str, Any]:
 
 def test_a_shed_stream_keeps_its_place_without_ffmpeg_and_comes_back(tmp_path: Path) -> None:
     async def test(owner: Owner, shedder: Shedder) -> None:
-        low = owner._launch(spec("low"), owner.clock.time(), "libx264")
+        low = owner.launch(spec("low"), owner.clock.time(), "libx264")
         await until(lambda: low.status == "running")
         pid = low.pid
         await shedder._carry_out(Decision(SHED, "low", "shed for lack of CPU: top at 0.80x"))
@@ -152,7 +152,7 @@ def test_a_decision_about_a_stream_stopped_meanwhile_does_nothing(tmp_path: Path
 
 def test_a_shed_stream_at_its_deadline_is_finished(tmp_path: Path) -> None:
     async def test(owner: Owner, shedder: Shedder) -> None:
-        low = owner._launch(spec("low", duration=60), owner.clock.time(), "libx264")
+        low = owner.launch(spec("low", duration=60), owner.clock.time(), "libx264")
         await until(lambda: low.status == "running")
         await shedder._carry_out(Decision(SHED, "low", "shed for lack of CPU"))
         owner.clock.wall += 30
@@ -220,7 +220,7 @@ def test_a_restore_keeps_shed_streams_shed_and_holds_back_what_will_not_fit(
 
 def test_a_restore_does_not_start_a_stream_that_is_shed_now(tmp_path: Path) -> None:
     async def test(owner: Owner, shedder: Shedder) -> None:
-        low = owner._launch(spec("low"), owner.clock.time(), "libx264")
+        low = owner.launch(spec("low"), owner.clock.time(), "libx264")
         await until(lambda: low.status == "running")
         await shedder._carry_out(Decision(SHED, "low", "shed for lack of CPU: top at 0.7x"))
         steps = [Step("low", "skipped", "already running")]
@@ -249,5 +249,20 @@ def test_measure_gives_the_rule_recent_speed_and_remembers_cpu(tmp_path: Path) -
         assert seen.speed == 0.5 and seen.cpu is not None
         assert low.snapshot()["recent_speed"] == 0.5
         assert shedder.memory.cpu["low"] == round(seen.cpu / 0.5, 1)  # its need in real time
+
+    run(tmp_path, test)
+
+
+def test_with_one_priority_for_all_nothing_is_even_measured(tmp_path: Path) -> None:
+    async def test(owner: Owner, shedder: Shedder) -> None:
+        for name in ("a", "b"):
+            owner.launch(spec(name), owner.clock.time(), "libx264")
+        await until(lambda: all(s.status == "running" for s in owner.supervisor.streams.values()))
+        for _ in range(3):
+            await shedder.tick()
+        assert shedder.memory.cpu == {}
+        owner.launch(spec("c", priority=1), owner.clock.time(), "libx264")
+        await shedder.tick()
+        assert set(shedder.memory.cpu) <= {"a", "b", "c"} and shedder._cpu
 
     run(tmp_path, test)

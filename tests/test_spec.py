@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streamalchemy.core.saved import spec_from_entry, to_config
 from streamalchemy.core.spec import (
     StreamSpec,
     mask_credentials,
-    spec_from_entry,
     spec_from_request,
     validate_name,
 )
@@ -312,13 +312,13 @@ def test_bad_entries_are_refused_by_the_same_rules(config: dict[str, Any], named
 )
 def test_to_config_round_trips(body: dict[str, Any]) -> None:
     spec = request(**body)
-    config = spec.to_config()
+    config = to_config(spec)
     assert all(isinstance(v, str) for v in config.values())
     assert spec_from_entry("cam", {"config": config, "saved_at": 1.0, "status": "active"}) == spec
 
 
 def test_to_config_writes_the_original_format() -> None:
-    assert request(file="/v/a.mp4", audio="aac", hwaccel="auto", duration=2).to_config() == {
+    assert to_config(request(file="/v/a.mp4", audio="aac", hwaccel="auto", duration=2)) == {
         "video_codec": "h264",
         "resolution": "source",
         "target_fps": "source",
@@ -333,7 +333,7 @@ def test_to_config_writes_the_original_format() -> None:
         "restart": "on-failure",
         "priority": "0",
     }
-    copy = request(url="rtsp://h/x", codec="copy").to_config()
+    copy = to_config(request(url="rtsp://h/x", codec="copy"))
     assert (copy["resolution"], copy["target_fps"], copy["source_url"]) == ("", "", "rtsp://h/x")
 
 
@@ -386,4 +386,4 @@ def test_any_valid_request_round_trips_through_the_state_file(
         priority=priority,
     )
     assert spec.duration == seconds
-    assert spec_from_entry("cam", {"config": spec.to_config()}) == spec
+    assert spec_from_entry("cam", {"config": to_config(spec)}) == spec

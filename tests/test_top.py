@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import pty
 import select
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from conftest import own_terminal
 from streamalchemy.client import top
 
 
@@ -84,12 +84,6 @@ from streamalchemy.client import top
 doc = {"streams": [{"name": "fake1", "status": "running", "pid": 1, "restarts": 0}]}
 sys.exit(top.live(lambda autostart: doc, Console()))
 """
-
-
-def own_terminal() -> None:
-    """In the child: a session whose controlling terminal is the pty, as in a real shell."""
-    os.setsid()
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 def run_in_terminal() -> tuple[subprocess.Popen[bytes], int, int]:

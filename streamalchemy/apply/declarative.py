@@ -23,14 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streamalchemy.core import outputs
+from streamalchemy.core.durations import duration_text
 from streamalchemy.core.masking import MASK, mask_url, secrets_in_url
-from streamalchemy.core.spec import (
-    SOURCE,
-    START_OPTIONS,
-    StreamSpec,
-    spec_from_entry,
-    spec_from_request,
-)
+from streamalchemy.core.options import SOURCE, START_OPTIONS
+from streamalchemy.core.saved import spec_from_entry
+from streamalchemy.core.spec import StreamSpec, spec_from_request
 from streamalchemy.errors import InvalidInput
 
 SOURCE_KEYS = ("file", "url", "testsrc")
@@ -153,7 +151,7 @@ def resolve_paths(table: Table, base_dir: Path) -> Table:
         value = out.get(key)
         if not isinstance(value, str) or not value or "://" in value:
             continue
-        if key == "output" and value in ("null", "hls"):
+        if key == "output" and not outputs.is_path(value):
             continue
         out[key] = os.path.abspath(base_dir / os.path.expanduser(value))
     return out
@@ -239,16 +237,6 @@ def _line_of(text: str, name: str, key: str | None) -> int | None:
 
 
 # -- the normalised table of a spec ---------------------------------------------------
-
-
-def duration_text(seconds: float) -> str:
-    """``"2h"``, ``"1h30m"``, ``"45s"``, ``"0"``: what ``duration`` takes back unchanged."""
-    s = round(seconds)
-    if not s:
-        return "0"
-    hours, s = divmod(s, 3600)
-    minutes, s = divmod(s, 60)
-    return "".join(f"{v}{u}" for v, u in ((hours, "h"), (minutes, "m"), (s, "s")) if v)
 
 
 def table_of(spec: StreamSpec) -> Table:

@@ -85,9 +85,11 @@ def start_body(
 ) -> dict[str, Any]:
     """The ``POST /streams`` body; relative paths are the caller's, so they resolve here.
 
-    ``options`` are the start options of ``spec.START_OPTIONS``; None means the default.
+    ``options`` are the start options of ``options.START_OPTIONS``; None means the default.
     """
-    from streamalchemy.core.spec import START_OPTIONS, source_kind
+    from streamalchemy.core import outputs
+    from streamalchemy.core.options import START_OPTIONS
+    from streamalchemy.core.spec import source_kind
 
     unknown = sorted(set(options) - set(START_OPTIONS))
     if unknown:
@@ -101,8 +103,7 @@ def start_body(
     else:
         body["testsrc"] = True
     if output is not None:
-        is_path = output not in ("null", "hls") and "://" not in output
-        body["output"] = _abs_path(output) if is_path else output
+        body["output"] = _abs_path(output) if outputs.is_path(output) else output
     return body
 
 
@@ -172,7 +173,6 @@ def show(name: str) -> ShowResult:
     if c.reachable():
         return cast("ShowResult", c.request("GET", f"/streams/{name}/details", autostart=False))
     from streamalchemy.core import details
-    from streamalchemy.supervision.ffmpeg import output_target
 
     settings = c.settings
     entries = _store(settings).load()
@@ -183,7 +183,7 @@ def show(name: str) -> ShowResult:
         entries[name],
         log_file=str(settings.log_dir / "streams" / f"{name}.log"),
         why="the daemon is not running",
-        target=lambda spec: output_target(spec, settings.rtsp_url, settings.hls_dir),
+        target=lambda spec: spec.target(settings.rtsp_url, settings.hls_dir),
     )
     return cast("ShowResult", _masked(found))
 
@@ -292,16 +292,14 @@ STOP_WAIT = 30.0  # seconds `daemon stop` waits for the daemon to exit
 
 def _alive(pid: int) -> bool:
     """Whether ``pid`` still runs; a zombie (exited, not yet reaped by its parent) does not."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    from streamalchemy.supervision.procs import HAVE_PROC, stat_fields
+    import psutil  # daemon stop only: never on a polled command's path
 
-    fields = stat_fields(pid) if HAVE_PROC else None  # no /proc (macOS): kill(0) is all
-    return not fields or fields[0] != b"Z"
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
 
 
 def daemon_stop() -> MessageResult:

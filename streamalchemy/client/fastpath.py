@@ -8,40 +8,16 @@ alone cost several times Python's own start-up, and call the very functions of
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
+
+from streamalchemy.client.report import report_failure, run_json
 
 # Not typing's: importing typing costs the polled commands 2-3 ms (mypy reads any
 # TYPE_CHECKING as its own).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
-
-    from streamalchemy.errors import StreamAlchemyError
-
-
-def report_failure(exc: StreamAlchemyError, as_json: bool) -> int:
-    """Print a failure the contract's way (one stderr line) and return its exit code."""
-    from streamalchemy.core.masking import mask_credentials
-
-    message = mask_credentials(" ".join(str(exc).split()))  # one line, no secret
-    if as_json:
-        print(json.dumps({"success": False, "message": message}))
-    print(f"streamalchemy: {message}", file=sys.stderr)
-    return exc.exit_code
-
-
-def run_json(action: Callable[[], Any]) -> int:
-    """Run one command function and print its JSON document; return the exit code."""
-    from streamalchemy.errors import StreamAlchemyError
-
-    try:
-        result = action()
-    except StreamAlchemyError as exc:
-        return report_failure(exc, as_json=True)
-    print(json.dumps(result))
-    return 0
 
 
 def _fast_path(args: list[str]) -> Callable[[], Any] | None:
@@ -63,19 +39,15 @@ def _fast_path(args: list[str]) -> Callable[[], Any] | None:
     return None
 
 
-_START_VALUES = frozenset(
-    {"file", "url", "codec", "resolution", "fps", "audio", "hwaccel", "duration", "output"}
-    | {"restart", "priority"}
-)
-_START_FLAGS = frozenset({"testsrc", "replace", "overwrite", "json"})
-
-
 def _start_args(args: list[str]) -> tuple[str, dict[str, Any]] | None:
     """NAME and the options of a plain ``start`` command line, each given once and valid
-    as Typer would take it; None for anything else (help, an error), which Typer parses."""
+    as Typer would take it; None for anything else (help, an error), which Typer parses.
+
+    The options are the rows of ``options.START``, as Typer's are, plus ``--json``."""
     if args[:1] != ["start"]:
         return None
-    from streamalchemy.core.spec import START_OPTIONS, check_option
+    from streamalchemy.core.options import BY_NAME
+    from streamalchemy.core.spec import check_option
     from streamalchemy.errors import InvalidInput
 
     names: list[str] = []
@@ -86,23 +58,25 @@ def _start_args(args: list[str]) -> tuple[str, dict[str, Any]] | None:
             names.append(arg)
             continue
         key, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
-        if key in opts:
+        option = BY_NAME.get(key)
+        if key in opts or (option is None and key != "json"):
             return None
-        if key in _START_FLAGS and not eq:
+        if option is None or option.flag:  # --json, or a flag: never with a value
+            if eq:
+                return None
             opts[key] = True
             continue
-        if key not in _START_VALUES:
-            return None
-        if not eq:
-            value = next(rest, "-")
-        if value.startswith("-"):
-            return None
-        if key in START_OPTIONS and key != "priority":  # priority: Typer's int check
+        if not eq:  # as Typer: the next word is the value, whatever it looks like
+            following = next(rest, None)
+            if following is None:
+                return None
+            value = following
+        if option.checked:
             try:
                 check_option(key, value)  # what Typer's parser checks; it reports a refusal
             except InvalidInput:
                 return None
-        if key == "priority":
+        if option.integer:
             try:
                 opts[key] = int(value)
             except ValueError:
@@ -120,7 +94,9 @@ def _start(args: list[str]) -> int | None:
         return None
     name, opts = parsed
     as_json = opts.pop("json", False)
-    for key in _START_VALUES - {"file", "url", "output"}:
+    from streamalchemy.core.options import START_OPTIONS
+
+    for key in START_OPTIONS.keys() - {"output"}:
         opts.setdefault(key, None)  # the body Typer's command sends: None is the default
     from streamalchemy.client import commands
     from streamalchemy.errors import StreamAlchemyError

@@ -21,9 +21,11 @@ from rich.text import Text
 from streamalchemy.client import columns
 from streamalchemy.client.columns import ALWAYS, Column
 from streamalchemy.client.text import plain
+from streamalchemy.core import outputs
 from streamalchemy.core.durations import duration_text
 from streamalchemy.core.masking import mask_url
-from streamalchemy.core.spec import StreamSpec, read_saved
+from streamalchemy.core.saved import read_saved
+from streamalchemy.core.spec import StreamSpec
 
 
 class PlainConsole(Console):
@@ -167,7 +169,7 @@ def _saved_row(name: str, entry: Any, now: float) -> dict[str, Any]:
         "saved": _when_short(view.saved_at),
         "left": "unlimited" if deadline is None else span(max(0.0, deadline - now)),
         "priority": str(spec.priority),
-        "output": mask_url(spec.output or "default RTSP"),
+        "output": mask_url(outputs.shown(spec.output)),
     }
 
 

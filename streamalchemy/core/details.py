@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from streamalchemy.core.durations import duration_text
-from streamalchemy.core.spec import StreamSpec, mask_credentials, read_saved
+from streamalchemy.core.saved import deadline, read_saved
+from streamalchemy.core.spec import StreamSpec, mask_credentials
 
 if TYPE_CHECKING:
     from streamalchemy.core.documents import ShowResult, StreamDoc
@@ -45,10 +46,6 @@ def spec_doc(spec: StreamSpec) -> dict[str, object]:
     }
 
 
-def _deadline(saved_at: float, duration: float) -> float | None:
-    return saved_at + duration if duration else None
-
-
 def running_details(snapshot: Mapping[str, Any], spec: StreamSpec) -> ShowResult:
     """``show`` for a stream the supervisor has (running, retrying, failed...)."""
     stream: StreamDoc = dict(snapshot)  # type: ignore[assignment]
@@ -57,7 +54,7 @@ def running_details(snapshot: Mapping[str, Any], spec: StreamSpec) -> ShowResult
         "stream": stream,
         "spec": spec_doc(spec),
         "exits": list(snapshot.get("exits") or []),
-        "deadline": _deadline(float(snapshot["saved_at"]), spec.duration),
+        "deadline": deadline(float(snapshot["saved_at"]), spec.duration),
         "log_file": str(snapshot.get("log_file", "")),
     }
 

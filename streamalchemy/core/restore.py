@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streamalchemy.core.spec import StreamSpec, read_saved
+from streamalchemy.core.saved import deadline, read_saved
+from streamalchemy.core.spec import StreamSpec
 from streamalchemy.errors import EncoderUnavailable, StreamAlchemyError
 
 
@@ -55,8 +56,9 @@ def plan(
         if spec is None:
             steps.append(Step(name, "failed", view.error))
             continue
-        if spec.duration and now >= saved_at + spec.duration:
-            over = now - saved_at - spec.duration
+        end = deadline(saved_at, spec.duration)
+        if end is not None and now >= end:
+            over = now - end
             reason = f"expired: its {_ago(spec.duration)} duration ended {_ago(over)} ago"
             steps.append(Step(name, "skipped", reason, expired=True))
             continue

@@ -1,6 +1,6 @@
 """One validated stream spec for the ``start`` request, the HTTP API body and the state file.
 
-A new stream and a restored one pass through the same ``_validated`` so that a
+A new stream and a restored one pass through the same ``validated`` so that a
 hand-edited or old state file obeys the same rules as the command line. Nothing
 here starts processes; the only file-system look is whether an output file's
 directory exists.
@@ -12,85 +12,34 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 from urllib.parse import urlsplit
 
-from streamalchemy.core.durations import hours_text, parse_duration, parse_duration_hours
+from streamalchemy.core import outputs
+from streamalchemy.core.durations import parse_duration, parse_duration_hours
 
 # The one masking function lives in masking; imported from here too.
 from streamalchemy.core.masking import mask_credentials as mask_credentials
 from streamalchemy.core.masking import mask_url
 from streamalchemy.core.names import validate_name as validate_name
+from streamalchemy.core.options import (
+    BY_NAME,
+    FPS_RANGE,
+    RESOLUTIONS,
+    SOURCE,
+    START_OPTIONS,
+)
 from streamalchemy.errors import InvalidInput
 
-CODECS = ("h264", "h265", "mpeg4", "copy")
-RESOLUTIONS = (480, 720, 1080, 1440, 2160)
-FPS_RANGE = (1, 120)
-AUDIO_CODECS = ("auto", "aac", "pcm_alaw", "none")
-HWACCELS = ("none", "auto", "nvenc", "vaapi", "qsv", "videotoolbox")
-RESTARTS = ("on-failure", "always", "never")
 SOURCE_TYPES = ("file", "rtsp", "testsrc")
 SOURCE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "srt", "udp", "tcp")
-OUTPUT_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "srt", "udp", "tcp")
-# File extension -> the FFmpeg muxer that writes it; only containers that take a live stream.
-FILE_MUXERS = {".ts": "mpegts", ".mp4": "mp4", ".mkv": "matroska", ".flv": "flv", ".mov": "mov"}
 
 INTEGER_MAX = 999_999_999  # nine digits, the most a saved string field may hold
 PRIORITY_ACCEPTED = f"a whole number from -{INTEGER_MAX} to {INTEGER_MAX}"
-# "source": a re-encode keeps the source's size and frame rate (no scale, no fps filter).
-SOURCE = "source"
-# What a generated test pattern is when its size or rate is "source".
-TESTSRC_RESOLUTION = 1080
-TESTSRC_FPS = 30
 
 
-@dataclass(frozen=True)
-class StartOption:
-    """One ``start`` option: the CLI builds its Typer option from this, the daemon its default."""
-
-    default: str  # as shown in --help, and what a missing or null value means
-    help: str
-    choices: tuple[str, ...] = ()  # empty: free text checked by the validation below
-    metavar: str = ""
-
-
-# The vocabulary of ``start`` (and of the HTTP body and the apply file): defined once.
-START_OPTIONS: dict[str, StartOption] = {
-    "codec": StartOption("h264", "Video codec; copy = no re-encode.", CODECS),
-    "resolution": StartOption(
-        SOURCE,
-        f"Output height; source keeps the source's size (a test pattern is {TESTSRC_RESOLUTION}).",
-        (SOURCE, *map(str, RESOLUTIONS)),
-    ),
-    "fps": StartOption(
-        SOURCE,
-        "Frames per second, 1-120; source keeps the source's rate (a test pattern is "
-        f"{TESTSRC_FPS}).",
-        metavar="source|1-120",
-    ),
-    "audio": StartOption(
-        "auto",
-        "The source's audio: auto keeps it (copied with --codec copy, else AAC; a test "
-        "pattern has none), none drops it.",
-        AUDIO_CODECS,
-    ),
-    "hwaccel": StartOption("none", "Hardware encoder.", HWACCELS),
-    "duration": StartOption(
-        "0", "0 = unlimited; hours as a number (1.5) or 90m, 2h, 45s, 1h30m.", metavar="DURATION"
-    ),
-    "output": StartOption(
-        "$STREAMALCHEMY_RTSP_URL/NAME",
-        "rtsp:// rtmp:// srt:// udp:// URL, hls, null or a file path.",
-        metavar="OUTPUT",
-    ),
-    "restart": StartOption("on-failure", "When FFmpeg dies.", RESTARTS),
-    "priority": StartOption("0", "Higher is restored first.", metavar="INTEGER"),
-}
-
-_REQUEST_KEYS = frozenset(
-    {"name", "file", "url", "testsrc", "codec", "resolution", "fps", "audio", "hwaccel"}
-    | {"duration", "output", "restart", "priority", "replace", "overwrite"}
-)
+_REQUEST_KEYS = frozenset({"name", *BY_NAME})
 
 
 @dataclass(frozen=True)
@@ -110,37 +59,9 @@ class StreamSpec:
     restart: str = "on-failure"
     priority: int = 0
 
-    def to_config(self) -> dict[str, str]:
-        """The state file's ``config`` object, in the original StreamAlchemy's string format."""
-        config = {
-            "video_codec": self.codec,
-            # copy keeps neither; "" says so instead of a misleading default.
-            "resolution": _config_size(self.codec, self.resolution),
-            "target_fps": _config_size(self.codec, self.fps),
-            "audio_enabled": _AUDIO_ENABLED.get(self.audio, "yes"),
-            # The original app reads a codec here: auto's re-encode is AAC.
-            "audio_codec": "aac" if self.audio == "auto" else self.audio,
-            "hardware_accel": {"none": "no", "auto": "yes"}.get(self.hwaccel, self.hwaccel),
-            "duration_hours": hours_text(self.duration),
-            "stream_type": self.source_type,
-        }
-        if self.source_type == "file":
-            config["video_file_path"] = self.source
-            config["file_source_type"] = "custom"
-        elif self.source_type == "rtsp":
-            config["source_url"] = self.source
-        config.update(output=self.output, restart=self.restart, priority=str(self.priority))
-        return config
-
-
-# The state file's audio_enabled for a spec's audio; a codec's is "yes".
-_AUDIO_ENABLED = {"none": "no", "auto": "auto"}
-
-
-def _config_size(codec: str, value: int | None) -> str:
-    if codec == "copy":
-        return ""
-    return SOURCE if value is None else str(value)
+    def target(self, rtsp_url: str, hls_dir: PurePath) -> str:
+        """Where the stream goes, as users see it: the URL, the HLS playlist or file path."""
+        return outputs.target(self.output, self.name, rtsp_url, hls_dir)
 
 
 def check_option(key: str, value: object) -> None:
@@ -148,7 +69,7 @@ def check_option(key: str, value: object) -> None:
     rule the daemon applies (choices, the fps range, the duration forms)."""
     option = START_OPTIONS[key]
     if option.choices:
-        _choice(key, value, option.choices, option.default)
+        choice(key, value, option.choices, option.default)
     elif key == "fps":
         _fps(key, value)
     elif key == "duration":
@@ -181,7 +102,7 @@ def spec_from_request(body: Mapping[str, Any]) -> StreamSpec:
         )
     kind = source_kind(body)
     source_type = {"file": "file", "url": "rtsp", "testsrc": "testsrc"}[kind]
-    return _validated(
+    return validated(
         body.get("name"),
         source_type,
         "" if kind == "testsrc" else body[kind],
@@ -189,86 +110,6 @@ def spec_from_request(body: Mapping[str, Any]) -> StreamSpec:
         labels={"file": "file", "url": "url"},
         refuse_copy_options=True,
     )
-
-
-def spec_from_entry(name: str, entry: Mapping[str, Any]) -> StreamSpec:
-    """Validate a state-file entry, ours or the original StreamAlchemy's (all values strings)."""
-    config = entry.get("config") if isinstance(entry, Mapping) else None
-    if not isinstance(config, Mapping):
-        raise InvalidInput(f"saved stream {name!r} has no config object")
-    stream_type = config.get("stream_type")
-    if stream_type not in SOURCE_TYPES:
-        raise InvalidInput(f"invalid stream_type {stream_type!r}: use {_either(SOURCE_TYPES)}")
-    if stream_type == "file":
-        source = config.get("video_file_path") or config.get("video_file")
-    elif stream_type == "rtsp":
-        source = config.get("source_url")
-    else:
-        source = ""
-    # Absent: the original app kept a source's audio unless told "no"; auto does that.
-    audio_enabled = _choice(
-        "audio_enabled", _blank(config.get("audio_enabled")), ("yes", "no", "auto"), "auto"
-    )
-    hardware = config.get("hardware_accel")
-    fields = {
-        "codec": config.get("video_codec"),
-        "resolution": config.get("resolution"),
-        "fps": config.get("target_fps"),
-        "audio": (config.get("audio_codec") or "aac")
-        if audio_enabled == "yes"
-        else {"no": "none", "auto": "auto"}[audio_enabled],
-        "hwaccel": {"yes": "auto", "no": "none"}.get(hardware, hardware)
-        if isinstance(hardware, str)
-        else hardware,
-        "duration": _Hours(config.get("duration_hours")),
-        "output": config.get("output"),
-        "restart": config.get("restart"),
-        "priority": config.get("priority"),
-    }
-    return _validated(
-        name,
-        stream_type,
-        source,
-        {k: _blank(v) for k, v in fields.items()},
-        labels={**_ENTRY_LABELS, "file": "video_file_path", "url": "source_url"},
-        refuse_copy_options=False,
-    )
-
-
-@dataclass(frozen=True)
-class SavedStream:
-    """One state-file entry as every reader sees it: its spec, or why it has none."""
-
-    name: str
-    spec: StreamSpec | None  # None when the entry is invalid
-    saved_at: float
-    priority: int
-    error: str = ""  # why the entry is invalid
-
-    @property
-    def deadline(self) -> float | None:
-        """When the stream ends for good; None when unlimited (or invalid)."""
-        if self.spec is None or not self.spec.duration:
-            return None
-        return self.saved_at + self.spec.duration
-
-
-def read_saved(name: str, entry: Any) -> SavedStream:
-    """The one view of a saved entry, for the restore, ``saved``, ``show`` and the renderer."""
-    try:
-        spec = spec_from_entry(name, entry)
-        saved_at = float(entry["saved_at"])
-    except (InvalidInput, KeyError, TypeError, ValueError) as exc:
-        return SavedStream(name, None, 0.0, _loose_priority(entry), f"invalid saved entry: {exc}")
-    return SavedStream(name, spec, saved_at, spec.priority)
-
-
-def _loose_priority(entry: Any) -> int:
-    """An invalid entry's priority, when it has a readable one, for the restore order."""
-    try:
-        return int(entry["config"].get("priority") or 0)
-    except (TypeError, KeyError, AttributeError, ValueError):
-        return 0
 
 
 # -- the one validation path -------------------------------------------------------------
@@ -284,34 +125,27 @@ _FIELDS = (
     "restart",
     "priority",
 )
-_ENTRY_LABELS = {
-    "codec": "video_codec",
-    "fps": "target_fps",
-    "audio": "audio_codec",
-    "hwaccel": "hardware_accel",
-    "duration": "duration_hours",
-}
 _COPY_REFUSES = ("resolution", "fps", "hwaccel")
 
 
 @dataclass(frozen=True)
-class _Hours:
+class SavedHours:
     """A saved ``duration_hours``: plain hours, unlike a request's ``duration``."""
 
     value: object
 
 
-def _blank(value: object) -> object:
+def blank(value: object) -> object:
     """None for what the original app writes when a value does not apply: "" or null."""
     return None if isinstance(value, str) and not value.strip() else value
 
 
-def _either(choices: tuple[object, ...]) -> str:
+def either(choices: tuple[object, ...]) -> str:
     words = [str(c) for c in choices]
     return ", ".join(words[:-1]) + " or " + words[-1]
 
 
-def _validated(
+def validated(
     name: object,
     source_type: str,
     source: object,
@@ -351,7 +185,7 @@ def _validated(
     output = _output(fields["output"])
     _check_container(codec, audio, output)
     source = _source(source_type, source, label)
-    is_file = output.startswith("/")
+    is_file = outputs.kind_of(output).is_file
     if source_type == "file" and is_file and os.path.realpath(source) == os.path.realpath(output):
         # FFmpeg's -y would overwrite the video while it reads it.
         raise InvalidInput(f"invalid output {output!r}: it is the source file; choose another path")
@@ -374,14 +208,14 @@ def _validated(
 def _option(key: str, label: Callable[[str], str], fields: Mapping[str, object]) -> str:
     """A choice option of START_OPTIONS: its default when missing, else one of its choices."""
     option = START_OPTIONS[key]
-    return _choice(label(key), fields[key], option.choices, option.default)
+    return choice(label(key), fields[key], option.choices, option.default)
 
 
-def _choice(field: str, value: object, choices: tuple[str, ...], default: str) -> str:
+def choice(field: str, value: object, choices: tuple[str, ...], default: str) -> str:
     if value is None:
         return default
     if value not in choices:
-        raise InvalidInput(f"invalid {field} {value!r}: use {_either(choices)}")
+        raise InvalidInput(f"invalid {field} {value!r}: use {either(choices)}")
     return str(value)
 
 
@@ -406,7 +240,7 @@ def _resolution(field: str, value: object) -> int | None:
     """An output height, or None for the source's own size."""
     if _is_source(value):
         return None
-    accepted = f"{SOURCE}, {_either(RESOLUTIONS)}"
+    accepted = f"{SOURCE}, {either(RESOLUTIONS)}"
     resolution = _integer(field, value, 0, accepted)
     if resolution not in RESOLUTIONS:
         raise InvalidInput(f"invalid {field} {value!r}: use {accepted}")
@@ -427,7 +261,7 @@ def _fps(field: str, value: object) -> int | None:
 
 def _duration(field: str, value: object) -> float:
     """Whole seconds, so that the state file's 6-decimal hours read back to the same spec."""
-    if isinstance(value, _Hours):
+    if isinstance(value, SavedHours):
         seconds = parse_duration_hours(value.value)
     elif value is None:
         seconds = 0.0
@@ -481,14 +315,13 @@ def _url(field: str, value: object, schemes: tuple[str, ...]) -> str:
 
 
 def _output(value: object) -> str:
-    if value is None or value in ("", "null", "hls"):
+    extensions = either(outputs.EXTENSIONS)
+    if value is None or value in outputs.WORDS:
         return str(value or "")
     if isinstance(value, str) and value.startswith("/"):
         path = _absolute_path("output", value)
-        if os.path.splitext(path)[1].lower() not in FILE_MUXERS:
-            raise InvalidInput(
-                f"invalid output {value!r}: a file output must end in {_either(tuple(FILE_MUXERS))}"
-            )
+        if not outputs.extension_known(path):
+            raise InvalidInput(f"invalid output {value!r}: a file output must end in {extensions}")
         parent = os.path.dirname(path)
         if not os.path.isdir(parent):
             raise InvalidInput(
@@ -496,34 +329,20 @@ def _output(value: object) -> str:
             )
         return path
     if isinstance(value, str) and "://" in value:
-        return _url("output", value, OUTPUT_SCHEMES)
+        return _url("output", value, outputs.SCHEMES)
     raise InvalidInput(
-        f"invalid output {value!r}: use null, hls, a URL "
-        f"({', '.join(s + '://' for s in OUTPUT_SCHEMES)}) "
-        f"or an absolute file path ending in {_either(tuple(FILE_MUXERS))}"
+        f"invalid output {value!r}: use {', '.join(filter(None, outputs.WORDS))}, a URL "
+        f"({', '.join(s + '://' for s in outputs.SCHEMES)}) "
+        f"or an absolute file path ending in {extensions}"
     )
-
-
-def output_muxer(output: str) -> str:
-    """The FFmpeg muxer for a validated ``output`` ("" is the default RTSP push)."""
-    if output in ("null", "hls"):
-        return output
-    if output.startswith("/"):
-        return FILE_MUXERS[os.path.splitext(output)[1].lower()]
-    scheme = urlsplit(output).scheme.lower() or "rtsp"
-    return {"rtsp": "rtsp", "rtsps": "rtsp", "rtmp": "flv", "rtmps": "flv"}.get(scheme, "mpegts")
 
 
 def _check_container(codec: str, audio: str, output: str) -> None:
     """Refuse up front what FFmpeg 5.1's muxers would refuse only once started."""
-    muxer = output_muxer(output)
-    if muxer == "flv" and codec in ("h265", "mpeg4"):
+    row = outputs.kind_of(output)
+    if codec in row.refused_codecs:
         raise InvalidInput(
-            f"codec {codec} cannot go to output {mask_url(output)!r}: "
-            "FLV (rtmp://, .flv) carries h264 only; use --codec h264 or another output"
+            f"codec {codec} cannot go to output {mask_url(output)!r}: {row.codec_advice}"
         )
-    if muxer == "mp4" and audio == "pcm_alaw":
-        raise InvalidInput(
-            f"audio pcm_alaw cannot go to output {output!r}: MP4 does not carry it; "
-            "use --audio aac or a .mkv, .mov or .ts file"
-        )
+    if audio in row.refused_audio:
+        raise InvalidInput(f"audio {audio} cannot go to output {output!r}: {row.audio_advice}")

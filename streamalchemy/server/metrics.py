@@ -9,30 +9,35 @@ time and memory (``/proc``), and the daemon's counters. The TCP handler serves
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamalchemy import __version__
 from streamalchemy.errors import InvalidInput
-from streamalchemy.server.httpserver import Reply, Text, TextReply, connection_handler
+from streamalchemy.server.httpserver import PUBLIC, Reply, Text, TextReply, connection_handler
 from streamalchemy.supervision import procs
+from streamalchemy.supervision.recordings import hls_files
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from prometheus_client.core import Metric
 
-    from streamalchemy.server.controller import Controller
+    from streamalchemy.persist import StateStore
     from streamalchemy.supervision.stream import Stream
 
 log = logging.getLogger("streamalchemy.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 RESTORE_RESULTS = ("restored", "skipped", "failed")
+# Seconds between reads of the HLS segments' sizes; FFmpeg keeps a segment some 18 s.
+SAMPLE_PERIOD = 5.0
 
 
 @dataclass
@@ -60,11 +65,37 @@ class _Growing:
 
 
 @dataclass
+class _Segments:
+    """Bytes of the HLS segments a stream wrote, from the sizes of its segment files.
+
+    FFmpeg reports no byte count for HLS, and deletes old segments itself: sizes are
+    read often enough (``SAMPLE_PERIOD``) that a segment is seen before it goes, and
+    one that went keeps counting.
+    """
+
+    gone: int = 0
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    def see(self, directory: Path) -> float:
+        now: dict[str, int] = {}
+        for segment in hls_files(directory):
+            with contextlib.suppress(OSError):
+                now[segment.name] = segment.stat().st_size
+        for name, size in self.sizes.items():
+            if now.get(name, 0) < size:  # deleted, or a new run's segment under an old name
+                self.gone += size
+        self.sizes = now
+        return float(self.gone + sum(now.values()))
+
+
+@dataclass
 class _Ledger:
     """One stream's counters, kept growing across FFmpeg restarts and replaced runs."""
 
     frames: _Growing = field(default_factory=_Growing)
     restarts: _Growing = field(default_factory=_Growing)
+    output: _Growing = field(default_factory=_Growing)
+    segments: _Segments = field(default_factory=_Segments)
     cpu_base: float = 0.0  # CPU seconds of the FFmpeg processes that ended
     cpu_pid: int | None = None
     cpu_last: float = 0.0
@@ -96,7 +127,8 @@ def stream_figures(stream: Stream) -> dict[str, Any]:
         "source_type": stream.spec.source_type,
         "frames": progress.frames,
         "fps": progress.fps,
-        "bitrate_kbps": progress.bitrate_kbps,
+        "output_bytes": progress.total_size,
+        "hls_dir": str(Path(stream.target).parent) if stream.spec.output == "hls" else None,
         "speed": progress.speed,
         "restarts": stream.restarts,
         "remaining_seconds": stream.remaining(time.time()),
@@ -118,6 +150,13 @@ class StreamCollector:
     def collect(self) -> Iterator[Metric]:
         yield from self._stream_families(list(self._snapshots()))
         yield from self._daemon_families(self._figures())
+
+    def sample_segments(self) -> None:
+        """Read the HLS segments' sizes between scrapes: FFmpeg deletes the old ones."""
+        for snap in self._snapshots():
+            if snap.get("hls_dir"):
+                ledger = self._ledgers.setdefault(str(snap["name"]), _Ledger())
+                ledger.segments.see(Path(snap["hls_dir"]))
 
     def _stream_families(self, snapshots: list[Mapping[str, Any]]) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -141,9 +180,9 @@ class StreamCollector:
         fps = GaugeMetricFamily(
             "streamalchemy_stream_fps", "Frames per second FFmpeg last reported", labels=name
         )
-        bitrate = GaugeMetricFamily(
-            "streamalchemy_stream_bitrate_bits_per_second",
-            "Output bitrate FFmpeg last reported, in bits per second",
+        output = CounterMetricFamily(
+            "streamalchemy_stream_output_bytes",
+            "Bytes FFmpeg has written (for HLS, of its segments), across its restarts",
             labels=name,
         )
         speed = GaugeMetricFamily(
@@ -195,8 +234,10 @@ class StreamCollector:
             # A figure not known yet is left out, never NaN.
             if snap.get("fps") is not None:
                 fps.add_metric(label, float(snap["fps"]))
-            if snap.get("bitrate_kbps") is not None:
-                bitrate.add_metric(label, float(snap["bitrate_kbps"]) * 1000)
+            if snap.get("hls_dir"):
+                output.add_metric(label, ledger.segments.see(Path(snap["hls_dir"])))
+            elif snap.get("output_bytes") is not None:
+                output.add_metric(label, ledger.output.see(float(snap["output_bytes"])))
             if snap.get("speed") is not None:
                 speed.add_metric(label, float(snap["speed"]))
             if snap.get("remaining_seconds") is not None:
@@ -205,7 +246,7 @@ class StreamCollector:
                 memory.add_metric(label, float(rss))
         for gone in self._ledgers.keys() - seen:
             del self._ledgers[gone]
-        yield from (up, info, frames, fps, bitrate, speed, restarts, remaining, cpu, memory)
+        yield from (up, info, frames, fps, output, speed, restarts, remaining, cpu, memory)
 
     def _daemon_families(self, figures: DaemonFigures) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -250,22 +291,24 @@ class Metrics:
     ) -> None:
         self._collector = StreamCollector(snapshots, figures)
         self._registry: CollectorRegistry | None = None
+        self._sampling: asyncio.TimerHandle | None = None
         self.restore_results = dict.fromkeys(RESTORE_RESULTS, 0)
 
     @classmethod
-    def of(cls, controller: Controller) -> Metrics:
-        """The metrics of the daemon that ``controller`` decides for."""
-        store = controller.store
+    def of(
+        cls, store: StateStore, started: float, streams: Callable[[], Iterable[Stream]]
+    ) -> Metrics:
+        """The metrics of a daemon started at ``started``, with its state store and streams."""
 
         def figures() -> DaemonFigures:
             return DaemonFigures(
-                started=controller.started,
+                started=started,
                 restore_results=metrics.restore_results,
                 state_writes=store.writes,
                 state_write_errors=store.write_errors,
             )
 
-        metrics = cls(lambda: map(stream_figures, controller.supervisor.streams.values()), figures)
+        metrics = cls(lambda: map(stream_figures, streams()), figures)
         return metrics
 
     def count_restore(self, results: Mapping[str, Mapping[str, str]]) -> None:
@@ -290,7 +333,26 @@ class Metrics:
     def exposition(self) -> bytes:
         from prometheus_client import generate_latest
 
+        self._sample_from_now()
         return generate_latest(self.registry)
+
+    def _sample_from_now(self) -> None:
+        """From the first scrape on, count HLS bytes every SAMPLE_PERIOD (none before:
+        most daemons are never scraped, and a counter may start at its first sight)."""
+        if self._sampling is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # read outside the daemon's loop: each scrape samples by itself
+
+        def tick() -> None:
+            try:
+                self._collector.sample_segments()
+            finally:
+                self._sampling = loop.call_later(SAMPLE_PERIOD, tick)
+
+        self._sampling = loop.call_later(SAMPLE_PERIOD, tick)
 
     def reply(self) -> TextReply:
         return 200, Text(self.exposition(), CONTENT_TYPE)
@@ -299,10 +361,11 @@ class Metrics:
         self, method: str, path: str, query: dict[str, str], body: dict[str, Any]
     ) -> Reply | TextReply:
         """The TCP listener's only route; everything else is refused there."""
+        # Fixed words: nothing of a network peer's request is repeated back to it.
         if path != "/metrics":
             return 404, {"success": False, "message": "only GET /metrics is served on this address"}
         if method != "GET":
-            return 405, {"success": False, "message": f"{method} /metrics: only GET is allowed"}
+            return 405, {"success": False, "message": "only GET is allowed on /metrics"}
         try:
             return self.reply()
         except Exception as exc:  # a bug must not take the listener down
@@ -315,7 +378,7 @@ async def listen(metrics: Metrics, addr: tuple[str, int]) -> asyncio.Server:
     host, port = addr
     try:
         return await asyncio.start_server(
-            connection_handler(metrics.handle_tcp, check_uid=False), host, port
+            connection_handler(metrics.handle_tcp, PUBLIC), host, port
         )
     except OSError as exc:
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

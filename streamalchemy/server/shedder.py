@@ -19,19 +19,23 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from streamalchemy.core.restore import Step
 from streamalchemy.errors import StreamAlchemyError
 from streamalchemy.server.shedding import BRING_BACK, Decision, Rule, Seen, hold_back
 from streamalchemy.supervision import procs
-from streamalchemy.supervision.ffmpeg import output_target
 from streamalchemy.supervision.pace import HostIdle, Window, host_cpu
 from streamalchemy.supervision.rules import SHED
 from streamalchemy.supervision.stream import Stream
 
 if TYPE_CHECKING:
-    from streamalchemy.server.controller import Controller
+    from contextlib import AbstractAsyncContextManager
+
+    from streamalchemy.core.spec import StreamSpec
+    from streamalchemy.server.inputsockets import InputSockets
+    from streamalchemy.settings import Settings
+    from streamalchemy.supervision.supervisor import Supervisor
 
 log = logging.getLogger("streamalchemy.daemon")
 
@@ -80,10 +84,22 @@ def need_at_real_time(cpu: float, speed: float | None, paced: bool) -> float:
     return cpu
 
 
+class Owner(Protocol):
+    """What shedding needs of the per-name lifecycle (``Controller`` is one)."""
+
+    settings: Settings
+    supervisor: Supervisor
+    inputs: InputSockets
+
+    def owning(self, name: str) -> AbstractAsyncContextManager[None]: ...
+    def active(self, name: str) -> Stream | None: ...
+    def launch(self, spec: StreamSpec, saved_at: float, encoder: str) -> Stream: ...
+
+
 class Shedder:
     """Runs the shedding rule over the controller's streams once a second."""
 
-    def __init__(self, controller: Controller, after: float, path: Path) -> None:
+    def __init__(self, controller: Owner, after: float, path: Path) -> None:
         self.controller = controller
         self.rule = Rule(after)
         self.host = HostIdle()
@@ -124,6 +140,9 @@ class Shedder:
 
     async def tick(self) -> None:
         mono = time.monotonic()
+        streams = self.controller.supervisor.streams.values()
+        if len({s.spec.priority for s in streams}) < 2 and not self._seen_shed:
+            return  # nobody can be shed for anybody: not even a /proc read
         decision = self.rule.decide(mono, self.measure(mono), self.host.percent())
         if decision is not None:
             await self._carry_out(decision)
@@ -209,7 +228,7 @@ class Shedder:
 
     def _bring_back(self, shed: Stream, reason: str) -> None:
         try:
-            stream = self.controller._launch(shed.spec, shed.saved_at, shed.encoder)
+            stream = self.controller.launch(shed.spec, shed.saved_at, shed.encoder)
         except StreamAlchemyError as exc:  # a ${NAME} gone since: it stays shed, and says why
             shed.last_error = f"{shed.last_error}; cannot bring it back: {exc}"
             log.warning("%s: cannot bring it back: %s", shed.spec.name, exc)
@@ -259,14 +278,14 @@ class Shedder:
     def hold(self, step: Step) -> None:
         """Keep a held-back step's stream as shed; the caller owns the name."""
         spec, controller = step.spec, self.controller
-        if spec is None or controller._active(spec.name) is not None:
+        if spec is None or controller.active(spec.name) is not None:
             return
         settings = controller.settings
         controller.supervisor.launch(
             spec,
             saved_at=step.saved_at,
             encoder=step.encoder,
-            target=output_target(spec, settings.rtsp_url, settings.hls_dir),
+            target=spec.target(settings.rtsp_url, settings.hls_dir),
             argv_for=lambda *_: [],  # nothing runs: a bring-back launches anew
             held=step.reason,
         )

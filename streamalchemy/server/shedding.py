@@ -33,7 +33,7 @@ MARGIN = 0.25  # room wanted beyond a stream's last use, as a fraction of it ...
 MARGIN_MIN = 5.0  # ... and at least this many percent of a core
 BACKOFF_CAP = 600.0  # seconds: the longest a shed stream waits for room to last
 FORGIVE = 600.0  # seconds back without being shed again: its backoff starts over
-SHED = "shed"
+SHED = "shed"  # a decision, and the status of a stream shed
 BRING_BACK = "bring back"
 
 
@@ -159,9 +159,7 @@ class Rule:
     def _bring_back(
         self, now: float, streams: Sequence[Seen], idle: float | None
     ) -> Decision | None:
-        shed = [
-            s for s in streams if s.state == "shed" and (s.remaining is None or s.remaining > 0)
-        ]
+        shed = [s for s in streams if s.state == SHED and (s.remaining is None or s.remaining > 0)]
         if not shed or idle is None or self._slow_since:
             self._room_since = None
             return None

@@ -8,32 +8,23 @@ stream at its deadline even when no daemon runs.
 
 from __future__ import annotations
 
-from pathlib import Path
 from urllib.parse import urlsplit
 
-from streamalchemy.core.spec import TESTSRC_FPS, TESTSRC_RESOLUTION, StreamSpec, output_muxer
-from streamalchemy.supervision.recordings import HLS_SEGMENT
+from streamalchemy.core import outputs
+from streamalchemy.core.options import TESTSRC_FPS, TESTSRC_RESOLUTION
+from streamalchemy.core.outputs import KEYFRAME_SECONDS
+from streamalchemy.core.spec import StreamSpec
 
 # How long a network source may stay silent before FFmpeg gives up (and the
 # supervisor restarts it), in microseconds as FFmpeg wants it.
 SOURCE_TIMEOUT_US = "10000000"
 # Where VAAPI encodes; the first render node, the one a single-GPU machine has.
 VAAPI_DEVICE = "/dev/dri/renderD128"
-KEYFRAME_SECONDS = 2
 # FFmpeg reports progress once as soon as its output is open, then every this many
 # seconds: the period sets the daemon's idle CPU, not how fast a start is confirmed.
 STATS_PERIOD = 2.0
 # Bits per pixel per frame at the target size: enough for a watchable live picture.
 _BITS_PER_PIXEL = {"h264": 0.08, "h265": 0.05, "mpeg4": 0.15}
-
-
-def output_target(spec: StreamSpec, rtsp_url: str, hls_dir: Path) -> str:
-    """Where the stream goes, as users see it: the URL, the HLS playlist or file path, or null."""
-    if spec.output == "":
-        return f"{rtsp_url.rstrip('/')}/{spec.name}"
-    if spec.output == "hls":
-        return str(hls_dir / spec.name / "index.m3u8")
-    return spec.output
 
 
 def build_argv(
@@ -174,7 +165,6 @@ def _video_args(spec: StreamSpec, encoder: str) -> list[str]:
         *("-vf", ",".join(filters)),
         *("-c:v", encoder, *_encoder_options(encoder)),
         *("-g", gop, "-keyint_min", gop, "-bf", "0"),
-        # A keyframe every 2 s whatever the encoder, so players and HLS can join quickly.
         *("-force_key_frames", f"expr:gte(t,n_forced*{KEYFRAME_SECONDS})"),
         *("-b:v", f"{kbps}k", "-maxrate", f"{kbps}k", "-bufsize", f"{2 * kbps}k"),
     ]
@@ -218,40 +208,11 @@ def _audio_args(spec: StreamSpec) -> list[str]:
 
 
 def _output_args(spec: StreamSpec, target: str) -> list[str]:
-    muxer = output_muxer(spec.output)
-    if muxer == "null":
-        # Muxed into NUT (which carries every codec here) and thrown away: unlike the
-        # null muxer, a real muxer counts its bytes, so the bitrate is known.
-        return ["-f", "nut", "-y", "/dev/null"]
-    if spec.codec == "h265" and muxer in ("hls", "mp4", "mov"):
+    row = outputs.kind_of(spec.output)
+    if spec.codec == "h265" and row.hvc1:
         # Apple players want HEVC tagged hvc1 (FFmpeg defaults to hev1).
-        return ["-tag:v", "hvc1", *_container_args(muxer, target)]
-    return _container_args(muxer, target)
-
-
-def _container_args(muxer: str, target: str) -> list[str]:
-    if muxer == "hls":
-        # No "file:" prefix here: FFmpeg 5.1 then fails to delete old segments, and an
-        # absolute path is never read as a protocol anyway. append_list: a restarted
-        # FFmpeg continues the playlist's numbering instead of going back to 0.
-        segments = str(Path(target).parent / HLS_SEGMENT)
-        return [
-            *("-f", "hls", "-hls_time", str(KEYFRAME_SECONDS), "-hls_list_size", "6"),
-            *("-hls_delete_threshold", "3"),
-            *("-hls_flags", "delete_segments+omit_endlist+append_list"),
-            *("-hls_segment_filename", segments, target),
-        ]
-    if muxer == "rtsp":
-        return ["-f", "rtsp", "-rtsp_transport", "tcp", target]
-    if target.startswith("/"):
-        # Fragmented MP4/MOV stays playable when FFmpeg is killed before it finishes.
-        fragments = ["-movflags", "+frag_keyframe+empty_moov"] if muxer in ("mp4", "mov") else []
-        # -flush_packets 1: what was muxed is on disk, not in a 32 KiB buffer, when
-        # FFmpeg is killed (a low-bitrate recording lost its first seconds otherwise).
-        # -n: never overwrite (the supervisor picks a free file for each spawn);
-        # file: so that a ':' in the name is never read as a protocol.
-        return ["-f", muxer, *fragments, "-flush_packets", "1", "-n", f"file:{target}"]
-    return ["-f", muxer, target]  # flv for rtmp, mpegts for srt/udp/tcp
+        return ["-tag:v", "hvc1", *row.args(target)]
+    return row.args(target)
 
 
 def _width(height: int) -> int:

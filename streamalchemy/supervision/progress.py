@@ -17,6 +17,7 @@ class Progress:
     fps: float | None = None
     bitrate_kbps: float | None = None
     speed: float | None = None
+    total_size: int | None = None  # bytes written to the output; None for HLS and RTSP
 
 
 def _number(text: str) -> float | None:
@@ -26,6 +27,11 @@ def _number(text: str) -> float | None:
     except ValueError:
         return None
     return value if math.isfinite(value) else None
+
+
+def _integer(text: str) -> int | None:
+    """``123456``; None for ``N/A`` (FFmpeg's word when the muxer has no byte count)."""
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 _PARTIAL_MAX = 1 << 16
@@ -67,6 +73,7 @@ class ProgressParser:
             fps=_number(done.get("fps", "")) if frames > 1 else None,
             bitrate_kbps=_number(done.get("bitrate", "")),
             speed=_number(done.get("speed", "")),
+            total_size=_integer(done.get("total_size", "")),
         )
 
 

@@ -17,10 +17,9 @@ import os
 import re
 from pathlib import Path
 
-from streamalchemy.core.spec import output_muxer
+from streamalchemy.core import outputs
 from streamalchemy.errors import InvalidInput
 
-HLS_SEGMENT = "segment_%05d.ts"
 _SEGMENT = re.compile(r"segment_\d+\.ts")
 ENDLIST = "#EXT-X-ENDLIST"
 
@@ -50,7 +49,7 @@ def refuse_existing_file(output: str, overwrite: bool) -> None:
 
     Only the file named goes: numbered files of earlier runs stay where they are.
     """
-    if not output.startswith("/"):
+    if not outputs.kind_of(output).is_file:
         return
     path = Path(output)
     if not (path.exists() or path.is_symlink()):
@@ -116,11 +115,11 @@ class OutputFiles:
     """The files one run of a stream writes, across every spawn of its FFmpeg."""
 
     def __init__(self, output: str, target: str) -> None:
-        self.muxer = output_muxer(output)
+        kind = outputs.kind_of(output)
         self.target = target
         self.current = target
-        self.is_file = output.startswith("/")
-        self.is_hls = self.muxer == "hls"
+        self.is_file = kind.is_file
+        self.is_hls = kind.is_hls
 
     def begin(self) -> None:
         """A new start of the name (start, replace, restart, restore)."""

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from streamalchemy.core.saved import deadline
 from streamalchemy.core.spec import StreamSpec, mask_credentials
 from streamalchemy.supervision import procs
 from streamalchemy.supervision.adoption import Survivor
@@ -94,7 +95,7 @@ class Stream:
         self.last_error: str | None = None
         self.progress = Progress()
         self.pace = Window()  # output seconds against the monotonic clock: recent speed
-        self.deadline = saved_at + spec.duration if spec.duration else None
+        self.deadline = deadline(saved_at, spec.duration)
         self.exits: deque[dict[str, Any]] = deque(maxlen=EXITS_KEPT)
         self.output = OutputFiles(spec.output, target)
         self._argv_for = argv_for

@@ -96,6 +96,8 @@ class Supervisor:
         self.clock = clock or SystemClock()
         self.rand = rand or random.Random()
         self.streams: dict[str, Stream] = {}
+        # Live restore: the FFmpeg a previous daemon left, by name, for its next launch.
+        self.adopting: dict[str, Survivor] = {}
         self._spawn = spawn
         self._on_end = on_end
         self._ticker: asyncio.Task[None] | None = None
@@ -130,17 +132,18 @@ class Supervisor:
         encoder: str,
         target: str,
         argv_for: ArgvFor,
-        survivor: Survivor | None = None,
         held: str | None = None,
     ) -> Stream:
         """Begin supervising a new start of a stream; the caller awaits ``Stream.confirmed``.
 
         ``argv_for`` builds FFmpeg's command line for the file it is to write, once per
-        spawn: a restarted recording goes to the next numbered file. ``survivor``: the
-        FFmpeg a previous daemon left for it, adopted instead of a first spawn. Refuses
-        a name that is still active: stop it first. ``held``: the stream is shed, for
-        that reason, and runs nothing (its deadline is still watched).
+        spawn: a restarted recording goes to the next numbered file. The FFmpeg a
+        previous daemon left for the name, if ``adopting`` holds one, is adopted instead
+        of a first spawn. Refuses a name that is still active: stop it first. ``held``:
+        the stream is shed, for that reason, and runs nothing (its deadline is still
+        watched).
         """
+        survivor = self.adopting.pop(spec.name, None) if held is None else None
         current = self.streams.get(spec.name)
         if current is not None and current.active:
             raise StreamExists(f"stream {spec.name!r} is already running (pid {current.pid})")
