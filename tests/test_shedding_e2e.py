@@ -117,6 +117,12 @@ def test_priorities_decide_who_keeps_real_time(shed_after: Path) -> None:
         assert shown["stream"]["status"] == "shed"
         info = [line for line in metrics_text().splitlines() if f'name="{shed[0]}"' in line]
         assert any('status="shed"' in line for line in info if "stream_info" in line), info
+        refused = cli("start", shed[0], *OPTIONS)  # it exists: shed is not gone
+        assert refused.returncode == 5, refused.stderr
+        if len(shed) > 1:  # a user's stop acts on a shed stream as on any other
+            assert cli("stop", shed[-1]).returncode == 0
+            assert shed[-1] not in json.loads(cli("saved", "--json").stdout)["streams"]
+            shed = shed[:-1]
 
         running_low = [n for n, s in streams().items() if n != "s0" and s["status"] == "running"]
         if running_low:
