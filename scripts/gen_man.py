@@ -82,14 +82,14 @@ ENVIRONMENT = [
         "(default: unset; config.toml: metrics_addr).",
     ),
     (
+        "STREAMALCHEMY_LIVE_RESTORE",
+        "true or false: streams keep running through a daemon restart, upgrade or crash, "
+        "and the next daemon adopts them (default: true; config.toml: live_restore).",
+    ),
+    (
         "STREAMALCHEMY_SHARDS",
         "Number of shards for daemon run --apply FILE --shard auto "
         "(default: unset; config.toml: shards).",
-    ),
-    (
-        "STREAMALCHEMY_LIVE_RESTORE",
-        "Live restore: FFmpeg outlives a daemon that dies, and the next daemon adopts it "
-        "(default: true; config.toml: live_restore).",
     ),
     (
         "STREAMALCHEMY_SHED_AFTER",
@@ -106,7 +106,7 @@ FILES = [
         "$STREAMALCHEMY_HOME/config.toml",
         "Settings, overridden by the environment: state_file, socket, persistence_enabled, "
         "backup_count, ffmpeg, ffprobe, rtsp_url, autostart, stall_timeout, mediamtx, "
-        "log_max_bytes, log_backups, metrics_addr, shards, live_restore, shed_after.",
+        "log_max_bytes, log_backups, metrics_addr, live_restore, shards, shed_after.",
     ),
     ("$STREAMALCHEMY_HOME/streamalchemy.sock", "The control socket (HTTP/JSON), mode 0600."),
     ("$STREAMALCHEMY_HOME/logs/", "daemon.log, mediamtx.log and streams/NAME.log."),

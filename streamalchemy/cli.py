@@ -15,7 +15,7 @@ import typer
 from streamalchemy import __version__
 from streamalchemy.client import commands, report, typerparts
 from streamalchemy.client.helpwords import Typer
-from streamalchemy.errors import InvalidInput, StreamAlchemyError
+from streamalchemy.errors import InvalidInput, OperationFailed, StreamAlchemyError
 
 app = Typer(
     name="streamalchemy",
@@ -157,7 +157,8 @@ def clear(
         if not sys.stdin.isatty():
             report.fail(InvalidInput("refusing to clear the state file without --yes"), as_json)
         if not typer.confirm("Remove every saved stream from the state file?", default=False):
-            report.fail(InvalidInput("cancelled; nothing was cleared"), as_json)
+            # Declining is not a usage error: exit 1, as apt-get's "Abort." does.
+            report.fail(OperationFailed("cancelled; nothing was cleared"), as_json)
 
     report.emit(as_json, commands.clear, lambda r: print(r["message"]))
 
@@ -170,7 +171,8 @@ def restore(
     as_json: JsonOpt = False,
 ) -> None:
     """Restore every saved stream that is not running, and report each."""
-    result = report.emit(as_json, lambda: commands.restore(dry_run), report.view("restore"))
+    show = report.view("restore", dry_run=dry_run)
+    result = report.emit(as_json, lambda: commands.restore(dry_run), show)
     if not result["success"]:
         raise typer.Exit(1)
 
@@ -400,6 +402,13 @@ def daemon_run(
 def daemon_stop(as_json: JsonOpt = False) -> None:
     """Stop the daemon gracefully; its streams come back at its next launch."""
     report.emit(as_json, commands.daemon_stop, lambda r: print(r["message"]))
+
+
+@daemon_app.command("restart")
+def daemon_restart(as_json: JsonOpt = False) -> None:
+    """Replace the daemon with the code installed now (an upgrade), in place; with live
+    restore on, no stream stops. Starts the daemon when it is not running."""
+    report.emit(as_json, commands.daemon_restart, lambda r: print(r["message"]))
 
 
 @daemon_app.command("status")

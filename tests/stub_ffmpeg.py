@@ -22,6 +22,7 @@ def main() -> None:
     p.add_argument("--say", default="", help="a stderr line written just before the end")
     p.add_argument("--long-line", type=int, default=0, help="one stderr line of this many bytes")
     p.add_argument("--out", default="", help="a file to create (refused if it exists, as -n)")
+    p.add_argument("--no-frames", action="store_true", help="report progress, but no frame")
     args = p.parse_args()
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(255))
@@ -39,7 +40,7 @@ def main() -> None:
     while args.blocks < 0 or frame < args.blocks:
         frame += 1
         sys.stdout.write(
-            f"frame={frame}\nfps=25.0\nbitrate=100.0kbits/s\n"
+            f"frame={0 if args.no_frames else frame}\nfps=25.0\nbitrate=100.0kbits/s\n"
             f"out_time_us={frame * 40000}\nspeed=1.0x\nprogress=continue\n"
         )
         sys.stdout.flush()

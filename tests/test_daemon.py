@@ -174,6 +174,28 @@ def test_no_daemon_and_autostart_off_exits_3(
     assert cli("daemon", "status").returncode == 3
 
 
+def test_an_autostart_that_fails_prints_the_daemons_reason(
+    tmp_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("STREAMALCHEMY_METRICS_ADDR", f"127.0.0.1:{port}")
+        proc = cli("list", timeout=30)
+    assert proc.returncode == 3
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("streamalchemy: the daemon could not start: ")
+    assert f"cannot serve metrics on 127.0.0.1:{port}: address already in use" in line
+    assert "did not start within" not in line
+
+
+def test_the_daemon_down_message_suggests_a_command_that_starts_it(tmp_home: Path) -> None:
+    proc = cli("daemon", "status")
+    assert proc.returncode == 3
+    assert "`streamalchemy list`" in proc.stderr and "daemon run" not in proc.stderr
+
+
 def test_autostart_is_detached(tmp_home: Path) -> None:
     try:
         started = time.monotonic()

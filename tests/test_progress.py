@@ -11,7 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamalchemy.supervision.progress import ProgressParser, explain_failure, root_cause
+from streamalchemy.supervision.progress import (
+    ProgressParser,
+    explain_failure,
+    name_the_source,
+    root_cause,
+)
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +69,30 @@ def test_values_ffmpeg_prints_when_it_has_none() -> None:
     block = parser.feed(b"frame=1\nfps=0.00\nbitrate=N/A\nspeed=N/A\nprogress=continue\n")
     assert block is not None
     assert (block.frames, block.fps, block.bitrate_kbps, block.speed) == (1, None, None, None)
-    block = parser.feed(b"frame=7\nfps=3.5\nbitrate=1234.5kbits/s\nspeed=0.98x\nprogress=end\n")
+    block = parser.feed(
+        b"frame=7\nfps=3.5\nbitrate=N/A\ntotal_size=N/A\nout_time_us=2000000\nspeed=0.98x\n"
+        b"progress=end\n"
+    )
     assert block is not None
-    assert (block.frames, block.fps, block.bitrate_kbps, block.speed) == (7, 3.5, 1234.5, 0.98)
+    assert (block.frames, block.fps, block.bitrate_kbps, block.speed) == (7, 3.5, None, 0.98)
+
+
+def test_no_figure_until_it_is_known_then_the_bitrate_of_the_last_period() -> None:
+    parser = ProgressParser()
+    # As FFmpeg 5 reports when its output opens: averages over 12 microseconds.
+    block = parser.feed(
+        b"frame=1\nfps=0.00\nbitrate=4095333.3kbits/s\ntotal_size=6143\nout_time_us=12\n"
+        b"speed=5.95e-05x\nprogress=continue\n"
+    )
+    assert block is not None
+    assert (block.fps, block.bitrate_kbps, block.speed) == (None, None, None)
+    block = parser.feed(
+        b"frame=21\nfps=10.45\nbitrate=9999.0kbits/s\ntotal_size=256143\n"
+        b"out_time_us=2000012\nspeed=0.97x\nprogress=continue\n"
+    )
+    assert block is not None
+    # 250,000 bytes in 2 s of output: 1,000 kb/s, whatever FFmpeg's average says.
+    assert (block.fps, block.bitrate_kbps, block.speed) == (10.45, 1000.0, 0.97)
 
 
 def test_root_cause_and_the_rtsp_hint() -> None:
@@ -87,3 +113,11 @@ def test_total_size_is_the_bytes_written_or_unknown() -> None:
     assert block is not None and block.total_size is None  # HLS and RTSP say N/A
     block = parser.feed(b"frame=9\ntotal_size=37788\nprogress=continue\n")
     assert block is not None and block.total_size == 37788
+
+
+def test_a_hidden_sources_error_names_the_source_not_its_socket() -> None:
+    argv = ["ffmpeg", "-f", "concat", "-i", "unix:/run/user/0/sa/inputs/cam.sock", "null"]
+    cause = "unix:/run/user/0/sa/inputs/cam.sock: Connection refused"
+    named = name_the_source(cause, argv, "rtsp://***:***@10.0.0.7/stream")
+    assert named == "rtsp://***:***@10.0.0.7/stream: Connection refused"
+    assert name_the_source("Connection refused", ["ffmpeg"], "x") == "Connection refused"

@@ -239,7 +239,7 @@ def test_markup_and_control_characters_print_literally(tmp_home: Path, sample_vi
             assert "Traceback" not in done.stderr and "\x1b" not in done.stdout
             if args != ["show", "live"]:
                 assert "evil\\x1b[2J" in done.stdout, (args, done.stdout)
-        listing = cli("list").stdout
+        listing = cli("list", "--wide").stdout  # every column, whatever COLUMNS says
         assert odd_url in listing
         assert "[live] cam.mp4" in listing
         assert "evil\x1b[2J" in json.loads(state.read_text())  # kept

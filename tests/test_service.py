@@ -100,10 +100,11 @@ def test_system_unit_shape() -> None:
     assert unit.path == Path("/etc/systemd/system/streamalchemy.service")
     f = fields(unit.text)
     assert f["Type"] == ["notify"] and f["NotifyAccess"] == ["main"]
-    assert f["Restart"] == ["on-failure"] and f["KillMode"] == ["mixed"]
+    assert f["Restart"] == ["on-failure"] and f["KillMode"] == ["process"]
     grace = inspect.signature(Supervisor).parameters["grace"].default
     assert int(f["TimeoutStopSec"][0]) > grace
     assert f["ExecStart"][0].endswith(" daemon run")
+    assert f["LimitNOFILE"] == ["65536"]
     assert f["User"] == ["alice"] and f["WantedBy"] == ["multi-user.target"]
     assert f["After"] == ["network-online.target"]
     # Only the daemon's settings travel into the unit, and a home systemd creates.
@@ -116,6 +117,13 @@ def test_system_unit_shape() -> None:
     assert '"STREAMALCHEMY_HOME=/var/lib/streamalchemy"' in f["Environment"]
     assert f["StateDirectory"] == ["streamalchemy"] and f["StateDirectoryMode"] == ["0700"]
     assert any("STREAMALCHEMY_HOME=/var/lib/streamalchemy" in n for n in unit.notes)
+
+
+def test_reload_restarts_the_daemon_in_place_with_the_same_installation() -> None:
+    f = fields(service.build("user", {"STREAMALCHEMY_HOME": "/h"}).text)
+    (start,), (reload,) = f["ExecStart"], f["ExecReload"]
+    assert start.endswith(" daemon run") and reload.endswith(" daemon restart")
+    assert start.removesuffix(" run") == reload.removesuffix(" restart")
 
 
 def test_user_unit_shape(tmp_path: Path) -> None:

@@ -214,7 +214,7 @@ def test_hls_output_and_credentials_masked(daemon: Daemon, tmp_home: Path) -> No
         "480",
     )
     assert "s3cret" not in proc.stdout + proc.stderr
-    listing = cli("list", "--json").stdout + cli("list").stdout
+    listing = cli("list", "--json").stdout + cli("list", "--wide").stdout
     assert "s3cret" not in listing
     logs = cli("logs", "relay").stdout
     assert "s3cret" not in logs

@@ -214,6 +214,21 @@ def test_stalled_ffmpeg_is_killed_and_restarted(tmp_path: Path) -> None:
     run(tmp_path, test)
 
 
+def test_a_stream_is_running_only_once_a_frame_comes_out(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        silent = h.launch(spec("silent"), stub("--no-frames"))
+        await until(lambda: silent.progress.out_time_us > 0, "progress without frames")
+        # FFmpeg runs and reports, but no frame came out: a start is confirmed after its
+        # window (the process lives), yet the stream is not running.
+        assert await silent.confirmed(0.2) is None
+        assert silent.status == "starting" and silent.snapshot()["status"] == "starting"
+        flowing = h.launch(spec("flowing"), stub())
+        assert await flowing.confirmed(5) is None
+        assert flowing.status == "running" and silent.status == "starting"
+
+    run(tmp_path, test)
+
+
 def test_an_ffmpeg_killed_from_outside_says_so(tmp_path: Path) -> None:
     async def test(h: Harness) -> None:
         s = h.launch(spec(), stub())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,12 @@ def export(
         from streamalchemy.deploy import kubernetes as kube
 
         text = kube.dump(kube.manifests(text, shards))
+        for name, key, path in _host_paths(tables):
+            print(
+                f"warning: {name}: {key} {path} is a path on this machine; in the pod it "
+                "exists only on a volume mounted there (see docs/kubernetes.md)",
+                file=sys.stderr,
+            )
     result: dict[str, Any] = {
         "success": True,
         "format": fmt,
@@ -168,3 +175,13 @@ def _text(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def _host_paths(tables: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(name, key, path) of each file source and file output the manifests carry."""
+    return [
+        (name, key, str(table[key]))
+        for name, table in sorted(tables.items())
+        for key in ("file", "output")
+        if str(table.get(key, "")).startswith("/")
+    ]

@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 
-from streamalchemy.client.connection import Client
+from streamalchemy.client.connection import Client, launch_failed
 from streamalchemy.core.names import is_valid_name, validate_name
 from streamalchemy.errors import (
     DaemonUnreachable,
@@ -24,9 +24,12 @@ from streamalchemy.settings import Settings, load_settings
 
 TYPE_CHECKING = False  # not typing's: see main.py
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any, cast
 
+    from streamalchemy.client.logfollow import Follower
     from streamalchemy.core.documents import (
+        DaemonRestartResult,
         EncodersResult,
         ListResult,
         LogsResult,
@@ -334,12 +337,70 @@ def daemon_run(
             settings = settings._replace(metrics_addr=parse_addr(metrics_addr))
         except ValueError as exc:
             raise InvalidInput(f"--metrics-addr {metrics_addr!r} is invalid: {exc}") from None
-    apply = None
-    if apply_file is not None or shard is not None:  # apply's modules only when asked
-        from streamalchemy.apply import commands as apply_commands
+    try:
+        apply = None
+        if apply_file is not None or shard is not None:  # apply's modules only when asked
+            from streamalchemy.apply import commands as apply_commands
 
-        apply = apply_commands.daemon_apply(apply_file, shard, settings)
-    daemon.run(settings, restore=restore, apply=apply)
+            apply = apply_commands.daemon_apply(apply_file, shard, settings)
+        daemon.run(settings, restore=restore, apply=apply)
+    except StreamAlchemyError as exc:
+        # An autostarting command waits for this daemon: it reads why it gave up.
+        launch_failed(settings, str(exc))
+        raise
+
+
+RESTART_WAIT = 120.0  # seconds `daemon restart` waits for the new daemon's answer
+
+
+def daemon_restart() -> DaemonRestartResult:
+    """Replace the running daemon with the code installed now; start one if none runs.
+
+    The daemon checks that the installed code imports, answers, and re-executes itself
+    in place; the status asked next waits in the socket's backlog and is answered by
+    the new image (its ``started_at`` is not the old one's).
+    """
+    c = client()
+    if not c.reachable():
+        c.start_daemon()
+        now = cast("StatusResult", c.request("GET", "/status", autostart=False))
+        return {
+            "success": True,
+            "message": f"the daemon was not running: started {now['version']} (pid {now['pid']})",
+            "pid": now["pid"],
+            "version": now["version"],
+            "previous_version": None,
+            "live_restore": bool(now.get("live_restore", False)),
+        }
+    before = cast("StatusResult", c.request("GET", "/status", autostart=False))
+    asked = c.request("POST", "/restart", autostart=False, timeout=RESTART_WAIT)
+    deadline = time.monotonic() + RESTART_WAIT
+    while True:
+        try:
+            now = cast(
+                "StatusResult", c.request("GET", "/status", autostart=False, timeout=RESTART_WAIT)
+            )
+        except DaemonUnreachable as exc:
+            log = c.settings.log_dir / "daemon.log"
+            raise OperationFailed(f"the daemon did not come back ({exc}); see {log}") from None
+        if now.get("started_at") != before.get("started_at") or now["pid"] != before["pid"]:
+            break
+        if time.monotonic() > deadline:
+            raise OperationFailed(
+                f"the daemon (pid {before['pid']}) did not restart within {RESTART_WAIT:g}s"
+            )
+        time.sleep(0.05)
+    live = bool(now.get("live_restore", False))
+    kept = "no stream stopped" if live else "streams restarted (live restore is off)"
+    return {
+        "success": True,
+        "message": f"daemon restarted in place (pid {now['pid']}): "
+        f"{asked['previous_version']} -> {now['version']}; {kept}",
+        "pid": now["pid"],
+        "version": now["version"],
+        "previous_version": str(asked["previous_version"]),
+        "live_restore": live,
+    }
 
 
 def service_install(
@@ -364,21 +425,61 @@ def service_uninstall(user: bool | None, no_systemctl: bool) -> dict[str, Any]:
 
 
 def follow(
-    paths: dict[str, str], interval: float = 0.5, offsets: dict[str, int] | None = None
+    paths: dict[str, str],
+    interval: float = 0.5,
+    offsets: dict[str, int] | None = None,
+    every_stream: bool = False,
 ) -> Iterator[tuple[str, str]]:
     """Yield (name, line) for lines appended to each log, following rotation like ``tail -F``.
 
     Runs until the caller stops iterating (Ctrl-C); starts at the end of each file.
+    With ``every_stream``, the logs of streams started later are followed too (as pm2's),
+    from their first line written after this began.
     """
+
     from streamalchemy.client.logfollow import Follower
 
     offsets = offsets or {}
     followers = {name: Follower(path, offsets.get(name)) for name, path in paths.items()}
+    directory = load_settings().log_dir / "streams"
+    # Now, not at the first line asked for: a stream started after this call is new.
+    sizes = _log_sizes(directory) if every_stream else {}
+    return _follow(followers, interval, directory if every_stream else None, sizes)
+
+
+def _follow(
+    followers: dict[str, Follower], interval: float, directory: Path | None, sizes: dict[str, int]
+) -> Iterator[tuple[str, str]]:
+    from streamalchemy.client.logfollow import Follower
+
     while True:
+        if directory is not None:
+            for name, path in _logs_in(directory).items():
+                if name not in followers:
+                    followers[name] = Follower(str(path), sizes.get(name, 0))
         quiet = True
-        for name, follower in followers.items():
+        for name, follower in list(followers.items()):
             for line in follower.read_lines():
                 quiet = False
                 yield name, line
         if quiet:
             time.sleep(interval)
+
+
+def _logs_in(directory: Path) -> dict[str, Path]:
+    """Each stream's log in ``directory``, by name (rotated copies ``NAME.log.1`` aside)."""
+    try:
+        found = list(directory.glob("*.log"))
+    except OSError:
+        return {}
+    return {p.name[:-4]: p for p in found if is_valid_name(p.name[:-4])}
+
+
+def _log_sizes(directory: Path) -> dict[str, int]:
+    sizes = {}
+    for name, path in _logs_in(directory).items():
+        try:
+            sizes[name] = path.stat().st_size
+        except OSError:
+            continue
+    return sizes

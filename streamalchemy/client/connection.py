@@ -6,6 +6,8 @@ fast: scripts call the CLI in loops.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -17,6 +19,7 @@ from streamalchemy.settings import Settings
 
 TYPE_CHECKING = False  # not typing's: the polled --json commands skip its import
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any
 
 STARTUP_WAIT = 15.0  # seconds the CLI waits for an autostarted daemon's socket
@@ -91,9 +94,13 @@ class Client:
         sock = self.settings.socket
         if isinstance(exc, PermissionError):
             return f"cannot connect to the daemon at {sock}: permission denied"
-        hint = "start it with `streamalchemy daemon run`"
-        if not self.settings.autostart:
-            hint += " (autostart is off: STREAMALCHEMY_AUTOSTART=0)"
+        if self.settings.autostart:
+            hint = "any command that needs it starts it, e.g. `streamalchemy list`"
+        else:
+            hint = (
+                "autostart is off (STREAMALCHEMY_AUTOSTART=0): start it as a service "
+                "(`streamalchemy service install`) or with STREAMALCHEMY_AUTOSTART=1"
+            )
         return f"the daemon is not running (no answer on {sock}); {hint}"
 
     def start_daemon(self, *, restore: bool = True) -> None:
@@ -103,6 +110,8 @@ class Client:
         from streamalchemy import home
 
         home.check(self.settings)  # the daemon would refuse it: say why now, exit 2
+        with contextlib.suppress(OSError):
+            _report_path(self.settings).unlink()  # a report left by an earlier launch
         log_file = self.settings.log_dir / "daemon.log"
         argv = [sys.executable, "-m", "streamalchemy", "daemon", "run"]
         proc = subprocess.Popen(
@@ -118,10 +127,61 @@ class Client:
         while time.monotonic() < deadline:
             if self.reachable():
                 return
-            # A daemon that lost the race to a concurrent one exits 1: keep waiting for
-            # the winner's socket. Reap it so it does not linger as a zombie.
-            proc.poll()
+            # A daemon that lost the race to a concurrent one exits too: then wait for
+            # the winner's socket. Any other early exit is a failure, said at once.
+            if proc.poll() is not None and not _daemon_holds(self.settings.data_dir):
+                raise DaemonUnreachable(
+                    f"the daemon could not start: {_launch_report(self.settings, proc.returncode)}"
+                )
             time.sleep(0.05)
         raise DaemonUnreachable(
             f"the daemon did not start within {STARTUP_WAIT:g}s; see {log_file}"
         )
+
+
+def _report_path(settings: Settings) -> Path:
+    return settings.socket.parent / "daemon.failed"
+
+
+def launch_failed(settings: Settings, reason: str) -> None:
+    """Called by a daemon that gives up at launch: leave its one-line reason where an
+    autostarting command reads it (``daemon.log`` may be what could not be opened).
+    Nothing is written into a home the daemon refused: the command says why itself."""
+    from streamalchemy import home
+    from streamalchemy.errors import StreamAlchemyError
+
+    try:
+        home.check(settings)
+    except StreamAlchemyError:
+        return
+    with contextlib.suppress(OSError):
+        path = _report_path(settings)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(path, flags, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(" ".join(reason.split()) + "\n")
+
+
+def _launch_report(settings: Settings, returncode: int) -> str:
+    try:
+        reason = _report_path(settings).read_text(errors="replace").strip()
+    except OSError:
+        reason = ""
+    log_file = settings.log_dir / "daemon.log"
+    return reason or f"it exited with code {returncode} at launch; see {log_file}"
+
+
+def _daemon_holds(data_dir: Path) -> bool:
+    """Whether a daemon holds this home's instance lock (``daemon.pid``)."""
+    try:
+        fd = os.open(data_dir / "daemon.pid", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

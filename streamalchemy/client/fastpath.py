@@ -110,7 +110,8 @@ def _start(args: list[str]) -> int | None:
         stream = action()["stream"]
     except StreamAlchemyError as exc:
         return report_failure(exc, as_json=False)
-    if stream.get("remaining_seconds") is None and not sys.stderr.isatty():
+    quiet = stream.get("remaining_seconds") is None and stream.get("status") == "running"
+    if quiet and not sys.stderr.isatty():
         from streamalchemy.client.text import plain
 
         print(plain(stream["output"]))  # render.started's whole output in this case

@@ -209,13 +209,16 @@ def _when_short(at: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(at))
 
 
-def restore(result: dict[str, Any]) -> None:
+def restore(result: dict[str, Any], dry_run: bool = False) -> None:
     table = Table(box=None, header_style="bold")
     for column in ("NAME", "RESULT", "REASON"):
         table.add_column(column)
     style = {"restored": "green", "skipped": "yellow", "failed": "red"}
+    # A dry run restores nothing: its "restored" (the JSON's word) is a forecast.
+    words = {"restored": "would restore", "skipped": "would skip"} if dry_run else {}
     for name, r in result["results"].items():
-        table.add_row(name, styled(r["result"], style.get(r["result"], "")), r["reason"])
+        word = words.get(r["result"], r["result"])
+        table.add_row(name, styled(word, style.get(r["result"], "")), r["reason"])
     if result["results"]:
         console.print(table)
     else:
@@ -246,7 +249,12 @@ def status(result: dict[str, Any]) -> None:
     table.add_row("uptime", span(result["uptime_seconds"]))
     table.add_row("socket", result["socket"])
     table.add_row("state file", result["state_file"])
+    table.add_row("logs", result.get("log_dir", "-"))
+    addr = result.get("metrics_addr")
+    table.add_row("metrics", f"http://{addr}/metrics and the socket" if addr else "socket only")
     table.add_row("persistence", "on" if result["persistence_enabled"] else "off")
+    if "live_restore" in result:
+        table.add_row("live restore", "on" if result["live_restore"] else "off")
     table.add_row("streams", str(result["streams"]))
     console.print(table)
 
@@ -263,11 +271,22 @@ def started(stream: dict[str, Any]) -> None:
             f"({duration_text(stream.get('duration_seconds') or remaining)})",
             file=sys.stderr,
         )
-    if sys.stderr.isatty():
+    if stream.get("status") != "running":
+        print(no_frame_yet(stream), file=sys.stderr)
+    elif sys.stderr.isatty():
         print(
             f"{stream['name']} started (pid {stream['pid']}, {stream['encoder']})",
             file=sys.stderr,
         )
+
+
+def no_frame_yet(stream: dict[str, Any]) -> str:
+    """What ``start`` says of a stream whose FFmpeg runs but has not put out a frame."""
+    name = stream["name"]
+    return (
+        f"{name}: FFmpeg runs (pid {stream['pid']}) but no frame has come out yet: the source "
+        f"may be slow or silent; see 'streamalchemy show {name}' and 'streamalchemy logs {name}'"
+    )
 
 
 UNSAVED = "unsaved: not in the state file, a daemon restart ends it"

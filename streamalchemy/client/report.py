@@ -108,7 +108,9 @@ def logs(name: str | None, lines: int, follow: bool, as_json: bool) -> None:
     if follow:
         width = max(map(len, paths), default=0)
         try:
-            for stream, line in commands.follow(paths, offsets=offsets):
+            # Without NAME, streams started from now on are followed too (as pm2 does).
+            lines_of = commands.follow(paths, offsets=offsets, every_stream=name is None)
+            for stream, line in lines_of:
                 print(_prefixed(stream, line, width) if name is None else plain(line), flush=True)
         except KeyboardInterrupt:
             pass

@@ -106,6 +106,17 @@ class MessageResult(TypedDict):
     pid: NotRequired[int]
 
 
+class DaemonRestartResult(TypedDict):
+    """``daemon restart``: the daemon now answering, and the version it replaced."""
+
+    success: bool
+    message: str
+    pid: int
+    version: str
+    previous_version: str | None
+    live_restore: bool
+
+
 class RestoreOutcome(TypedDict):
     result: str  # restored skipped failed
     reason: str
@@ -128,9 +139,12 @@ class StatusResult(TypedDict):
     home: str
     install_path: str
     log_dir: str
+    metrics_addr: NotRequired[str | None]  # HOST:PORT of GET /metrics over TCP, if served
     ffmpeg: str
     state_write_ok: NotRequired[bool]
     state_write_error: NotRequired[str | None]
+    started_at: NotRequired[float]
+    live_restore: NotRequired[bool]
 
 
 class EncoderDoc(TypedDict):

@@ -1,7 +1,9 @@
 """A systemd unit for the daemon, so that streams come back after a reboot (pm2's ``startup``).
 
 The unit runs ``streamalchemy daemon run`` as ``Type=notify``: systemd counts the
-daemon started once it has sent ``READY=1``, that is once its socket answers.
+daemon started once it has sent ``READY=1``, that is once its socket answers;
+``systemctl reload`` runs ``streamalchemy daemon restart`` (an in-place upgrade), and
+``KillMode=process`` lets the streams outlive a daemon that dies.
 This module only writes and removes the unit file and, when a systemd manager is
 reachable, asks ``systemctl`` to load it; it never touches streams or the state file.
 """
@@ -28,6 +30,7 @@ UNIT_NAME = "streamalchemy.service"
 # wait longer than that before it SIGKILLs what is left in the unit's cgroup.
 STOP_TIMEOUT = 30
 SYSTEM_HOME = "/var/lib/streamalchemy"
+NOFILE_LIMIT = 65536  # open files: a few per stream, thousands of streams
 # The settings the daemon reads from its environment; anything else stays out of the unit.
 _ENV_PREFIXES = ("STREAMALCHEMY_", "STREAM_PERSISTENCE_", "ENABLE_STREAM_PERSISTENCE")
 
@@ -69,6 +72,11 @@ def exec_start() -> tuple[list[str], dict[str, str]]:
     site_dirs = {Path(p).resolve() for p in [*site.getsitepackages(), site.getusersitepackages()]}
     extra = {} if root in site_dirs else {"PYTHONPATH": str(root)}
     return [sys.executable, "-m", "streamalchemy", "daemon", "run"], extra
+
+
+def reload_command(command: Sequence[str]) -> list[str]:
+    """``daemon restart`` through the same installation as ``daemon run``."""
+    return [*command[:-1], "restart"]
 
 
 def _checked(value: str) -> str:
@@ -115,13 +123,19 @@ def render(
         "Type=notify",
         "NotifyAccess=main",
         f"ExecStart={_exec_line(command)}",
+        # `systemctl reload`: the daemon replaces itself with the code installed now, in
+        # place (same pid); no stream stops. Synchronous: a refused upgrade fails the reload.
+        f"ExecReload={_exec_line(reload_command(command))}",
         *(f"Environment={_quote(_checked(f'{k}={v}'))}" for k, v in sorted(environment.items())),
         "Restart=on-failure",
         "RestartSec=2",
-        # SIGTERM to the daemon alone: it stops its FFmpeg process groups itself and
-        # keeps the state file; SIGKILL for everything left only after the timeout.
-        "KillMode=mixed",
+        # Signals go to the daemon alone, as docker's unit does: on SIGTERM it stops its
+        # FFmpeg process groups itself and keeps the state file; a daemon that dies
+        # (SIGKILL, OOM, crash) leaves the streams running for the next one to adopt.
+        "KillMode=process",
         f"TimeoutStopSec={STOP_TIMEOUT}",
+        # One descriptor per stream's log, progress and lock file, and per client.
+        f"LimitNOFILE={NOFILE_LIMIT}",
         # ${NAME} in a stream's --url or --output is read at launch from
         # $CREDENTIALS_DIRECTORY/NAME first: systemd hands each named file to the
         # daemon alone.

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -117,6 +117,8 @@ class Controller:
         self.metrics = Metrics.of(store, self.started, lambda: self.supervisor.streams.values())
         self.not_restored: dict[str, str] = {}  # saved streams left out, and why
         self.shutdown = asyncio.Event()
+        # Set by the daemon: checks the installed code, then replaces the daemon with it.
+        self.restart_daemon: Callable[[], Awaitable[dict[str, Any]]] | None = None
         self.choose_encoder = choose_encoder
         self.check_source = check_source
         self.inputs = inputs

@@ -70,12 +70,15 @@ def status(c: Controller) -> dict[str, Any]:
         "pid": os.getpid(),
         "version": __version__,
         "uptime_seconds": time.time() - c.started,
+        "started_at": c.started,
+        "live_restore": c.settings.live_restore,
         "socket": str(c.settings.socket),
         "state_file": str(c.settings.state_file),
         "persistence_enabled": c.store.enabled,
-        "live_restore": c.settings.live_restore,
         "streams": sum(1 for s in c.supervisor.streams.values() if s.active),
         "log_dir": str(c.settings.log_dir),
+        # Where GET /metrics is served over TCP besides the socket; None: the socket only.
+        "metrics_addr": _addr_text(c.settings.metrics_addr),
         "ffmpeg": c.settings.ffmpeg,
         "state_write_ok": c.store.write_error is None,
         "state_write_error": c.store.write_error,
@@ -84,6 +87,13 @@ def status(c: Controller) -> dict[str, Any]:
         "home": str(c.settings.data_dir),
         "install_path": os.path.dirname(os.path.abspath(streamalchemy.__file__)),
     }
+
+
+def _addr_text(addr: tuple[str, int] | None) -> str | None:
+    if addr is None:
+        return None
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def list_streams(c: Controller) -> dict[str, Any]:
@@ -163,6 +173,12 @@ async def route_metrics(c: Controller, req: Request) -> TextReply:
 async def route_shutdown(c: Controller, req: Request) -> Reply:
     asyncio.get_running_loop().call_later(0.05, c.shutdown.set)
     return 200, {"success": True, "message": "shutting down", "pid": os.getpid()}
+
+
+async def route_restart_daemon(c: Controller, req: Request) -> Reply:
+    if c.restart_daemon is None:  # a controller outside the daemon (tests)
+        return 404, {"success": False, "message": "this daemon cannot restart itself"}
+    return 200, await c.restart_daemon()
 
 
 async def route_list(c: Controller, req: Request) -> Reply:
@@ -250,6 +266,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/status", route_status),
     ("GET", "/metrics", route_metrics),
     ("POST", "/shutdown", route_shutdown),
+    ("POST", "/restart", route_restart_daemon),
     ("GET", "/streams", route_list),
     ("POST", "/streams", route_start),
     ("GET", "/streams/{name}", route_stream),

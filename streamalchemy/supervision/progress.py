@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -35,6 +36,8 @@ def _integer(text: str) -> int | None:
 
 
 _PARTIAL_MAX = 1 << 16
+# FFmpeg's fps and speed are averages since its start: honest once this much is out.
+KNOWN_AFTER_US = 1_000_000
 
 
 class ProgressParser:
@@ -47,6 +50,7 @@ class ProgressParser:
     def __init__(self) -> None:
         self._partial = b""
         self._pending: dict[str, str] = {}
+        self._previous: tuple[int, int | None] | None = None  # the last block's time and size
 
     def feed(self, data: bytes) -> Progress | None:
         """Return the last block that ``data`` completes, if any."""
@@ -65,16 +69,30 @@ class ProgressParser:
         if done is None:
             return None
         frames = int(_number(done.get("frame", "")) or 0)
-        out_time = _number(done.get("out_time_us", "") or done.get("out_time_ms", ""))
+        out_time = int(_number(done.get("out_time_us", "") or done.get("out_time_ms", "")) or 0)
+        total_size = _integer(done.get("total_size", ""))
+        before, self._previous = self._previous, (out_time, total_size)
+        if frames <= 1 or out_time < KNOWN_AFTER_US:
+            # The report FFmpeg makes as its output opens: its averages are over no time
+            # yet (a bitrate of 4,000,000 kb/s, a speed of 0.00006x). Nothing is known.
+            return Progress(frames=frames, out_time_us=out_time, total_size=total_size)
         return Progress(
             frames=frames,
-            out_time_us=int(out_time or 0),
-            # The report FFmpeg makes as its output opens says 0 fps: unknown yet.
-            fps=_number(done.get("fps", "")) if frames > 1 else None,
-            bitrate_kbps=_number(done.get("bitrate", "")),
+            out_time_us=out_time,
+            fps=_number(done.get("fps", "")),
+            bitrate_kbps=None if before is None else _bitrate(before, (out_time, total_size)),
             speed=_number(done.get("speed", "")),
-            total_size=_integer(done.get("total_size", "")),
+            total_size=total_size,
         )
+
+
+def _bitrate(before: tuple[int, int | None], now: tuple[int, int | None]) -> float | None:
+    """kb/s written between two reports (FFmpeg's own figure is an average since the
+    start, the header included); None when the muxer counts no bytes (HLS, RTSP)."""
+    (t0, size0), (t1, size1) = before, now
+    if size0 is None or size1 is None or t1 <= t0 or size1 < size0:
+        return None
+    return round((size1 - size0) * 8 * 1000 / (t1 - t0), 1)  # bytes per us -> kb/s
 
 
 _BOILERPLATE = ("Conversion failed!", "Error initializing output stream", "Exiting normally")
@@ -98,6 +116,15 @@ def root_cause(lines: list[str]) -> str | None:
         if _ERRORISH.search(line):
             return line
     return useful[-1] if useful else None
+
+
+def name_the_source(cause: str, argv: Sequence[str], source: str) -> str:
+    """``cause`` with the private socket a hidden source is read through named as the
+    source it stands for (masked where it is printed): the user knows the URL, not it."""
+    for item in argv:
+        if item.startswith("unix:"):
+            cause = cause.replace(item, source).replace(item.removeprefix("unix:"), source)
+    return cause
 
 
 def explain_failure(cause: str, target: str) -> str:

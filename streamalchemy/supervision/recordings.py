@@ -97,6 +97,31 @@ def prune_hls(playlist: Path) -> None:
         playlist.with_name(playlist.name + ".tmp").unlink()
 
 
+def hls_bitrate_kbps(playlist: Path) -> float | None:
+    """kb/s of the newest segment the playlist lists, its size over its duration (FFmpeg
+    counts no bytes for HLS); None until a segment is complete."""
+    try:
+        text = playlist.read_text(errors="replace")
+    except OSError:
+        return None
+    seconds, newest = 0.0, None
+    for line in map(str.strip, text.splitlines()):
+        if line.startswith("#EXTINF:"):
+            try:
+                seconds = float(line.removeprefix("#EXTINF:").split(",")[0])
+            except ValueError:
+                seconds = 0.0
+        elif _SEGMENT.fullmatch(line) and seconds > 0:
+            newest = (line, seconds)
+    if newest is None:
+        return None
+    try:
+        size = (playlist.parent / newest[0]).stat().st_size
+    except OSError:
+        return None
+    return round(size * 8 / newest[1] / 1000, 1)
+
+
 def end_playlist(playlist: Path) -> None:
     """Mark the playlist ended, so players stop waiting for more (FFmpeg runs with omit_endlist)."""
     try:
@@ -135,6 +160,10 @@ class OutputFiles:
         elif self.is_hls:
             prune_hls(Path(self.target))
         return self.current
+
+    def bitrate_kbps(self) -> float | None:
+        """The bitrate read from the files written, where FFmpeg reports none (HLS)."""
+        return hls_bitrate_kbps(Path(self.target)) if self.is_hls else None
 
     def end(self) -> None:
         """The stream is over (stopped, or ended for good): close what players read."""

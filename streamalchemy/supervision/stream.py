@@ -30,7 +30,12 @@ from streamalchemy.supervision.childfiles import (
     write_identity,
 )
 from streamalchemy.supervision.pace import Window
-from streamalchemy.supervision.progress import Progress, explain_failure, root_cause
+from streamalchemy.supervision.progress import (
+    Progress,
+    explain_failure,
+    name_the_source,
+    root_cause,
+)
 from streamalchemy.supervision.recordings import OutputFiles
 from streamalchemy.supervision.rules import (
     DURATION_REACHED,
@@ -224,8 +229,9 @@ class Stream:
             reason = None
         else:
             cause = root_cause(list(self.log.tail))
+            masked = mask_credentials(self.spec.source)
             reason = (
-                explain_failure(cause, self.target)
+                explain_failure(name_the_source(cause, self.argv, masked), self.target)
                 if cause
                 else f"FFmpeg {exit_words(self._returncode)}"
             )
@@ -357,7 +363,8 @@ class Stream:
         self.pace.add(self.clock.monotonic(), block.out_time_us / 1e6)
         if (block.frames, block.out_time_us) != (previous.frames, previous.out_time_us):
             self._progress_at = self.clock.monotonic()
-        if self.status == "starting" and self._stopping is None:
+        # Running means frames flow: a source that sends none keeps it starting.
+        if self.status == "starting" and block.frames > 0 and self._stopping is None:
             self.status = "running"
             self.last_error = None
             self._confirm(None)
@@ -469,7 +476,9 @@ class Stream:
             "restarts": self.restarts,
             "frames": self.progress.frames,
             "fps": self.progress.fps,
-            "bitrate_kbps": self.progress.bitrate_kbps,
+            "bitrate_kbps": self.progress.bitrate_kbps
+            if self.progress.bitrate_kbps is not None or self.status != "running"
+            else self.output.bitrate_kbps(),
             "speed": self.progress.speed,
             # Over the last seconds, as shedding judges it (``speed`` is since FFmpeg began).
             "recent_speed": _rounded(self.pace.rate()) if running else None,
