@@ -220,11 +220,17 @@ def end_daemon_of(home: Path) -> None:
 
 
 def home_processes(home: Path) -> list[psutil.Process]:
-    """The processes (FFmpeg, daemons) whose environment names ``home`` as theirs."""
+    """The processes of ``home``: those whose environment names it (daemons, the CLI), and
+    the children recorded in its lock files (FFmpeg, which may outlive a killed daemon)."""
     mine = []
     for proc in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
             if proc.pid != os.getpid() and proc.environ().get("STREAMALCHEMY_HOME") == str(home):
+                mine.append(proc)
+    for lock in [*home.glob("run/streams/*.lock"), *home.glob("run/*.lock")]:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, psutil.Error):
+            proc = psutil.Process(int(json.loads(lock.read_text())["pid"]))
+            if proc.status() != psutil.STATUS_ZOMBIE and proc not in mine:
                 mine.append(proc)
     return mine
 

@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from conftest import kill_tree, wait_for
+from streamalchemy.supervision.childfiles import ChildFiles
 from streamalchemy.supervision.procs import MARK_VAR, ChildRecord, with_parent_death_signal
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
@@ -123,3 +124,29 @@ def test_a_group_member_without_the_mark_is_spared(tmp_path: Path) -> None:
         assert proc.poll() is None
     finally:
         kill_tree(proc)
+
+
+def test_ffmpeg_gets_a_minimal_environment_without_the_daemons_secrets(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from streamalchemy.supervision import procs
+
+    monkeypatch.setenv("CAM_PASSWORD", "Kq'7 secret")
+    monkeypatch.setenv(MARK_VAR, "the-mark")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+
+    async def child_env() -> dict[str, str]:
+        files = ChildFiles(tmp_path, "env")
+        io = files.for_child(outlive=True)
+        proc = await procs.spawn(["env", "-0"], io)
+        io.close()
+        await proc.wait()
+        out = (tmp_path / "env.progress").read_bytes()  # its stdout
+        return dict(item.split("=", 1) for item in out.decode().split("\0") if item)
+
+    seen = asyncio.run(child_env())
+    assert "CAM_PASSWORD" not in seen
+    assert seen[MARK_VAR] == "the-mark" and seen["LC_ALL"] == "C.UTF-8"
+    assert seen["PATH"] == os.environ["PATH"]

@@ -214,6 +214,37 @@ def test_stalled_ffmpeg_is_killed_and_restarted(tmp_path: Path) -> None:
     run(tmp_path, test)
 
 
+def test_frames_that_count_while_output_time_stands_still_are_a_stall(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        s = h.launch(spec(), stub("--still-after", "3", "--every", "0.05"))
+        await until(lambda: s.progress.frames > 10, "frames counting on")
+        pid = s.pid
+        await h.ticks(int(STALL) + 1)
+        await until(lambda: s.restarts == 1 and s.pid not in (None, pid), "a new FFmpeg")
+        assert "stalled: no progress for 5s" in s.history()[0]["reason"]
+
+    run(tmp_path, test)
+
+
+def test_clamped_timestamps_restart_ffmpeg_at_once(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        s = h.launch(spec(), stub("--blocks", "5", "--clamped", "30", "--freeze"))
+        await until(lambda: s.restarts >= 1, "a restart without waiting for the stall")
+        assert "timestamps went back" in s.history()[0]["reason"]
+        assert "timestamps went back (it restarted or looped): killing FFmpeg" in log_text(s)
+
+    run(tmp_path, test)
+
+
+def test_a_few_clamped_timestamps_are_no_reset(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        s = h.launch(spec(), stub("--blocks", "20", "--clamped", "3", "--every", "0.01"))
+        await until(lambda: s.status != "running" or s.progress.frames >= 20, "the blocks")
+        assert not any("timestamps" in e["reason"] for e in s.history())
+
+    run(tmp_path, test)
+
+
 def test_a_stream_is_running_only_once_a_frame_comes_out(tmp_path: Path) -> None:
     async def test(h: Harness) -> None:
         silent = h.launch(spec("silent"), stub("--no-frames"))

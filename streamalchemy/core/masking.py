@@ -68,11 +68,9 @@ def is_secret_value(value: str) -> bool:
     decoded = unquote(value)
     if "hmac=" in decoded.lower() or _JWT.fullmatch(decoded):
         return True
-    return bool(
-        _TOKENISH.fullmatch(decoded)
-        and any(c.isdigit() for c in decoded)
-        and any(c.isalpha() for c in decoded)
-    )
+    # Digits and letters mixed, as random tokens are (not "camera_front_entrance_01").
+    digits = sum(c.isdigit() for c in decoded)
+    return bool(_TOKENISH.fullmatch(decoded)) and digits >= 4 and len(decoded) - digits >= 4
 
 
 def is_reference(value: str) -> bool:
@@ -297,9 +295,10 @@ def mask_document(doc: Any) -> Any:
     The secrets of every URL in it are found first, so a password the pattern cannot
     see (one with a quote or a space) is hidden in every field, not only its own.
     """
-    found = Secrets(KNOWN.values)
-    found.add(value for url in _strings(doc) if _IS_URL.match(url) for value in secrets_in_url(url))
-    return _masked(doc, found)
+    new = {value for url in _strings(doc) if _IS_URL.match(url) for value in secrets_in_url(url)}
+    new = {value for value in new if len(value) >= MIN_LITERAL and value not in KNOWN}
+    # In the daemon every stream's secrets are known already: no new pattern per reply.
+    return _masked(doc, Secrets(KNOWN.values | new) if new else KNOWN)
 
 
 def _strings(doc: Any) -> Iterable[str]:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from streamalchemy.core.masking import mask_argv
 from streamalchemy.errors import OperationFailed
 from streamalchemy.supervision import adoption
-from streamalchemy.supervision.childfiles import ChildIO
+from streamalchemy.supervision.childfiles import ChildFiles, ChildIO, write_identity
 
 if TYPE_CHECKING:
     import psutil
@@ -63,6 +63,22 @@ def mark_children() -> str:
     mark = f"{os.getpid()}-{time.time_ns()}"
     os.environ[MARK_VAR] = mark
     return mark
+
+
+# What an FFmpeg child is given of the daemon's environment: the locale, time zone,
+# paths, TLS and proxy settings, GPU drivers' switches, and the daemon's mark.
+# Nothing else: the daemon's environment may hold ${NAME} credentials.
+CHILD_ENV = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH"}
+    | {"SSL_CERT_FILE", "SSL_CERT_DIR", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY"}
+    | {"HTTPS_PROXY", "NO_PROXY", "LIBVA_DRIVER_NAME", "LIBVA_DRIVERS_PATH", "VDPAU_DRIVER"}
+    | {"CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "XDG_RUNTIME_DIR", MARK_VAR}
+)
+
+
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The part of ``environ`` an FFmpeg child gets (``CHILD_ENV`` and ``LC_*``)."""
+    return {k: v for k, v in environ.items() if k in CHILD_ENV or k.startswith("LC_")}
 
 
 def with_parent_death_signal(argv: Sequence[str]) -> list[str]:
@@ -93,6 +109,8 @@ async def spawn(
 ) -> Child:
     """Start argv in its own session, writing into ``io``'s files; it inherits ``io.keep``.
 
+    Without ``env``, the child gets ``child_environment``, not the daemon's whole one.
+
     Must be called from the event loop thread: the parent-death signal (live restore
     off) fires when the thread that forked the child exits, and the loop thread lives
     as long as the daemon.
@@ -105,7 +123,7 @@ async def spawn(
         start_new_session=True,
         pass_fds=io.keep,
         cwd=cwd,
-        env=env,
+        env=child_environment(os.environ) if env is None else env,
     )
 
 
@@ -172,6 +190,31 @@ class ChildRecord:
         entry.update(create_time=create_time, mark=os.environ.get(MARK_VAR, ""), **(extra or {}))
         self.put(name, entry)
         return entry
+
+    def spawned(
+        self,
+        name: str,
+        pid: int,
+        argv: Sequence[str],
+        extra: Mapping[str, Any],
+        lock: Sequence[int] = (),
+    ) -> None:
+        """Record a new child, its identity also in its ``lock`` file (found without this
+        record). A full disk is logged: the stream matters more than the record."""
+        try:
+            entry = self.add(name, pid, argv, extra)
+            if entry is not None and lock:
+                write_identity(lock[0], entry)
+        except OSError as exc:
+            log.warning("%s: cannot record FFmpeg pid %d: %s", name, pid, exc)
+
+    def ended(self, name: str, files: ChildFiles) -> None:
+        """The child of ``name`` has ended: out of the record, its identity gone."""
+        try:
+            self.discard(name)
+            files.forget()
+        except OSError as exc:
+            log.warning("%s: cannot update the children record: %s", name, exc)
 
     def put(self, name: str, entry: dict[str, Any]) -> None:
         """Record a child as it is (one adopted from a previous daemon keeps its entry)."""

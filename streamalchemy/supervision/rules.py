@@ -22,6 +22,21 @@ USER_RESTART = "restarted by the user"
 DURATION_REACHED = "duration reached"
 SHED = "shed"  # stopped for lack of CPU, kept saved, brought back when there is room
 
+# How often a stream reads its FFmpeg's files: a start waits for the first progress
+# block, a running stream's figures come every stats period (2 s) anyway.
+READ_STARTING = 0.05
+READ_RUNNING = 1.0
+# An FFmpeg ending this close to the deadline ended for it (its own -t, or our SIGTERM).
+DEADLINE_MARGIN = 2.0
+# A progress block counts only when the output time moved on this much: frames that
+# count while the output's timestamps stand still (clamped after a reset) are a stall.
+OUTPUT_ADVANCE_US = 100_000
+# This many "Non-monotonous DTS" lines between two progress blocks: FFmpeg clamps every
+# packet after its source's timestamps went back, and the output would stall for good.
+CLAMPED_LINES = 20
+CLAMPED = ("Non-monotonous DTS", "non monotonically increasing dts")
+TIMESTAMPS_BACK = "the source's timestamps went back (it restarted or looped)"
+
 Spawner = Callable[[Sequence[str], ChildIO], Awaitable[procs.Child]]
 # Builds FFmpeg's argv for the file it writes and the seconds it has left (None: no end).
 ArgvFor = Callable[[str, float | None], list[str]]
@@ -74,3 +89,7 @@ def exit_words(returncode: int) -> str:
             name = f"signal {-returncode}"
         return f"was killed by {name}"
     return f"exited with code {returncode}"
+
+
+def rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)

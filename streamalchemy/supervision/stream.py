@@ -27,7 +27,6 @@ from streamalchemy.supervision.childfiles import (
     ChildIO,
     ChildReader,
     follow,
-    write_identity,
 )
 from streamalchemy.supervision.pace import Window
 from streamalchemy.supervision.progress import (
@@ -38,14 +37,22 @@ from streamalchemy.supervision.progress import (
 )
 from streamalchemy.supervision.recordings import OutputFiles
 from streamalchemy.supervision.rules import (
+    CLAMPED,
+    CLAMPED_LINES,
+    DEADLINE_MARGIN,
     DURATION_REACHED,
+    OUTPUT_ADVANCE_US,
+    READ_RUNNING,
+    READ_STARTING,
     SHED,
+    TIMESTAMPS_BACK,
     ArgvFor,
     Clock,
     Spawner,
     StreamSettings,
     SystemClock,
     exit_words,
+    rounded,
     should_restart,
 )
 from streamalchemy.supervision.streamlog import StreamLog
@@ -54,12 +61,6 @@ log = logging.getLogger("streamalchemy.supervisor")
 
 ACTIVE = frozenset({"starting", "running", "retrying", "stopping"})
 EXITS_KEPT = 10
-# How often a stream reads its FFmpeg's files: a start waits for the first progress
-# block, a running stream's figures come every stats period (2 s) anyway.
-READ_STARTING = 0.05
-READ_RUNNING = 1.0
-# An FFmpeg ending this close to the deadline ended for it (its own -t, or our SIGTERM).
-DEADLINE_MARGIN = 2.0
 
 
 class Stream:
@@ -108,13 +109,16 @@ class Stream:
         self._record = record
         self._spawn = spawn
         self._files = files
-        self._reader = ChildReader(files, log.ffmpeg)
+        self._reader = ChildReader(files, self._ffmpeg_line)
         self._survivor = survivor
         self._proc: procs.Child | None = None
         self._cpu_seen: tuple[int, float, float] | None = None  # pid, when, CPU seconds
         self._progress_at = 0.0
         self._stopping: str | None = None  # why, once a stop is asked for
         self._stalled = False
+        self._stall_reason = ""  # what _judge reports for a stall, if not "no progress"
+        self._output_mark = 0  # the output time when progress was last seen
+        self._clamped = 0  # "Non-monotonous DTS" lines since the last progress block
         self._returncode = 0  # of the last FFmpeg, negative for a signal
         self._wake = asyncio.Event()
         self._confirmed: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
@@ -195,6 +199,8 @@ class Stream:
                     self._end("failed" if reason else "finished", reason or self._clean_end)
                     return
                 delay = self._backoff.next_delay(ran_for)
+                if self._stalled and self._stall_reason == TIMESTAMPS_BACK and ran_for >= 5:
+                    delay = 0.0  # a source that looped is no failure: back at once
                 self.status = "retrying"
                 self.log.event(f"restarting in {delay:.1f}s: {reason or self._clean_end}")
                 self._wake.clear()
@@ -217,7 +223,7 @@ class Stream:
     def _judge(self, code: int | None) -> tuple[str | None, bool]:
         """Why FFmpeg ended (None: a clean end) and whether it runs again."""
         if self._stalled:
-            reason = f"stalled: no progress for {self.settings.stall_timeout:g}s"
+            reason = f"stalled: {self._stall_reason}"
         elif code == 0 and self.spec.source_type == "rtsp":
             # A network source that ends before the deadline is an interruption: a
             # relay that stops relaying is the one thing this tool must not do.
@@ -241,6 +247,7 @@ class Stream:
         """Run FFmpeg once; return how long it ran and its exit code (None: a signal)."""
         self.status = "starting"
         self._stalled = False
+        self._output_mark = self._clamped = 0
         self._progress_at = self.clock.monotonic()
         self.log.tail.clear()
         survivor, self._survivor = self._survivor, None
@@ -263,14 +270,10 @@ class Stream:
         target = self.output.next_spawn()
         # Its remaining time goes on the command line: the deadline holds with no daemon.
         self.argv = self._argv_for(target, self.remaining(self.clock.time()))
-        try:
+        try:  # fails when the name's lock is held: an FFmpeg of it still runs
             io = self._files.for_child(outlive=self.settings.live_restore)
-        except OSError as exc:
-            io = None
-            why = f"cannot open the files of FFmpeg: {exc.strerror or exc}"
-        except Exception as exc:  # the name's lock is held: an FFmpeg of it still runs
-            io = None
-            why = str(exc)
+        except Exception as exc:
+            io, why = None, f"cannot open the files of FFmpeg: {getattr(exc, 'strerror', exc)}"
         if io is not None:
             try:
                 proc = await self._spawn(self.argv, io)
@@ -327,26 +330,13 @@ class Stream:
         self.exits.append({"at": self.clock.time(), "code": code, "reason": reason})
 
     def _record_child(self, pid: int, io: ChildIO, target: str) -> None:
-        if self._record is None:
-            return
-        extra = {"target": target, "encoder": self.encoder, "started_at": self.started_at}
-        try:
-            entry = self._record.add(self.spec.name, pid, self.argv, extra)
-            if entry is not None and io.keep:
-                write_identity(
-                    io.keep[0], entry
-                )  # in the lock FFmpeg holds: found without the record
-        except OSError as exc:  # a full disk: the stream matters more than the record
-            log.warning("%s: cannot record FFmpeg pid %d: %s", self.spec.name, pid, exc)
+        if self._record is not None:
+            extra = {"target": target, "encoder": self.encoder, "started_at": self.started_at}
+            self._record.spawned(self.spec.name, pid, self.argv, extra, io.keep[:1])
 
     def _forget_child(self) -> None:
-        if self._record is None:
-            return
-        try:
-            self._record.discard(self.spec.name)
-            self._files.forget()
-        except OSError as exc:
-            log.warning("%s: cannot update the children record: %s", self.spec.name, exc)
+        if self._record is not None:
+            self._record.ended(self.spec.name, self._files)
 
     async def _kill_quietly(self) -> None:
         proc = self._proc
@@ -361,13 +351,39 @@ class Stream:
             return
         previous, self.progress = self.progress, block
         self.pace.add(self.clock.monotonic(), block.out_time_us / 1e6)
-        if (block.frames, block.out_time_us) != (previous.frames, previous.out_time_us):
+        self._clamped = 0
+        if block.out_time_us > 0:
+            advanced = block.out_time_us - self._output_mark >= OUTPUT_ADVANCE_US
+        else:  # no output time (yet): frames are all there is to go by
+            advanced = block.frames != previous.frames
+        if advanced:
             self._progress_at = self.clock.monotonic()
+            self._output_mark = block.out_time_us
         # Running means frames flow: a source that sends none keeps it starting.
         if self.status == "starting" and block.frames > 0 and self._stopping is None:
             self.status = "running"
             self.last_error = None
             self._confirm(None)
+
+    def _ffmpeg_line(self, line: str) -> None:
+        self.log.ffmpeg(line)
+        if any(words in line for words in CLAMPED):
+            self._clamped += 1
+            if self._clamped == CLAMPED_LINES:
+                # SIGTERM: FFmpeg closes the segment or file it writes, as on a stop.
+                self._kill_stalled(TIMESTAMPS_BACK, signal.SIGTERM)
+
+    def _kill_stalled(self, why: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        """End an FFmpeg that runs without making output; ``_judge`` restarts it."""
+        pid = self.pid
+        if pid is None or self._stopping is not None:
+            return
+        if self._stalled:  # ended once already: a SIGTERM it did not obey
+            procs.signal_group(pid, signal.SIGKILL)
+            return
+        self._stalled, self._stall_reason = True, why
+        self.log.event(f"{why}: killing FFmpeg (pid {pid})")
+        procs.signal_group(pid, sig)
 
     def _end(self, status: str, why: str) -> None:
         self.status = status
@@ -397,17 +413,8 @@ class Stream:
             if pid is not None:
                 procs.signal_group(pid, signal.SIGTERM)
             self._wake.set()
-        elif (
-            pid is not None
-            and not self._stalled
-            and self._stopping is None
-            and mono - self._progress_at > self.settings.stall_timeout
-        ):
-            self._stalled = True
-            self.log.event(
-                f"no progress for {self.settings.stall_timeout:g}s: killing FFmpeg (pid {pid})"
-            )
-            procs.signal_group(pid, signal.SIGKILL)
+        elif mono - self._progress_at > self.settings.stall_timeout:
+            self._kill_stalled(f"no progress for {self.settings.stall_timeout:g}s")
 
     def forgive_pause(self, mono: float) -> None:
         """The daemon was not running until ``mono``: restart the stall clock from now."""
@@ -481,14 +488,10 @@ class Stream:
             else self.output.bitrate_kbps(),
             "speed": self.progress.speed,
             # Over the last seconds, as shedding judges it (``speed`` is since FFmpeg began).
-            "recent_speed": _rounded(self.pace.rate()) if running else None,
+            "recent_speed": rounded(self.pace.rate()) if running else None,
             "cpu_percent": cpu,
             "memory_mb": None if mem is None else round(mem, 1),
             "last_error": self.last_error,
             "log_file": str(self.log.path),
             "exits": self.history(),
         }
-
-
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)

@@ -25,7 +25,7 @@ from streamalchemy.supervision.progress import clean_line
 LOG_MAX_BYTES = 10 << 20
 LOG_BACKUPS = 3
 # Longer FFmpeg lines are cut in the log: one line never fills a capped file alone,
-# and masking (whose cost grows with the square of a line's length) stays cheap.
+# and masking a line stays cheap.
 LINE_MAX_CHARS = 2000
 # A URL the cut ends inside: dropped, lest half a password escape its mask.
 _CUT_URL = re.compile(r"\S*://\S*$")
