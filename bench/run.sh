@@ -43,4 +43,6 @@ if [ "${1:-}" = load ]; then shift; exec "$py" -m bench.load "$@"; fi  # bench/l
 if [ "${1:-}" = "--fleet" ]; then shift; exec "$py" -m bench.fleet "$@"; fi
 # The metrics cost, 50 streams scraped every second: bash bench/run.sh --metrics [--quick] [--write]
 if [ "${1:-}" = "--metrics" ]; then shift; exec "$py" -m bench.metrics_scrape "$@"; fi
+# Live restore, 200 streams across a daemon SIGKILL: bash bench/run.sh --adoption [--quick] [--write]
+if [ "${1:-}" = "--adoption" ]; then shift; exec "$py" -m bench.adoption "$@"; fi
 exec "$py" -m bench.run "$@"

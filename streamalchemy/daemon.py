@@ -32,6 +32,7 @@ from streamalchemy.server.controller import Controller
 from streamalchemy.server.handover import Handover
 from streamalchemy.server.httpserver import PUBLIC, connection_handler
 from streamalchemy.server.metrics import listen
+from streamalchemy.server.restoring import at_launch
 from streamalchemy.settings import Settings
 from streamalchemy.supervision import mediamtx, procs
 from streamalchemy.supervision.streamlog import CappedHandler
@@ -304,9 +305,13 @@ class _Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.restart.hangup)
         # Blocked by the previous image across its exec: what arrived meanwhile comes now.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SWAP_SIGNALS)
-        killed = controller.supervisor.record.reap_leftovers()
-        if killed:
-            log.warning("ended %d FFmpeg process(es) left by a previous daemon", len(killed))
+        # Live restore: what a previous daemon (or this one before its exec) left running
+        # is adopted once the socket is up; otherwise it is ended now, before anything starts.
+        survivors = controller.supervisor.survivors()
+        if not settings.live_restore:
+            killed = controller.supervisor.record.reap_leftovers()
+            if killed:
+                log.warning("ended %d FFmpeg process(es) left by a previous daemon", len(killed))
         listeners = await _open_listeners(settings, controller, self.inherited)
         # Up before the daemon answers or restores: RTSP streams find their server running.
         self.rtsp_server = await mediamtx.start_if_needed(settings)
@@ -329,8 +334,10 @@ class _Daemon:
 
             watch = applier.file_applier(ops, apply_file, shard, settings.data_dir)
             await watch.prune_first(ops, shard)
-        if restore and controller.store.enabled:
-            self.restoring = asyncio.create_task(controller.restore_at_launch())
+        if survivors or (restore and controller.store.enabled):
+            self.restoring = asyncio.create_task(
+                at_launch(controller, survivors, restore and controller.store.enabled)
+            )
         if watch is not None:
             applying = asyncio.create_task(watch.run(after=self.restoring))
         await _first(controller.shutdown, self.restart.wanted)

@@ -201,19 +201,38 @@ def cli_json(*args: str, timeout: float = 60) -> tuple[int, dict[str, Any]]:
 
 
 def end_daemon_of(home: Path) -> None:
-    """Kill whatever daemon (and FFmpeg) a test left running in ``home``, by its recorded pid."""
+    """Kill whatever daemon (and FFmpeg) a test left running in ``home``: the daemon by its
+    recorded pid, and every process of that home (FFmpeg that outlived a killed daemon
+    inherited its ``STREAMALCHEMY_HOME``)."""
+    found: list[psutil.Process] = []
     try:
         pid = int((home / "daemon.pid").read_text().strip())
         proc = psutil.Process(pid)
-        if "streamalchemy" not in " ".join(proc.cmdline()):
-            return
+        if "streamalchemy" in " ".join(proc.cmdline()):
+            found = [proc, *proc.children(recursive=True)]
     except (OSError, ValueError, psutil.Error):
-        return
-    children = proc.children(recursive=True)
-    for p in [proc, *children]:
+        pass
+    found += home_processes(home)
+    for p in found:
         with contextlib.suppress(psutil.Error):
             p.kill()
-    psutil.wait_procs([proc, *children], timeout=10)
+    psutil.wait_procs(found, timeout=10)
+
+
+def home_processes(home: Path) -> list[psutil.Process]:
+    """The processes of ``home``: those whose environment names it (daemons, the CLI), and
+    the children recorded in its lock files (FFmpeg, which may outlive a killed daemon)."""
+    mine = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if proc.pid != os.getpid() and proc.environ().get("STREAMALCHEMY_HOME") == str(home):
+                mine.append(proc)
+    for lock in [*home.glob("run/streams/*.lock"), *home.glob("run/*.lock")]:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, psutil.Error):
+            proc = psutil.Process(int(json.loads(lock.read_text())["pid"]))
+            if proc.status() != psutil.STATUS_ZOMBIE and proc not in mine:
+                mine.append(proc)
+    return mine
 
 
 class Daemon:

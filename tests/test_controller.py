@@ -24,7 +24,7 @@ from streamalchemy.core.saved import spec_from_entry, to_config
 from streamalchemy.core.spec import StreamSpec, spec_from_request
 from streamalchemy.errors import InvalidInput, OperationFailed, StateFileError, StreamExists
 from streamalchemy.persist import new_entry
-from streamalchemy.server import routes
+from streamalchemy.server import restoring, routes
 from streamalchemy.server.controller import Controller
 from streamalchemy.server.restoring import RESTORE_PARALLEL
 
@@ -272,12 +272,14 @@ def test_a_failed_launch_restore_is_tried_again(
     monkeypatch.setattr("streamalchemy.server.restoring.RETRY", 0.01)
     load = c.writer.load
     failures = [StateFileError("the state file is still locked")]
+    calls = [0]
 
     async def flaky() -> dict[str, dict[str, Any]]:
-        if failures:
+        calls[0] += 1
+        if calls[0] == 2 and failures:  # the restore's read, after the adoption's
             raise failures.pop()
         return await load()
 
     c.writer.load = flaky  # type: ignore[method-assign]
-    run(asyncio.wait_for(c.restore_at_launch(), 10))
+    run(asyncio.wait_for(restoring.at_launch(c, {}, True), 10))
     assert not failures and fake.running() == {"a", "b"}

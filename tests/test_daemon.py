@@ -137,7 +137,10 @@ def test_daemon_stop_command_then_run_restores(tmp_home: Path) -> None:
         d.stop()
 
 
-def test_kill_9_leaves_no_ffmpeg_and_relaunch_runs_each_once(tmp_home: Path) -> None:
+def test_kill_9_leaves_no_ffmpeg_and_relaunch_runs_each_once(
+    tmp_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STREAMALCHEMY_LIVE_RESTORE", "0")  # with it on, FFmpeg lives on
     d = Daemon(tmp_home)
     for name in ("k1", "k2", "k3"):
         start_hls(name)

@@ -181,7 +181,7 @@ def test_the_children_record_batches_a_burst_and_flushes_it(tmp_path: Path) -> N
     me = os.getpid()
 
     def on_disk() -> set[str]:
-        return set(json.loads(path.read_text())) if path.exists() else set()
+        return set(json.loads(path.read_text())["children"]) if path.exists() else set()
 
     async def burst() -> tuple[set[str], set[str]]:
         record.add("a", me, ["ffmpeg", "-i", "a"])  # written at once, by a worker thread

@@ -322,7 +322,8 @@ def test_a_wrapper_without_exec_does_not_outlive_a_daemon_kill(
     wrapper = tmp_home / "ffmpeg-wrapper"
     wrapper.write_text(f'#!/bin/sh\n"{FFMPEG}" "$@"\n')  # no exec: FFmpeg is a grandchild
     wrapper.chmod(0o755)
-    env = {"STREAMALCHEMY_FFMPEG": str(wrapper)}
+    # Live restore off: a wrapper's FFmpeg is not the process recorded, so never adopted.
+    env = {"STREAMALCHEMY_FFMPEG": str(wrapper), "STREAMALCHEMY_LIVE_RESTORE": "0"}
     os.environ.update(env)
     try:
         first = QuietDaemon(tmp_home, env)

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import Daemon, cli_json, free_port, wait_for
 from streamalchemy.settings import load_settings
-from streamalchemy.supervision import mediamtx
+from streamalchemy.supervision import adoption, mediamtx
 
 # Each stand-in appends "<pid> <cwd>" to $STANDIN_MARKER when it starts.
 LISTENER = """\
@@ -81,7 +81,9 @@ def test_started_listening_in_its_directory_and_stopped(tmp_path: Path, marker: 
     port = free_port()
 
     async def scenario() -> None:
-        server = mediamtx.MediaMTX(str(binary), "127.0.0.1", port, tmp_path / "logs")
+        server = mediamtx.MediaMTX(
+            str(binary), "127.0.0.1", port, tmp_path / "logs", run_dir=tmp_path / "run"
+        )
         await server.start()
         assert mediamtx.listening("127.0.0.1", port)
         await server.stop()
@@ -93,6 +95,38 @@ def test_started_listening_in_its_directory_and_stopped(tmp_path: Path, marker: 
     assert not psutil.pid_exists(int(pid))
     text = (tmp_path / "logs" / "mediamtx.log").read_text()
     assert f"listener opened on :{port}" in text and "stopped" in text
+
+
+@pytest.mark.e2e
+def test_a_mediamtx_left_by_a_dead_daemon_is_adopted(
+    tmp_path: Path, marker: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(adoption.MARK_VAR, "dead-daemon")
+    binary = stand_in(tmp_path, LISTENER)
+    port, run_dir = free_port(), tmp_path / "run"
+
+    async def dies() -> None:  # a daemon that dies without stopping MediaMTX
+        server = mediamtx.MediaMTX(
+            str(binary), "127.0.0.1", port, tmp_path / "logs", run_dir=run_dir
+        )
+        await server.start()
+
+    async def adopts() -> None:
+        left = adoption.find({}, run_dir)["mediamtx"]
+        assert left.alive and left.process.pid == started_pids(marker)[0]
+        server = mediamtx.MediaMTX(
+            str(binary), "127.0.0.1", port, tmp_path / "logs", run_dir=run_dir, adopt=left
+        )
+        await server.start()
+        assert mediamtx.listening("127.0.0.1", port)
+        await server.stop()
+
+    asyncio.run(asyncio.wait_for(dies(), 30))
+    assert mediamtx.listening("127.0.0.1", port)
+    asyncio.run(asyncio.wait_for(adopts(), 30))
+    [pid] = started_pids(marker)  # adopted, never started twice
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    assert "adopted MediaMTX pid" in (tmp_path / "logs" / "mediamtx.log").read_text()
 
 
 @pytest.mark.e2e
@@ -108,7 +142,9 @@ def test_restarted_with_growing_backoff(
         return [float(d) for d in re.findall(r"restarting in ([0-9.]+)s", text)]
 
     async def scenario() -> None:
-        server = mediamtx.MediaMTX(str(binary), "127.0.0.1", free_port(), tmp_path / "logs")
+        server = mediamtx.MediaMTX(
+            str(binary), "127.0.0.1", free_port(), tmp_path / "logs", run_dir=tmp_path / "run"
+        )
         await server.start()  # gives up waiting for the port, keeps supervising
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 20

@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from conftest import kill_tree, wait_for
+from streamalchemy.supervision.childfiles import ChildFiles
 from streamalchemy.supervision.procs import MARK_VAR, ChildRecord, with_parent_death_signal
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
@@ -126,7 +127,7 @@ def test_a_group_member_without_the_mark_is_spared(tmp_path: Path) -> None:
 
 
 def test_ffmpeg_gets_a_minimal_environment_without_the_daemons_secrets(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     import asyncio
 
@@ -137,8 +138,12 @@ def test_ffmpeg_gets_a_minimal_environment_without_the_daemons_secrets(
     monkeypatch.setenv("LC_ALL", "C.UTF-8")
 
     async def child_env() -> dict[str, str]:
-        proc = await procs.spawn(["env", "-0"])
-        out, _ = await proc.communicate()
+        files = ChildFiles(tmp_path, "env")
+        io = files.for_child(outlive=True)
+        proc = await procs.spawn(["env", "-0"], io)
+        io.close()
+        await proc.wait()
+        out = (tmp_path / "env.progress").read_bytes()  # its stdout
         return dict(item.split("=", 1) for item in out.decode().split("\0") if item)
 
     seen = asyncio.run(child_env())

@@ -71,7 +71,7 @@ class Owner:
             saved_at=saved_at,
             encoder=encoder,
             target="null",
-            argv_for=lambda _: [sys.executable, str(STUB), "--every", "0.05"],
+            argv_for=lambda _, __: [sys.executable, str(STUB), "--every", "0.05"],
         )
 
     @property
@@ -236,7 +236,7 @@ def test_measure_gives_the_rule_recent_speed_and_remembers_cpu(tmp_path: Path) -
         frozen = [sys.executable, str(STUB), "--blocks", "1", "--freeze"]
         low = owner.supervisor.launch(
             spec("low", 3), saved_at=owner.clock.time(), encoder="libx264", target="null",
-            argv_for=lambda _: frozen,
+            argv_for=lambda _, __: frozen,
         )  # fmt: skip
         await until(lambda: low.status == "running")
         low.pace.clear()

@@ -17,11 +17,15 @@ import pytest
 from streamalchemy.core.spec import StreamSpec
 from streamalchemy.errors import OperationFailed, StreamExists
 from streamalchemy.supervision import procs
+from streamalchemy.supervision.adoption import EXIT_UNKNOWN, Adopted, Survivor, is_ours
 from streamalchemy.supervision.backoff import Backoff
+from streamalchemy.supervision.childfiles import ChildFiles, ChildIO, write_identity
+from streamalchemy.supervision.rules import exit_words
 from streamalchemy.supervision.supervisor import (
     DURATION_REACHED,
     SHUTDOWN,
     USER_STOP,
+    ArgvFor,
     Spawner,
     Stream,
     Supervisor,
@@ -48,8 +52,8 @@ class FakeClock:
         self.mono += seconds
 
 
-def stub(*args: str) -> Callable[[str], list[str]]:
-    return lambda target: [sys.executable, str(STUB), *args]
+def stub(*args: str) -> ArgvFor:
+    return lambda target, remaining=None: [sys.executable, str(STUB), *args]
 
 
 def spec(
@@ -80,9 +84,7 @@ class Harness:
             **settings,
         )
 
-    def launch(
-        self, s: StreamSpec, argv_for: Callable[[str], list[str]], target: str = "null"
-    ) -> Stream:
+    def launch(self, s: StreamSpec, argv_for: ArgvFor, target: str = "null") -> Stream:
         return self.sup.launch(
             s, saved_at=self.clock.time(), encoder="libx264", target=target, argv_for=argv_for
         )
@@ -325,11 +327,11 @@ def test_stop_says_why_and_sigterm_exit_is_no_error(tmp_path: Path) -> None:
 def test_an_exception_in_a_spawn_becomes_a_retry_with_last_error(tmp_path: Path) -> None:
     calls = []
 
-    def argv_for(target: str) -> list[str]:
+    def argv_for(target: str, remaining: float | None) -> list[str]:
         calls.append(target)
         if len(calls) == 1:
             raise RuntimeError("boom")
-        return stub()(target)
+        return stub()(target, remaining)
 
     async def test(h: Harness) -> None:
         s = h.launch(spec(), argv_for)
@@ -343,10 +345,10 @@ def test_an_exception_in_a_spawn_becomes_a_retry_with_last_error(tmp_path: Path)
 def test_a_spawn_error_on_a_full_disk_is_retried(tmp_path: Path) -> None:
     failures = [OSError(errno.ENOSPC, "No space left on device")]
 
-    async def spawn(argv: Sequence[str]) -> asyncio.subprocess.Process:
+    async def spawn(argv: Sequence[str], io: ChildIO) -> procs.Child:
         if failures:
             raise failures.pop()
-        return await procs.spawn(argv)
+        return await procs.spawn(argv, io)
 
     async def test(h: Harness) -> None:
         s = h.launch(spec(), stub())
@@ -389,8 +391,8 @@ def test_an_ffmpeg_line_longer_than_64k_is_cut_not_fatal(tmp_path: Path) -> None
 def test_each_spawn_of_a_recording_writes_the_next_numbered_file(tmp_path: Path) -> None:
     rec = tmp_path / "rec.mp4"
 
-    def argv_for(target: str) -> list[str]:
-        return stub("--out", target, "--blocks", "2", "--exit", "1")(target)
+    def argv_for(target: str, remaining: float | None) -> list[str]:
+        return stub("--out", target, "--blocks", "2", "--exit", "1")(target, remaining)
 
     async def test(h: Harness) -> None:
         s = h.launch(spec(output=str(rec)), argv_for, target=str(rec))
@@ -500,3 +502,124 @@ def test_a_full_disk_fails_the_stream_with_its_cause(
         await until(lambda: s.status == "running", "running again once there is room")
 
     run(tmp_path, test)
+
+
+# -- adoption and how an adopted exit is classified ---------------------------------------
+
+
+async def left_running(h: Harness, tmp: Path, *args: str) -> tuple[int, dict[str, Survivor]]:
+    """A stub FFmpeg spawned as a dead daemon would have left it, and what a new one finds."""
+    argv = stub(*args)("null", None)
+    io = ChildFiles(h.sup.record.run_dir, "s").for_child(outlive=True)
+    proc = await procs.spawn(argv, io)
+    entry = h.sup.record.add("s", proc.pid, argv, {"target": "null", "encoder": "libx264"})
+    assert entry is not None
+    write_identity(io.keep[0], entry)
+    io.close()
+    await until(lambda: is_ours(entry), "the stub's exec")
+    return proc.pid, procs.ChildRecord(h.sup.record.path).survivors()
+
+
+def test_a_living_ffmpeg_is_adopted_with_its_pid_and_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(procs.MARK_VAR, "dead-daemon")  # the mark it inherits
+
+    async def test(h: Harness) -> None:
+        pid, found = await left_running(h, tmp_path, "--every", "0.2")
+        assert list(found) == ["s"] and found["s"].alive
+        h.sup.adopting["s"] = found["s"]
+        s = h.sup.launch(
+            spec(),
+            saved_at=h.clock.time(),
+            encoder="libx264",
+            target="null",
+            argv_for=stub(),
+        )
+        await until(lambda: s.pid == pid and s.status == "running", "the adoption")
+        await until(lambda: s.progress.frames > 0, "figures from the adopted FFmpeg")
+        assert f"adopted FFmpeg (pid {pid})" in log_text(s)
+        assert s.history()[-1]["event"] == "adopted"
+        await h.sup.stop("s")
+        assert s.pid is None and not os.path.exists(f"/proc/{pid}/cmdline")
+
+    run(tmp_path, test)
+
+
+def ended(name: str = "s", **rec: Any) -> Survivor:
+    return Survivor(name, {"pid": 999999, **rec}, Adopted(999999, None), Path("/nonexistent"))
+
+
+def test_an_ffmpeg_that_ended_with_no_daemon_is_restarted_as_a_failure(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        h.sup.adopting["s"] = ended()
+        s = h.sup.launch(
+            spec(),
+            saved_at=h.clock.time(),
+            encoder="libx264",
+            target="null",
+            argv_for=stub(),
+        )
+        await until(lambda: s.restarts == 1 and s.status == "running", "the restart")
+        first = s.history()[0]
+        assert first["code"] is None and "exit code is unknown" in first["reason"]
+        assert "ended while no daemon was running" in log_text(s)
+
+    run(tmp_path, test)
+
+
+def test_an_ffmpeg_that_ended_at_its_deadline_finishes_the_stream(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        h.sup.adopting["s"] = ended()
+        s = h.sup.launch(
+            spec(duration=10.0),
+            saved_at=h.clock.time() - 11,
+            encoder="libx264",
+            target="null",
+            argv_for=stub(),
+        )
+        await until(lambda: h.ended, "the end")
+        assert s.status == "finished" and s.restarts == 0
+
+    run(tmp_path, test)
+
+
+def test_under_restart_never_an_unknown_exit_is_a_failure(tmp_path: Path) -> None:
+    async def test(h: Harness) -> None:
+        h.sup.adopting["s"] = ended()
+        s = h.sup.launch(
+            spec(restart="never"),
+            saved_at=h.clock.time(),
+            encoder="libx264",
+            target="null",
+            argv_for=stub(),
+        )
+        await until(lambda: h.ended, "the end")
+        assert s.status == "failed" and s.history()[0]["code"] is None
+
+    run(tmp_path, test)
+
+
+def test_the_remaining_time_is_on_each_spawns_command_line(tmp_path: Path) -> None:
+    seen: list[float | None] = []
+
+    def argv_for(target: str, remaining: float | None) -> list[str]:
+        seen.append(remaining)
+        return [sys.executable, str(STUB), "--blocks", "2", "--exit", "1"]
+
+    async def test(h: Harness) -> None:
+        h.sup.launch(
+            spec(duration=100.0),
+            saved_at=h.clock.time() - 40,
+            encoder="libx264",
+            target="null",
+            argv_for=argv_for,
+        )
+        await until(lambda: len(seen) >= 2, "a restart")
+        assert seen[0] == 60.0
+
+    run(tmp_path, test)
+
+
+def test_an_unknown_exit_reads_as_such() -> None:
+    assert "unknown" in exit_words(EXIT_UNKNOWN)

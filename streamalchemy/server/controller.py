@@ -151,6 +151,7 @@ class Controller:
                 on_end=on_end,
                 log_max_bytes=settings.log_max_bytes,
                 log_backups=settings.log_backups,
+                live_restore=settings.live_restore,
             )
 
         store = StateStore(
@@ -213,7 +214,7 @@ class Controller:
         secret_source = spec.source_type == "rtsp" and has_secret(spec.source)
         input_socket = self.inputs.open(spec.name, input_script(real)) if secret_source else None
 
-        def argv_for(current: str) -> list[str]:
+        def argv_for(current: str, remaining: float | None) -> list[str]:
             # Built per spawn: a restarted recording writes the next numbered file.
             return build_argv(
                 real,
@@ -224,6 +225,7 @@ class Controller:
                 # Reports often enough that a healthy stream never looks stalled.
                 stats_period=min(STATS_PERIOD, self.settings.stall_timeout / 2),
                 input_socket=input_socket,
+                time_limit=remaining,  # the deadline holds with no daemon
             )
 
         log.info("starting %s -> %s", spec.name, mask_credentials(target))
@@ -451,10 +453,6 @@ class Controller:
         if self._restoring is None or self._restoring.done():
             self._restoring = asyncio.create_task(restoring.restore(self), name="restore")
         return await asyncio.shield(self._restoring)
-
-    async def restore_at_launch(self) -> None:
-        await restoring.until_done(self.restore)
-        self.sweep.poke(self._spawn)
 
     async def close(self) -> None:
         """Stop every FFmpeg (the streams stay saved) and try once more any pending write."""

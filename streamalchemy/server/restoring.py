@@ -19,11 +19,14 @@ from typing import Any, Protocol
 
 from streamalchemy import encoders
 from streamalchemy.core.restore import Step, dry_run_results, plan
+from streamalchemy.core.saved import read_saved
 from streamalchemy.core.spec import StreamSpec
-from streamalchemy.errors import StateFileError
+from streamalchemy.errors import StateFileError, StreamAlchemyError
 from streamalchemy.persist import StateStore, StateWriter
 from streamalchemy.server.metrics import Metrics
 from streamalchemy.server.shedder import Shedder
+from streamalchemy.supervision import procs
+from streamalchemy.supervision.adoption import Survivor
 from streamalchemy.supervision.procs import ChildRecord
 from streamalchemy.supervision.supervisor import Stream, Supervisor
 
@@ -53,6 +56,7 @@ class Lifecycle(Protocol):
     def launch(self, spec: StreamSpec, saved_at: float, encoder: str) -> Stream: ...
     def missing_credentials(self, spec: StreamSpec) -> str | None: ...
     def keep_retrying(self) -> None: ...
+    async def restore(self, dry_run: bool = False) -> Results: ...
 
 
 @dataclass
@@ -77,6 +81,49 @@ async def _encoders_for(c: Lifecycle, saved: dict[str, dict[str, Any]]) -> None:
     codecs = {str(e.get("config", {}).get("video_codec", "h264")) for e in saved.values()}
     if codecs - {"copy"}:
         await c.choose_encoder.ready()
+
+
+async def at_launch(c: Lifecycle, survivors: dict[str, Survivor], restore: bool) -> None:
+    """Adopt what a previous daemon left running (live restore), then restore the rest."""
+    await adopt(c, survivors)
+    if restore:
+        await until_done(c.restore)
+
+
+async def adopt(c: Lifecycle, survivors: dict[str, Survivor]) -> None:
+    """Live restore, before the restore: take over each saved stream's FFmpeg that a
+    previous daemon left, running or ended (then handled as its exit); stop the ones
+    whose stream is not saved: the state file decides what runs."""
+    saved = await c.writer.load() if c.store.enabled else {}
+    strays: list[Survivor] = []
+    for name, survivor in survivors.items():
+        view = read_saved(name, saved[name]) if name in saved else None
+        encoder = str(survivor.record.get("encoder") or "")
+        if view is None or view.spec is None or not encoder:
+            strays.append(survivor)
+            continue
+        async with c.owning(name):
+            log.info("adopting %s (pid %d)", name, survivor.process.pid)
+            c.supervisor.adopting[name] = survivor  # its next launch takes it over
+            try:
+                c.launch(view.spec, view.saved_at, encoder)
+            except StreamAlchemyError as exc:  # e.g. a ${NAME} gone: the restore reports it
+                log.warning("%s: not adopted: %s", name, exc)
+                strays.append(survivor)
+            finally:
+                c.supervisor.adopting.pop(name, None)
+    for survivor in strays:
+        if survivor.alive:
+            pid = survivor.process.pid
+            log.warning("stopping %s (pid %d): not saved", survivor.name, pid)
+            c.supervisor.note(
+                survivor.name,
+                f"stopped FFmpeg (pid {pid}) left by a previous daemon: the stream is not saved",
+            )
+    await asyncio.gather(*(procs.stop(s.process, c.supervisor.grace) for s in strays if s.alive))
+    for survivor in strays:
+        survivor.forget()
+    c.children.flush()
 
 
 async def dry_run(c: Lifecycle) -> Results:

@@ -26,7 +26,8 @@ from streamalchemy.errors import StreamAlchemyError
 from streamalchemy.server.shedding import BRING_BACK, Decision, Rule, Seen, hold_back
 from streamalchemy.supervision import procs
 from streamalchemy.supervision.pace import HostIdle, Window, host_cpu
-from streamalchemy.supervision.stream import SHED, Stream
+from streamalchemy.supervision.rules import SHED
+from streamalchemy.supervision.stream import Stream
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager

@@ -159,9 +159,7 @@ class Rule:
     def _bring_back(
         self, now: float, streams: Sequence[Seen], idle: float | None
     ) -> Decision | None:
-        shed = [
-            s for s in streams if s.state == SHED and (s.remaining is None or s.remaining > 0)
-        ]
+        shed = [s for s in streams if s.state == SHED and (s.remaining is None or s.remaining > 0)]
         if not shed or idle is None or self._slow_since:
             self._room_since = None
             return None

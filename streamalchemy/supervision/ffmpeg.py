@@ -1,7 +1,9 @@
 """Turn a validated StreamSpec into an FFmpeg argv: pure, no I/O, no shell.
 
-Every user string (path, URL, name) is exactly one argv item. The supervisor
-reads ``-progress`` key=value blocks on stdout and warnings on stderr.
+Every user string (path, URL, name) is exactly one argv item. FFmpeg writes
+``-progress`` key=value blocks on stdout and warnings on stderr, both files that the
+supervisor follows (``childfiles``); an output ``-t`` of the time left ends the
+stream at its deadline even when no daemon runs.
 """
 
 from __future__ import annotations
@@ -33,11 +35,13 @@ def build_argv(
     target: str,
     stats_period: float = STATS_PERIOD,
     input_socket: str | None = None,
+    time_limit: float | None = None,
 ) -> list[str]:
     """The full FFmpeg command line for ``spec``, encoding with ``encoder`` to ``target``.
 
     With ``input_socket``, a URL source is not on the command line (where any user
     reads it in ``ps``): FFmpeg reads ``input_script(spec)`` from that Unix socket.
+    ``time_limit``: the seconds the stream has left, FFmpeg's output ``-t``.
     """
     return [
         ffmpeg,
@@ -48,6 +52,7 @@ def build_argv(
         *_map_args(spec),
         *_video_args(spec, encoder),
         *_audio_args(spec),
+        *(("-t", f"{max(time_limit, 0.001):.3f}") if time_limit is not None else ()),
         *_output_args(spec, target),
     ]
 

@@ -1,10 +1,12 @@
-"""Spawn and end FFmpeg process groups, and find the ones a dead daemon left behind.
+"""Spawn and end children, and keep the record of them that the next daemon reads.
 
-Children are tied to the daemon twice: the kernel's parent-death signal (set by
-``setpriv`` right before it execs FFmpeg, so no Python runs between fork and exec)
-kills them when the daemon dies, even by SIGKILL; and a record of each child's pid,
-start time and command line lets the next daemon end any survivor before it
-restores, without ever killing an unrelated process that reuses the pid.
+Each child runs in its own session (a SIGHUP to the daemon's terminal never reaches
+it) and writes into files (``childfiles``), never into a pipe. With live restore on
+(the default) it outlives the daemon, and the next daemon adopts it (``adoption``).
+With live restore off, the kernel's parent-death signal (set by ``setpriv`` right
+before it execs FFmpeg, so no Python runs between fork and exec) kills it when the
+daemon dies, even by SIGKILL, and the next daemon ends any survivor before it
+restores, never killing an unrelated process that reuses the pid.
 
 The parent-death signal reaches only the process it was set on: a wrapper script
 that runs FFmpeg without ``exec`` dies, and its FFmpeg lives on. So the next daemon
@@ -12,6 +14,10 @@ ends the recorded child's whole process group, each member checked to be ours: o
 user, and either the recorded FFmpeg itself (start time, executable, argv) or a
 process carrying the dead daemon's mark (``STREAMALCHEMY_DAEMON`` in its
 environment, which every child inherits from the daemon).
+
+The children record carries a format version (``RECORD_FORMAT``); a record without
+one is an older daemon's (format 1), whose children wrote into pipes that died with
+it: they are ended and restored, never adopted. A newer format is refused.
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
 import signal
@@ -29,9 +34,12 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from streamalchemy.core.masking import mask_argv
+from streamalchemy.errors import OperationFailed
+from streamalchemy.supervision import adoption
+from streamalchemy.supervision.childfiles import ChildFiles, ChildIO, write_identity
 
 if TYPE_CHECKING:
     import psutil
@@ -39,7 +47,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("streamalchemy.procs")
 
 _SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
-MARK_VAR = "STREAMALCHEMY_DAEMON"
+MARK_VAR = adoption.MARK_VAR
+RECORD_FORMAT = 2
 # At most this often the children record is rewritten while spawns come in a burst
 # (a restore): each write replaces the whole file, and an ext4 rename over a file
 # flushes it (~10 ms), so one write per spawn made a restore of N streams O(N^2).
@@ -79,27 +88,40 @@ def with_parent_death_signal(argv: Sequence[str]) -> list[str]:
     return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
 
 
+class Child(Protocol):
+    """A child the supervisor watches: spawned here, or adopted (``adoption.Adopted``)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+
 async def spawn(
     argv: Sequence[str],
+    io: ChildIO,
     *,
-    merge_output: bool = False,
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
-) -> asyncio.subprocess.Process:
-    """Start argv in its own process group, its stdout and stderr piped (or merged).
+) -> Child:
+    """Start argv in its own session, writing into ``io``'s files; it inherits ``io.keep``.
 
     Without ``env``, the child gets ``child_environment``, not the daemon's whole one.
 
-    Must be called from the event loop thread: the parent-death signal fires when
-    the thread that forked the child exits, and the loop thread lives as long as
-    the daemon.
+    Must be called from the event loop thread: the parent-death signal (live restore
+    off) fires when the thread that forked the child exits, and the loop thread lives
+    as long as the daemon.
     """
     return await asyncio.create_subprocess_exec(
-        *with_parent_death_signal(argv),
+        *(argv if io.outlive else with_parent_death_signal(argv)),
         stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT if merge_output else asyncio.subprocess.PIPE,
-        process_group=0,
+        stdout=io.stdout,
+        stderr=io.stderr,
+        start_new_session=True,
+        pass_fds=io.keep,
         cwd=cwd,
         env=child_environment(os.environ) if env is None else env,
     )
@@ -110,7 +132,7 @@ def signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-async def stop(proc: asyncio.subprocess.Process, grace: float) -> int:
+async def stop(proc: Child, grace: float) -> int:
     """Stop one FFmpeg process group: SIGTERM, then SIGKILL after ``grace`` seconds."""
     if proc.returncode is None:
         signal_group(proc.pid, signal.SIGTERM)
@@ -132,12 +154,14 @@ class ChildRecord:
     On the event loop a change is written by a worker thread (an ext4 rename over the
     file waits for its data, up to tens of milliseconds on a busy disk), at most once
     per ``RECORD_EVERY`` while spawns come in a burst: one write carries every change
-    since the last. A child not yet recorded is still killed with the daemon by its
-    parent-death signal; ``flush`` writes the record now, before a start answers.
+    since the last. A child not yet recorded here is still found: its identity is in
+    its lock file (live restore), or the parent-death signal killed it with the daemon;
+    ``flush`` writes the record now, before a start answers.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.run_dir = path.parent / "run" / "streams"  # each child's files (childfiles)
         self._children: dict[str, dict[str, Any]] = {}
         self._warned = False
         self._written_at = -RECORD_EVERY  # time.monotonic() of the last write begun
@@ -150,17 +174,51 @@ class ChildRecord:
         self._mutex = threading.Lock()  # guards _next and _busy
         self._file_lock = threading.Lock()  # one write at a time, never an older one
 
-    def add(self, name: str, pid: int, argv: Sequence[str]) -> None:
+    def add(
+        self, name: str, pid: int, argv: Sequence[str], extra: Mapping[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """Record a new child; return its entry (None if it is already gone).
+
+        The entry is the child's identity (``adoption.identity``) plus ``extra`` (where
+        it writes, since when): what the next daemon needs to adopt it.
+        """
         create_time = _create_time(pid)
-        if create_time is None:
-            return  # already gone: nothing to clean up later
-        self._children[name] = {
-            "pid": pid,
-            "create_time": create_time,
-            # Masked: the record names the process without holding its secrets.
-            "argv": mask_argv(list(argv)),
-            "mark": os.environ.get(MARK_VAR, ""),
-        }
+        found = adoption.identity(pid, argv) if HAVE_PROC else None
+        if create_time is None or (HAVE_PROC and found is None):
+            return None  # already gone: nothing to clean up later
+        entry = {**(found or {"pid": pid, "argv": mask_argv(list(argv))})}
+        entry.update(create_time=create_time, mark=os.environ.get(MARK_VAR, ""), **(extra or {}))
+        self.put(name, entry)
+        return entry
+
+    def spawned(
+        self,
+        name: str,
+        pid: int,
+        argv: Sequence[str],
+        extra: Mapping[str, Any],
+        lock: Sequence[int] = (),
+    ) -> None:
+        """Record a new child, its identity also in its ``lock`` file (found without this
+        record). A full disk is logged: the stream matters more than the record."""
+        try:
+            entry = self.add(name, pid, argv, extra)
+            if entry is not None and lock:
+                write_identity(lock[0], entry)
+        except OSError as exc:
+            log.warning("%s: cannot record FFmpeg pid %d: %s", name, pid, exc)
+
+    def ended(self, name: str, files: ChildFiles) -> None:
+        """The child of ``name`` has ended: out of the record, its identity gone."""
+        try:
+            self.discard(name)
+            files.forget()
+        except OSError as exc:
+            log.warning("%s: cannot update the children record: %s", name, exc)
+
+    def put(self, name: str, entry: dict[str, Any]) -> None:
+        """Record a child as it is (one adopted from a previous daemon keeps its entry)."""
+        self._children[name] = entry
         self._changed()
 
     def discard(self, name: str) -> None:
@@ -218,7 +276,8 @@ class ChildRecord:
     def _take(self) -> tuple[int, str]:
         """The record as it is now, numbered (on the loop's thread: the dict is its own)."""
         self._seq += 1
-        return self._seq, json.dumps(self._children)  # dumps: the C encoder; dump is Python
+        # dumps: the C encoder; dump is Python
+        return self._seq, json.dumps({"format": RECORD_FORMAT, "children": self._children})
 
     def _store(self, seq: int, text: str) -> None:
         with self._file_lock:
@@ -245,27 +304,42 @@ class ChildRecord:
         else:
             self._warned = False
 
-    def _read(self) -> dict[str, Any]:
+    def _read(self) -> tuple[int, dict[str, Any]]:
+        """The record's format and children; a format newer than ours is refused."""
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
-            return {}  # absent, or a symlink nobody of ours made
+            return RECORD_FORMAT, {}  # absent, or a symlink nobody of ours made
         with os.fdopen(fd) as f:
             if os.fstat(f.fileno()).st_uid != os.getuid():
                 log.warning("ignoring %s: it belongs to another user", self.path)
-                return {}
+                return RECORD_FORMAT, {}
             try:
                 recorded = json.load(f)
             except ValueError:
-                return {}
-        return recorded if isinstance(recorded, dict) else {}
+                return RECORD_FORMAT, {}
+        if not isinstance(recorded, dict):
+            return RECORD_FORMAT, {}
+        if "format" not in recorded:
+            return 1, recorded  # an older daemon's: {name: entry}
+        found = recorded["format"]
+        if not isinstance(found, int) or found > RECORD_FORMAT:
+            raise OperationFailed(
+                f"{self.path} was written by a newer StreamAlchemy (format {found!r}, this one "
+                f"reads up to {RECORD_FORMAT}): run the newer version, or stop its streams first"
+            )
+        children = recorded.get("children")
+        return found, children if isinstance(children, dict) else {}
 
     def reap_leftovers(self) -> list[int]:
         """Kill what the children a previous daemon recorded left running; return the pids."""
+        return self._reap(self._read()[1])
+
+    def _reap(self, recorded: Mapping[str, Any]) -> list[int]:
         import psutil  # here: psutil's import costs every launch ~6 ms, most have no record
 
         killed: list[int] = []
-        for name, rec in self._read().items():
+        for name, rec in recorded.items():
             try:
                 leftovers = _leftovers(rec)
             except (KeyError, TypeError, ValueError):
@@ -281,6 +355,19 @@ class ChildRecord:
         self._children = {}
         self._write()
         return killed
+
+    def survivors(self) -> dict[str, adoption.Survivor]:
+        """Live restore: the children a previous daemon left, to adopt (on the event loop).
+
+        Those of an older daemon that wrote into pipes (format 1) are ended instead.
+        """
+        version, recorded = self._read()
+        if version == 1:
+            killed = self._reap(recorded)
+            if killed:
+                log.warning("ended %d FFmpeg process(es) of an older daemon", len(killed))
+            recorded = {}
+        return adoption.find(recorded, self.run_dir)
 
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -400,22 +487,3 @@ def _is_recorded(proc: psutil.Process, argv: list[str], created: float) -> bool:
 def _has_mark(proc: psutil.Process, mark: str) -> bool:
     return bool(proc.environ().get(MARK_VAR) == mark)
 
-
-class Ending:
-    """A stream's end at its deadline: SIGTERM once, then SIGKILL once the grace has
-    passed (a blocked output can keep FFmpeg from exiting), as a stop does."""
-
-    def __init__(self) -> None:
-        self.pid: int | None = None
-        self.since = 0.0
-
-    def push(self, pid: int, mono: float, grace: float) -> bool:
-        """Signal ``pid`` as its time says; True when it was SIGKILLed now."""
-        if self.pid != pid:
-            self.pid, self.since = pid, mono
-            signal_group(pid, signal.SIGTERM)
-        elif mono - self.since >= grace:
-            self.since = math.inf  # killed: no more signals to this pid
-            signal_group(pid, signal.SIGKILL)
-            return True
-        return False

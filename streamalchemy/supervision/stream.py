@@ -14,83 +14,53 @@ import random
 import signal
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 from streamalchemy.core.saved import deadline
 from streamalchemy.core.spec import StreamSpec, mask_credentials
-from streamalchemy.supervision import procs
+from streamalchemy.supervision import ending, procs
+from streamalchemy.supervision.adoption import Survivor
 from streamalchemy.supervision.backoff import Backoff
+from streamalchemy.supervision.childfiles import (
+    ChildFiles,
+    ChildIO,
+    ChildReader,
+    follow,
+)
 from streamalchemy.supervision.pace import Window
 from streamalchemy.supervision.progress import (
     Progress,
-    ProgressParser,
     explain_failure,
     name_the_source,
     root_cause,
 )
 from streamalchemy.supervision.recordings import OutputFiles
-from streamalchemy.supervision.streamlog import LOG_BACKUPS, LOG_MAX_BYTES, StreamLog, read_lines
+from streamalchemy.supervision.rules import (
+    CLAMPED,
+    CLAMPED_LINES,
+    DEADLINE_MARGIN,
+    DURATION_REACHED,
+    OUTPUT_ADVANCE_US,
+    READ_RUNNING,
+    READ_STARTING,
+    SHED,
+    TIMESTAMPS_BACK,
+    ArgvFor,
+    Clock,
+    Spawner,
+    StreamSettings,
+    SystemClock,
+    exit_words,
+    rounded,
+    should_restart,
+)
+from streamalchemy.supervision.streamlog import StreamLog
 
 log = logging.getLogger("streamalchemy.supervisor")
 
 ACTIVE = frozenset({"starting", "running", "retrying", "stopping"})
 EXITS_KEPT = 10
-READ_CHUNK = 1 << 16
-
-# Why a stream is stopped, in the words its log and its exits show.
-USER_STOP = "stopped by the user"
-SHUTDOWN = "daemon shutting down; the stream comes back at its next launch"
-REPLACED = "replaced by a new start of the same name"
-USER_RESTART = "restarted by the user"
-DURATION_REACHED = "duration reached"
-# A progress block counts only when the output time moved on this much: frames that
-# count while the output's timestamps stand still (clamped after a reset) are a stall.
-OUTPUT_ADVANCE_US = 100_000
-# This many "Non-monotonous DTS" lines between two progress blocks: FFmpeg clamps every
-# packet after its source's timestamps went back, and the output would stall for good.
-CLAMPED_LINES = 20
-_CLAMPED = ("Non-monotonous DTS", "non monotonically increasing dts")
-TIMESTAMPS_BACK = "the source's timestamps went back (it restarted or looped)"
-SHED = "shed"  # stopped for lack of CPU, kept saved, brought back when there is room
-
-Spawner = Callable[[Sequence[str]], Awaitable[asyncio.subprocess.Process]]
-
-
-class Clock(Protocol):
-    def time(self) -> float: ...
-
-    def monotonic(self) -> float: ...
-
-
-class SystemClock:
-    def time(self) -> float:
-        return time.time()
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-
-@dataclass(frozen=True)
-class StreamSettings:
-    """What every stream needs from the daemon's settings."""
-
-    stall_timeout: float = 20.0
-    grace: float = 5.0
-    log_max_bytes: int = LOG_MAX_BYTES
-    log_backups: int = LOG_BACKUPS
-    backoff_base: float = 1.0
-    backoff_cap: float = 60.0
-
-
-def should_restart(policy: str, exit_code: int | None, stalled: bool) -> bool:
-    """Whether an FFmpeg that ended (not stopped by us) runs again under ``policy``."""
-    if policy == "always":
-        return True
-    if policy == "never":
-        return False
-    return stalled or exit_code != 0
 
 
 class Stream:
@@ -103,17 +73,20 @@ class Stream:
         saved_at: float,
         encoder: str,
         target: str,
-        argv_for: Callable[[str], list[str]],
+        argv_for: ArgvFor,
         log: StreamLog,
         settings: StreamSettings,
         on_end: Callable[[Stream], None],
+        files: ChildFiles,
         record: procs.ChildRecord | None = None,
         clock: Clock | None = None,
         spawn: Spawner = procs.spawn,
         rand: random.Random | None = None,
+        survivor: Survivor | None = None,
         held: str | None = None,
     ) -> None:
-        """``held``: the stream is shed already (why): it runs no FFmpeg until replaced."""
+        """``survivor``: the FFmpeg a previous daemon left for this stream, to adopt.
+        ``held``: the stream is shed already (why): it runs no FFmpeg until replaced."""
         self.spec = spec
         self.saved_at = saved_at
         self.encoder = encoder
@@ -135,12 +108,15 @@ class Stream:
         self._on_end = on_end
         self._record = record
         self._spawn = spawn
-        self._proc: asyncio.subprocess.Process | None = None
+        self._files = files
+        self._reader = ChildReader(files, self._ffmpeg_line)
+        self._survivor = survivor
+        self._proc: procs.Child | None = None
         self._cpu_seen: tuple[int, float, float] | None = None  # pid, when, CPU seconds
         self._progress_at = 0.0
         self._stopping: str | None = None  # why, once a stop is asked for
         self._stalled = False
-        self._ending = procs.Ending()  # the deadline's SIGTERM, then SIGKILL after the grace
+        self._ending = ending.Ending()  # the deadline's SIGTERM, then SIGKILL after the grace
         self._stall_reason = ""  # what _judge reports for a stall, if not "no progress"
         self._output_mark = 0  # the output time when progress was last seen
         self._clamped = 0  # "Non-monotonous DTS" lines since the last progress block
@@ -196,14 +172,14 @@ class Stream:
         """
         try:
             while self._stopping is None:
-                if self._past_deadline():
+                if self._past_deadline() and self._survivor is None:
                     self._end("finished", DURATION_REACHED)
                     return
                 try:
                     ran_for, code = await self._run_once()
                     if self._stopping is not None:
                         return
-                    if self._past_deadline(margin=1.0):
+                    if self._past_deadline(margin=DEADLINE_MARGIN):
                         self._note_exit(code, DURATION_REACHED)
                         self._end("finished", DURATION_REACHED)
                         return
@@ -264,7 +240,7 @@ class Stream:
             reason = (
                 explain_failure(name_the_source(cause, self.argv, masked), self.target)
                 if cause
-                else f"FFmpeg {_exit_words(self._returncode)}"
+                else f"FFmpeg {exit_words(self._returncode)}"
             )
         return reason, should_restart(self.spec.restart, code, self._stalled)
 
@@ -275,55 +251,93 @@ class Stream:
         self._output_mark = self._clamped = 0
         self._progress_at = self.clock.monotonic()
         self.log.tail.clear()
-        target = self.output.next_spawn()
-        self.argv = self._argv_for(target)
-        try:
-            proc = await self._spawn(self.argv)
-        except OSError as exc:
-            why = f"cannot run {self.argv[0]}: {exc.strerror or exc}"
-            self.log.event(why)
-            self.log.tail.append(why)
+        survivor, self._survivor = self._survivor, None
+        proc = self._adopt(survivor) if survivor is not None else await self._spawn_ffmpeg()
+        if proc is None:
             return 0.0, None
-        self._proc, self.started_at = proc, self.clock.time()
-        if self._stopping is not None:  # stop() came while the fork was under way
-            await procs.stop(proc, self.settings.grace)
-        self._record_child(proc.pid)
-        where = f", writing {mask_credentials(target)}" if target != self.target else ""
-        self.log.event(f"started FFmpeg (pid {proc.pid}){where}")
         started = self.clock.monotonic()
-        assert proc.stdout is not None and proc.stderr is not None
-        await asyncio.gather(
-            self._read_progress(proc.stdout), read_lines(proc.stderr, self._ffmpeg_line)
-        )
-        returncode = self._returncode = await proc.wait()
+        returncode = self._returncode = await self._follow(proc)
         self._forget_child()
         code = None if returncode < 0 else returncode
         if self._stopping is not None:
             # Our own SIGTERM: FFmpeg's 255 (or the signal) is the stop, not an error;
             # ``stop`` logs the reason once.
             self._note_exit(code, self._stopping)
-        elif not self._past_deadline(margin=1.0):
-            self.log.event(f"FFmpeg (pid {proc.pid}) {_exit_words(returncode)}")
+        elif not self._past_deadline(margin=DEADLINE_MARGIN):
+            self.log.event(f"FFmpeg (pid {proc.pid}) {exit_words(returncode)}")
         return self.clock.monotonic() - started, code
+
+    async def _spawn_ffmpeg(self) -> procs.Child | None:
+        target = self.output.next_spawn()
+        # Its remaining time goes on the command line: the deadline holds with no daemon.
+        self.argv = self._argv_for(target, self.remaining(self.clock.time()))
+        try:  # fails when the name's lock is held: an FFmpeg of it still runs
+            io = self._files.for_child(outlive=self.settings.live_restore)
+        except Exception as exc:
+            io, why = None, f"cannot open the files of FFmpeg: {getattr(exc, 'strerror', exc)}"
+        if io is not None:
+            try:
+                proc = await self._spawn(self.argv, io)
+            except OSError as exc:
+                why = f"cannot run {self.argv[0]}: {exc.strerror or exc}"
+            else:
+                self._proc, self.started_at = proc, self.clock.time()
+                if self._stopping is not None:  # stop() came while the fork was under way
+                    await procs.stop(proc, self.settings.grace)
+                self._record_child(proc.pid, io, target)
+                where = f", writing {mask_credentials(target)}" if target != self.target else ""
+                self.log.event(f"started FFmpeg (pid {proc.pid}){where}")
+                return proc
+            finally:
+                io.close()
+        self.log.event(why)
+        self.log.tail.append(why)
+        return None
+
+    def _adopt(self, survivor: Survivor) -> procs.Child:
+        """Take over the FFmpeg a previous daemon left: same pid, same file, same deadline."""
+        proc, entry = survivor.process, survivor.record
+        self._proc = proc
+        self.argv = [str(a) for a in entry.get("argv", [])]
+        if isinstance(entry.get("target"), str):
+            self.output.current = entry["target"]  # a recording goes on in the same file
+        started = entry.get("started_at")
+        self.started_at = float(started) if isinstance(started, int | float) else self.clock.time()
+        if survivor.alive:
+            if self._record is not None:
+                self._record.put(self.spec.name, entry)
+            why = f"adopted FFmpeg (pid {proc.pid}) left running by a previous daemon"
+            self.exits.append(
+                {"at": self.clock.time(), "code": None, "reason": why, "event": "adopted"}
+            )
+            self.log.event(why)
+            self.status = "running"
+            self._confirm(None)
+        else:
+            self.log.event(f"FFmpeg (pid {proc.pid}) ended while no daemon was running")
+        return proc
+
+    async def _follow(self, proc: procs.Child) -> int:
+        """Read FFmpeg's files until it exits; return its exit status."""
+        code = await follow(
+            proc.wait(),
+            lambda: self._take_progress(self._reader.read()),
+            lambda: READ_STARTING if self.status == "starting" else READ_RUNNING,
+        )
+        self._take_progress(self._reader.end())
+        return code
 
     def _note_exit(self, code: int | None, reason: str) -> None:
         self.exits.append({"at": self.clock.time(), "code": code, "reason": reason})
 
-    def _record_child(self, pid: int) -> None:
-        if self._record is None:
-            return
-        try:
-            self._record.add(self.spec.name, pid, self.argv)
-        except OSError as exc:  # a full disk: the stream matters more than the record
-            log.warning("%s: cannot record FFmpeg pid %d: %s", self.spec.name, pid, exc)
+    def _record_child(self, pid: int, io: ChildIO, target: str) -> None:
+        if self._record is not None:
+            extra = {"target": target, "encoder": self.encoder, "started_at": self.started_at}
+            self._record.spawned(self.spec.name, pid, self.argv, extra, io.keep[:1])
 
     def _forget_child(self) -> None:
-        if self._record is None:
-            return
-        try:
-            self._record.discard(self.spec.name)
-        except OSError as exc:
-            log.warning("%s: cannot update the children record: %s", self.spec.name, exc)
+        if self._record is not None:
+            self._record.ended(self.spec.name, self._files)
 
     async def _kill_quietly(self) -> None:
         proc = self._proc
@@ -333,31 +347,28 @@ class Stream:
                 await asyncio.wait_for(proc.wait(), self.settings.grace)
         self._forget_child()
 
-    async def _read_progress(self, stream: asyncio.StreamReader) -> None:
-        parser = ProgressParser()
-        while data := await stream.read(READ_CHUNK):
-            block = parser.feed(data)
-            if block is None:
-                continue
-            previous, self.progress = self.progress, block
-            self.pace.add(self.clock.monotonic(), block.out_time_us / 1e6)
-            self._clamped = 0
-            if block.out_time_us > 0:
-                advanced = block.out_time_us - self._output_mark >= OUTPUT_ADVANCE_US
-            else:  # no output time (yet): frames are all there is to go by
-                advanced = block.frames != previous.frames
-            if advanced:
-                self._progress_at = self.clock.monotonic()
-                self._output_mark = block.out_time_us
-            # Running means frames flow: a source that sends none keeps it starting.
-            if self.status == "starting" and block.frames > 0 and self._stopping is None:
-                self.status = "running"
-                self.last_error = None
-                self._confirm(None)
+    def _take_progress(self, block: Progress | None) -> None:
+        if block is None:
+            return
+        previous, self.progress = self.progress, block
+        self.pace.add(self.clock.monotonic(), block.out_time_us / 1e6)
+        self._clamped = 0
+        if block.out_time_us > 0:
+            advanced = block.out_time_us - self._output_mark >= OUTPUT_ADVANCE_US
+        else:  # no output time (yet): frames are all there is to go by
+            advanced = block.frames != previous.frames
+        if advanced:
+            self._progress_at = self.clock.monotonic()
+            self._output_mark = block.out_time_us
+        # Running means frames flow: a source that sends none keeps it starting.
+        if self.status == "starting" and block.frames > 0 and self._stopping is None:
+            self.status = "running"
+            self.last_error = None
+            self._confirm(None)
 
     def _ffmpeg_line(self, line: str) -> None:
         self.log.ffmpeg(line)
-        if any(words in line for words in _CLAMPED):
+        if any(words in line for words in CLAMPED):
             self._clamped += 1
             if self._clamped == CLAMPED_LINES:
                 # SIGTERM: FFmpeg closes the segment or file it writes, as on a stop.
@@ -382,6 +393,7 @@ class Stream:
         else:
             self.log.event(f"{status}: {why}; not restarting (--restart {self.spec.restart})")
         self.output.end()
+        self._files.close()
         try:
             self._on_end(self)
         except Exception:
@@ -396,6 +408,8 @@ class Stream:
             if self.deadline is not None and now >= self.deadline:
                 self._end("finished", DURATION_REACHED)  # shed or not, it ends on time
             return
+        if pid is not None:
+            self._take_progress(self._reader.read())  # what FFmpeg wrote up to now counts
         if self.deadline is not None and now >= self.deadline and self.active:
             if pid is not None and self._ending.push(pid, mono, self.settings.grace):
                 self.log.event(f"duration reached; FFmpeg (pid {pid}) ignored SIGTERM: killed")
@@ -420,6 +434,7 @@ class Stream:
             await asyncio.wait([self.task])
         self.log.event(reason)
         self.output.end()
+        self._files.close()
 
     async def shed(self, reason: str) -> None:
         """Stop FFmpeg for lack of CPU: the stream stays, ``shed``, until replaced or stopped."""
@@ -476,24 +491,10 @@ class Stream:
             else self.output.bitrate_kbps(),
             "speed": self.progress.speed,
             # Over the last seconds, as shedding judges it (``speed`` is since FFmpeg began).
-            "recent_speed": _rounded(self.pace.rate()) if running else None,
+            "recent_speed": rounded(self.pace.rate()) if running else None,
             "cpu_percent": cpu,
             "memory_mb": None if mem is None else round(mem, 1),
             "last_error": self.last_error,
             "log_file": str(self.log.path),
             "exits": self.history(),
         }
-
-
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
-
-
-def _exit_words(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"was killed by {name}"
-    return f"exited with code {returncode}"

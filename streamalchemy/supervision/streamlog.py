@@ -42,24 +42,35 @@ def _stamp(at: float) -> str:
 LINE_MAX_BYTES = 8192
 
 
-async def read_lines(stream: asyncio.StreamReader, emit: Callable[[str], None]) -> None:
-    """Split a child's output into lines ('\\n' or '\\r'), however long a line runs."""
-    partial = b""
-    overflow = False
-    while data := await stream.read(1 << 16):
-        *lines, partial = (partial + data).replace(b"\r", b"\n").split(b"\n")
+class LineSplitter:
+    """Splits a child's output into lines ('\\n' or '\\r'), however long a line runs:
+    each non-empty line goes to ``emit``, cut at ``LINE_MAX_BYTES``."""
+
+    def __init__(self, emit: Callable[[str], None]) -> None:
+        self.emit = emit
+        self._partial = b""
+        self._overflow = False
+
+    def feed(self, data: bytes) -> None:
+        *lines, partial = (self._partial + data).replace(b"\r", b"\n").split(b"\n")
         for raw in lines:
-            if overflow:
-                overflow = False  # the end of a line already emitted, cut
+            if self._overflow:
+                self._overflow = False  # the end of a line already emitted, cut
                 continue
             if line := raw.decode(errors="replace").strip():
-                emit(line)
+                self.emit(line)
         if len(partial) > LINE_MAX_BYTES:
-            if not overflow:
-                emit(partial[:LINE_MAX_BYTES].decode(errors="replace").strip() + " [cut]")
-            partial, overflow = b"", True
-    if partial and not overflow and (line := partial.decode(errors="replace").strip()):
-        emit(line)
+            if not self._overflow:
+                self.emit(partial[:LINE_MAX_BYTES].decode(errors="replace").strip() + " [cut]")
+            partial, self._overflow = b"", True
+        self._partial = partial
+
+    def end(self) -> None:
+        """The child is gone: what is left is its last line."""
+        partial, self._partial = self._partial, b""
+        if partial and not self._overflow and (line := partial.decode(errors="replace").strip()):
+            self.emit(line)
+        self._overflow = False
 
 
 class CappedFile:

@@ -17,21 +17,23 @@ from pathlib import Path
 from streamalchemy.core.spec import StreamSpec
 from streamalchemy.errors import OperationFailed, StreamExists
 from streamalchemy.supervision import procs
-from streamalchemy.supervision.stream import (
-    ACTIVE,
+from streamalchemy.supervision.adoption import Survivor
+from streamalchemy.supervision.childfiles import ChildFiles
+from streamalchemy.supervision.rules import (
     DURATION_REACHED,
     REPLACED,
     SHED,
     SHUTDOWN,
     USER_RESTART,
     USER_STOP,
+    ArgvFor,
     Clock,
     Spawner,
-    Stream,
     StreamSettings,
     SystemClock,
     should_restart,
 )
+from streamalchemy.supervision.stream import ACTIVE, Stream
 from streamalchemy.supervision.streamlog import LOG_BACKUPS, LOG_MAX_BYTES, StreamLog
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "SHUTDOWN",
     "USER_RESTART",
     "USER_STOP",
+    "ArgvFor",
     "Clock",
     "Spawner",
     "Stream",
@@ -75,6 +78,7 @@ class Supervisor:
         log_backups: int = LOG_BACKUPS,
         backoff_base: float = 1.0,
         backoff_cap: float = 60.0,
+        live_restore: bool = True,
         clock: Clock | None = None,
         spawn: Spawner = procs.spawn,
         rand: random.Random | None = None,
@@ -90,11 +94,14 @@ class Supervisor:
             log_backups=log_backups,
             backoff_base=backoff_base,
             backoff_cap=backoff_cap,
+            live_restore=live_restore,
         )
         self.clock = clock or SystemClock()
         self.rand = rand or random.Random()
         self.streams: dict[str, Stream] = {}
         self.ended: collections.OrderedDict[str, Stream] = collections.OrderedDict()
+        # Live restore: the FFmpeg a previous daemon left, by name, for its next launch.
+        self.adopting: dict[str, Survivor] = {}
         self._spawn = spawn
         self._on_end = on_end
         self._ticker: asyncio.Task[None] | None = None
@@ -130,18 +137,21 @@ class Supervisor:
         saved_at: float,
         encoder: str,
         target: str,
-        argv_for: Callable[[str], list[str]],
+        argv_for: ArgvFor,
         held: str | None = None,
     ) -> Stream:
         """Begin supervising a new start of a stream; the caller awaits ``Stream.confirmed``.
 
         ``argv_for`` builds FFmpeg's command line for the file it is to write, once per
-        spawn: a restarted recording goes to the next numbered file. Refuses a name
-        that is still active: stop it first. ``held``: the stream is shed, for that
-        reason, and runs nothing (its deadline is still watched).
+        spawn: a restarted recording goes to the next numbered file. The FFmpeg a
+        previous daemon left for the name, if ``adopting`` holds one, is adopted instead
+        of a first spawn. Refuses a name that is still active: stop it first. ``held``:
+        the stream is shed, for that reason, and runs nothing (its deadline is still
+        watched).
         """
         if self.closed:  # a request still in flight at shutdown: no FFmpeg after stop_all
             raise OperationFailed(f"{spec.name}: not started: the daemon is shutting down")
+        survivor = self.adopting.pop(spec.name, None) if held is None else None
         current = self.streams.get(spec.name)
         if current is not None and current.active:
             raise StreamExists(f"stream {spec.name!r} is already running (pid {current.pid})")
@@ -157,18 +167,24 @@ class Supervisor:
             log=self.stream_log(spec.name),
             settings=self.settings,
             on_end=self._on_end,
+            files=ChildFiles(self.record.run_dir, spec.name),
             record=self.record,
             clock=self.clock,
             spawn=self._spawn,
             rand=self.rand,
+            survivor=survivor,
             held=held,
         )
-        if held is None:
-            stream.output.begin()
-        else:
+        if held is not None:
             stream.log.event(held)
+        elif survivor is None:  # an adopted FFmpeg goes on writing what it wrote
+            stream.output.begin()
         self.streams[spec.name] = stream
         return stream
+
+    def survivors(self) -> dict[str, Survivor]:
+        """The FFmpeg children a previous daemon left (live restore), by stream name."""
+        return self.record.survivors() if self.settings.live_restore else {}
 
     async def stop(self, name: str, reason: str = USER_STOP) -> None:
         stream = self.streams.pop(name)
