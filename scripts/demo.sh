@@ -123,7 +123,14 @@ echo "$info"
 grep -qx 'codec_name=h264' <<<"$info" || fail "expected H.264 video"
 grep -qx 'height=720' <<<"$info" || fail "expected 720 lines"
 
-step "done: the stream survived a daemon restart and plays"
+step "live restore: streamalchemy daemon restart   (the daemon is replaced, FFmpeg is not)"
+ffmpeg_before=$(field streams.0.pid list)
+"$sa" daemon restart
+ffmpeg_after=$(field streams.0.pid list)
+[ "$ffmpeg_before" = "$ffmpeg_after" ] || fail "FFmpeg was restarted ($ffmpeg_before -> $ffmpeg_after)"
+echo "FFmpeg pid $ffmpeg_before before the daemon restart and $ffmpeg_after after it: the stream never stopped"
+
+step "done: the stream survived a daemon stop (restored) and a daemon restart (adopted), and plays"
 if [ "$keep" = 1 ]; then
     cat <<EOF
 It keeps running (for up to an hour). Watch it with either of:

@@ -6,7 +6,7 @@ import time
 from urllib.parse import quote
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from streamalchemy.core.masking import (
@@ -148,6 +148,7 @@ def _urls(draw: st.DrawFn) -> tuple[str, str]:
 
 @settings(max_examples=300, deadline=None)
 @given(_urls())
+@example(("srt://h.example:554/?streamid=read:cam:0:\"00%00", '"00%00'))  # %00 as written
 def test_a_known_secret_appears_in_no_output_log_line_or_argv(case: tuple[str, str]) -> None:
     from streamalchemy.core.spec import spec_from_request
 

@@ -107,7 +107,8 @@ def secrets_in_url(url: str) -> set[str]:
             found.add(segments[2].split(";", 1)[0])
     for name, value in _params(f"{path};{query}&{fragment}"):
         if name.lower() == "streamid":
-            found |= _streamid_secrets(unquote(value))
+            # Hidden as written and as the server decodes it (%00 is a NUL to it).
+            found |= _streamid_secrets(value) | _streamid_secrets(unquote(value))
         elif is_secret_param(name) or is_secret_value(value):
             found.add(value)
     return {value for value in found if value and not is_reference(value)}
