@@ -338,7 +338,7 @@ class ChildRecord:
     def _reap(self, recorded: Mapping[str, Any]) -> list[int]:
         import psutil  # here: psutil's import costs every launch ~6 ms, most have no record
 
-        killed: list[int] = []
+        killed: list[psutil.Process] = []
         for name, rec in recorded.items():
             try:
                 leftovers = _leftovers(rec)
@@ -350,11 +350,11 @@ class ChildRecord:
                 )
                 with contextlib.suppress(psutil.Error):
                     proc.kill()
-                killed.append(proc.pid)
-            psutil.wait_procs(leftovers, timeout=5)
+                killed.append(proc)
+        psutil.wait_procs(killed, timeout=5)  # all at once: 5 s at most, not 5 s a name
         self._children = {}
         self._write()
-        return killed
+        return [proc.pid for proc in killed]
 
     def survivors(self) -> dict[str, adoption.Survivor]:
         """Live restore: the children a previous daemon left, to adopt (on the event loop).
