@@ -21,6 +21,13 @@ from typing import Any
 
 import psutil
 import pytest
+from hypothesis import settings
+
+# CI replays the same examples on every run (a red CI blocks a landing); a developer's
+# runs draw new ones, and what they find becomes an @example.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
 FFPROBE = shutil.which("ffprobe") or "ffprobe"
