@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from streamalchemy.core.masking import mask_argv
+from streamalchemy.core.masking import mask_argv, mask_document
 from streamalchemy.errors import OperationFailed
 from streamalchemy.supervision import adoption
 from streamalchemy.supervision.childfiles import ChildFiles, ChildIO, write_identity
@@ -187,7 +187,9 @@ class ChildRecord:
         if create_time is None or (HAVE_PROC and found is None):
             return None  # already gone: nothing to clean up later
         entry = {**(found or {"pid": pid, "argv": mask_argv(list(argv))})}
-        entry.update(create_time=create_time, mark=os.environ.get(MARK_VAR, ""), **(extra or {}))
+        # Masked like the argv: an output URL (the target) may hold a password.
+        masked = mask_document(dict(extra or {}))
+        entry.update(create_time=create_time, mark=os.environ.get(MARK_VAR, ""), **masked)
         self.put(name, entry)
         return entry
 
