@@ -142,3 +142,19 @@ def save_many(controller: Controller, names: list[str]) -> None:
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
+
+
+def pattern_config(**extra: str) -> dict[str, str]:
+    """A saved test pattern's config in the original app's format, with ``extra`` on top."""
+    return {
+        "video_codec": "h264",
+        "resolution": "480",
+        "target_fps": "5",
+        "audio_enabled": "no",
+        "audio_codec": "aac",
+        "hardware_accel": "no",
+        "duration_hours": "0",
+        "stream_type": "testsrc",
+        "output": "null",
+        **extra,
+    }

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fakes import pattern_config
 
 from conftest import Daemon, cli, cli_json, wait_for
 
@@ -22,21 +23,6 @@ def write_state(home: Path, doc: dict[str, object]) -> Path:
 
 def entry(config: dict[str, str], saved_at: float) -> dict[str, object]:
     return {"config": config, "saved_at": saved_at, "status": "active"}
-
-
-def pattern_config(**extra: str) -> dict[str, str]:
-    return {
-        "video_codec": "h264",
-        "resolution": "480",
-        "target_fps": "5",
-        "audio_enabled": "no",
-        "audio_codec": "aac",
-        "hardware_accel": "no",
-        "duration_hours": "0",
-        "stream_type": "testsrc",
-        "output": "null",
-        **extra,
-    }
 
 
 def streams_by_name() -> dict[str, dict[str, object]]:

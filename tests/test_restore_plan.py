@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
+from fakes import pattern_config
+
 from streamalchemy.core.restore import plan
 from streamalchemy.core.saved import deadline, expired
 
 
 def entry(saved_at: float, **extra: str) -> dict[str, object]:
-    config = {
-        "video_codec": "h264",
-        "resolution": "480",
-        "target_fps": "5",
-        "audio_enabled": "no",
-        "audio_codec": "aac",
-        "hardware_accel": "no",
-        "duration_hours": "0",
-        "stream_type": "testsrc",
-        "output": "null",
-        **extra,
-    }
+    config = pattern_config(**extra)
     return {"config": config, "saved_at": saved_at, "status": "active"}
 
 
