@@ -488,4 +488,3 @@ def _is_recorded(proc: psutil.Process, argv: list[str], created: float) -> bool:
 
 def _has_mark(proc: psutil.Process, mark: str) -> bool:
     return bool(proc.environ().get(MARK_VAR) == mark)
-
