@@ -6,10 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from streamalchemy.cli import app
 from streamalchemy.client import commands
 from streamalchemy.client import fastpath as main
 from streamalchemy.core.details import saved_details, spec_doc
@@ -129,3 +132,31 @@ def test_a_bad_start_option_is_refused_before_any_daemon(
     )
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
     assert not (tmp_path / "daemon.pid").exists()  # refused by the CLI itself
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--url", "rtsp://[::1/x"], "invalid url 'rtsp://[::1/x': Invalid IPv6 URL"),
+        (["--url", "rtsp://cam:99999/x"], "Port out of range"),
+        (["--testsrc", "--output", "rtsp://h:port/x"], "invalid output"),
+    ],
+)
+@pytest.mark.parametrize("autostart", ["0", "1"])
+def test_a_malformed_url_is_bad_input_whatever_the_daemons_state(
+    args: list[str], said: str, autostart: str, tmp_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STREAMALCHEMY_AUTOSTART", autostart)
+    line = ["start", "x", *args]
+    for fast in (line, [*line, "--json"]):  # the fast path, as a user runs it
+        proc = subprocess.run(
+            [sys.executable, "-m", "streamalchemy", *fast],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+        assert said in proc.stderr
+    typer_path = CliRunner().invoke(app, line)
+    assert typer_path.exit_code == 2 and said in typer_path.output, typer_path.output
+    assert not (tmp_home / "daemon.pid").exists()  # refused by the CLI itself

@@ -86,13 +86,13 @@ def start_body(
     overwrite: bool = False,
     **options: object,
 ) -> dict[str, Any]:
-    """The ``POST /streams`` body; relative paths are the caller's, so they resolve here.
-
+    """The ``POST /streams`` body, checked by the daemon's own rules (bad input is exit 2
+    whatever the daemon's state); relative paths are the caller's, so they resolve here.
     ``options`` are the start options of ``options.START_OPTIONS``; None means the default.
     """
     from streamalchemy.core import outputs
     from streamalchemy.core.options import START_OPTIONS
-    from streamalchemy.core.spec import source_kind
+    from streamalchemy.core.spec import source_kind, spec_from_request
 
     unknown = sorted(set(options) - set(START_OPTIONS))
     if unknown:
@@ -107,6 +107,7 @@ def start_body(
         body["testsrc"] = True
     if output is not None:
         body["output"] = _abs_path(output) if outputs.is_path(output) else output
+    spec_from_request(body)  # a malformed URL or port, a bad name: before any daemon
     return body
 
 
