@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import fcntl
 import json
@@ -23,11 +24,22 @@ import psutil
 import pytest
 from hypothesis import settings
 
+import streamalchemy
+
 # CI replays the same examples on every run (a red CI blocks a landing); a developer's
 # runs draw new ones, and what they find becomes an @example.
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Compile the package once. The tests run the CLI and the daemon as subprocesses
+    some thousand times; under PYTHONDONTWRITEBYTECODE (set on the CI machines) nothing
+    else writes the bytecode, and each of them would compile what it imports anew (up to
+    half a second a daemon start)."""
+    compileall.compile_dir(Path(streamalchemy.__file__).parent, quiet=1)
+
 
 FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
 FFPROBE = shutil.which("ffprobe") or "ffprobe"
