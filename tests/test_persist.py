@@ -9,6 +9,7 @@ import os
 import random
 import select
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -61,19 +62,31 @@ ORIGINAL_APP = {
     }
 }
 
-# Saves name-N, name-N+1, ... (N: the entries already saved) and prints each name once its
-# save has returned.
-WRITER = """
-import sys, time
+# For each path read on stdin, forks a writer (the imports done once: a writer starts in a
+# millisecond, not the 100 ms of a new Python) and prints its pid once it is ready. The
+# writer saves name-N, name-N+1, ... (N: the entries already saved) and appends each name
+# to the path once its save has returned.
+WRITERS = """
+import os, signal, sys, time
 from pathlib import Path
 from streamalchemy.persist import StateStore, new_entry
-store = StateStore(Path(sys.argv[1]))
-i = len(store.load())
-print("ready", flush=True)
-while True:
-    store.save(f"name-{i}", new_entry({"stream_type": "testsrc"}, time.time()))
-    print(f"name-{i}", flush=True)
-    i += 1
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the killed writers
+for path in sys.stdin:
+    out = os.open(path.strip(), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    ready, go = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        store = StateStore(Path(sys.argv[1]))
+        i = len(store.load())
+        os.write(go, b"r")
+        while True:
+            store.save(f"name-{i}", new_entry({"stream_type": "testsrc"}, time.time()))
+            os.write(out, f"name-{i}\\n".encode())
+            i += 1
+    os.read(ready, 1)
+    for fd in (out, ready, go):
+        os.close(fd)
+    print(pid, flush=True)
 """
 
 # Waits for a line on stdin, then saves 50 entries named after argv[2].
@@ -293,6 +306,7 @@ def test_malformed_entries_are_skipped_and_kept_until_removed(
 @pytest.mark.e2e
 def test_writer_killed_at_200_random_moments_loses_no_confirmed_save(
     state: Path,
+    tmp_path: Path,
     spawn: Callable[..., subprocess.Popen[bytes]],
     record_property: Callable[[str, object], None],
 ) -> None:
@@ -300,13 +314,18 @@ def test_writer_killed_at_200_random_moments_loses_no_confirmed_save(
     rng = random.Random(seed)
     confirmed: set[str] = set()
     iterations = 200
-    for _ in range(iterations):
-        proc = spawn(WRITER, str(state))
-        assert read_line(proc) == b"ready\n"
+    writers = spawn(WRITERS, str(state))
+    assert writers.stdin is not None
+    for n in range(iterations):
+        said = tmp_path / f"confirmed-{n}"
+        writers.stdin.write(f"{said}\n".encode())
+        writers.stdin.flush()
+        writer = os.pidfd_open(int(read_line(writers)))
         time.sleep(rng.uniform(0, 0.05))
-        kill_tree(proc)  # SIGKILL
-        assert proc.stdout is not None
-        confirmed.update(proc.stdout.read().decode().split())
+        signal.pidfd_send_signal(writer, signal.SIGKILL)
+        assert select.select([writer], [], [], 10)[0], "a killed writer did not end"
+        os.close(writer)
+        confirmed.update(said.read_text().split())
         # The state file itself always parses: the backups are never needed after a kill.
         names = set(json.loads(state.read_bytes()))
         assert confirmed <= names, f"seed {seed}: lost {sorted(confirmed - names)}"
