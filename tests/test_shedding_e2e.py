@@ -27,7 +27,8 @@ from streamalchemy.settings import load_settings
 pytestmark = pytest.mark.e2e
 
 FPS = 30
-OPTIONS = ["--testsrc", "--resolution", "720", "--fps", str(FPS), "--output", "null"]
+RESOLUTION = "1080"  # fewer, heavier streams: fewer sheds to wait for
+OPTIONS = ["--testsrc", "--resolution", RESOLUTION, "--fps", str(FPS), "--output", "null"]
 CORES = os.cpu_count() or 1
 MOST = 20  # streams at the most, however cheap one is
 
@@ -141,7 +142,7 @@ def test_priorities_decide_who_keeps_real_time(shed_after: Path) -> None:
 def pattern(priority: int) -> dict[str, object]:
     config = {
         "video_codec": "h264",
-        "resolution": "720",
+        "resolution": RESOLUTION,
         "target_fps": str(FPS),
         "audio_enabled": "no",
         "hardware_accel": "no",
