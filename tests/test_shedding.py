@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from streamalchemy.server.shedding import (
     BACKOFF_CAP,
     BRING_BACK,
+    QUICK,
     SETTLE,
     SHED,
     Decision,
@@ -312,3 +313,34 @@ def test_settle_follows_shed_after_between_bounds() -> None:
     assert Rule(20).settle == SETTLE
     assert Rule(5).settle == 5.0
     assert Rule(1).settle == 3.0
+
+
+def test_sheds_follow_quickly_while_the_needs_say_more_must_go() -> None:
+    s = Script()
+    top = running("top", 10, speed=0.5, cpu=30.0)  # needs 60
+    lows = [running(f"low{i}", 0, speed=0.5, cpu=30.0 + i) for i in range(6)]  # ~60 each
+    figures = [top, *lows]
+    for _ in range(int(AFTER) + 12):
+        s.now += 1
+        decision = s.rule.decide(s.now, figures, 0.0, capacity=190.0)
+        if decision is not None:
+            s.decisions.append((s.now, decision))
+            figures = [f if f.name != decision.name else shed(f.name, 0) for f in figures]
+    times = [t for t, _ in s.decisions]
+    # 60 for the top; low0 and low1 fit in 190 (182): four go, the largest first, QUICK apart.
+    assert [d.name for _, d in s.decisions] == ["low5", "low4", "low3", "low2"]
+    first = AFTER + 1  # slow from the first second on
+    assert times == [first, first + QUICK, first + 2 * QUICK, first + 3 * QUICK]
+
+
+def test_once_the_needs_fit_the_next_shed_waits_settle_seconds() -> None:
+    s = Script()
+    figures = [running("top", 10, speed=0.8, cpu=40.0), running("low", 0, speed=0.8)]
+    s.run(int(AFTER) + 1, figures, idle=0.0)  # slow from the first second on
+    assert s.actions() == [(SHED, "low")]
+    figures = [figures[0], shed("low", 0), running("other", 0, speed=0.8, cpu=20.0)]
+    for _ in range(int(SETTLE) - 1):  # 50 + 25 fit in 180: not a quick one
+        s.now += 1
+        assert s.rule.decide(s.now, figures, 0.0, capacity=180.0) is None
+    s.now += 1
+    assert s.rule.decide(s.now, figures, 0.0, capacity=180.0) is not None

@@ -166,7 +166,7 @@ class Shedder:
                     log.error("%s: could not be shed: %s", d.name, outcome)
             if decisions:
                 await asyncio.to_thread(self.memory.save)
-        decision = self.rule.decide(mono, seen, idle)
+        decision = self.rule.decide(mono, seen, idle, self._capacity(seen, idle))
         if decision is not None:
             await self._carry_out(decision)
         if mono - self._saved_at >= SAVE_EVERY:
