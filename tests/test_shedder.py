@@ -19,7 +19,7 @@ import psutil
 from streamalchemy.core.restore import Step
 from streamalchemy.core.spec import StreamSpec
 from streamalchemy.server.shedder import SIDE_FILE, Shedder
-from streamalchemy.server.shedding import BRING_BACK, SHED, Decision
+from streamalchemy.server.shedding import BRING_BACK, SHED, Decision, Seen
 from streamalchemy.settings import load_settings
 from streamalchemy.supervision import procs
 from streamalchemy.supervision.supervisor import Stream, Supervisor
@@ -264,5 +264,29 @@ def test_with_one_priority_for_all_nothing_is_even_measured(tmp_path: Path) -> N
         owner.launch(spec("c", priority=1), owner.clock.time(), "libx264")
         await shedder.tick()
         assert set(shedder.memory.cpu) <= {"a", "b", "c"} and shedder._cpu
+
+    run(tmp_path, test)
+
+
+def test_after_a_restore_what_will_not_fit_is_shed_at_once_once_figures_are_in(
+    tmp_path: Path,
+) -> None:
+    async def test(owner: Owner, shedder: Shedder) -> None:
+        for name, priority in (("top", 10), ("a", 0), ("b", 0)):
+            owner.launch(spec(name, priority), owner.clock.time(), "libx264")
+        await until(lambda: all(s.status == "running" for s in owner.supervisor.streams.values()))
+        figures = [Seen(n, p, "running", True, 0.5, 60.0) for n, p in (("a", 0), ("b", 0))]
+        waiting = Seen("top", 10, "running", True, None, 60.0)  # no speed yet
+        script = [[waiting, *figures], [Seen("top", 10, "running", True, 0.5, 60.0), *figures]]
+        shedder.measure = lambda mono: script.pop(0)  # type: ignore[method-assign]
+        shedder.host.percent = lambda: 0.0  # type: ignore[method-assign]
+        shedder.restored({"top", "a", "b"})
+        await shedder.tick()  # the top's figures are not in: nothing yet
+        assert all(s.status == "running" for s in owner.supervisor.streams.values())
+        await shedder.tick()  # 120% for the top; a or b would make 240% of the 180% there is
+        streams = owner.supervisor.streams
+        assert [streams[n].status for n in ("top", "a", "b")] == ["running", SHED, SHED]
+        assert "lack of CPU after the restore" in (streams["a"].last_error or "")
+        assert set(side_file(tmp_path)["shed"]) == {"a", "b"}
 
     run(tmp_path, test)

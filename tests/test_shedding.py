@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from streamalchemy.server.shedder import need_at_real_time
 from streamalchemy.server.shedding import (
     BACKOFF_CAP,
     BRING_BACK,
+    QUICK,
     SETTLE,
     SHED,
     Decision,
@@ -18,6 +18,7 @@ from streamalchemy.server.shedding import (
     Seen,
     hold_back,
     need,
+    real_time_need,
 )
 from streamalchemy.supervision.pace import HostIdle, Window
 
@@ -247,6 +248,99 @@ def test_host_idle_is_in_percent_of_one_core() -> None:
 
 
 def test_a_slow_stream_needs_more_cpu_than_it_uses() -> None:
-    assert need_at_real_time(50.0, 0.5, paced=True) == 100.0
-    assert need_at_real_time(50.0, 1.2, paced=True) == 50.0
-    assert need_at_real_time(50.0, 0.5, paced=False) == 50.0
+    assert real_time_need(50.0, 0.5, paced=True) == 100.0
+    assert real_time_need(50.0, 1.2, paced=True) == 50.0
+    assert real_time_need(50.0, 0.5, paced=False) == 50.0
+    assert real_time_need(10.0, 0.05, paced=True) == 50.0  # a crawl counts as 0.2x
+
+
+def test_after_a_restore_what_will_not_fit_is_shed_at_once_lowest_first() -> None:
+    rule = Rule(AFTER)
+    figures = [
+        running("top", 10, speed=0.5, cpu=20.0),  # needs 40
+        running("mid-a", 5, speed=0.5, cpu=20.0),  # 40
+        running("mid-b", 5, speed=0.5, cpu=30.0),  # 60
+        running("low-a", 0, speed=0.5, cpu=20.0),  # 40
+        running("low-b", 0, speed=0.5, cpu=20.0),  # 40
+    ]
+    decisions = rule.fit(0.0, figures, capacity=180.0)
+    # 40 + 40 + 60 = 140 fit; low-a would make 180 fit too; low-b does not.
+    assert [(d.action, d.name) for d in decisions] == [(SHED, "low-b")]
+    assert "lack of CPU" in decisions[0].reason
+    decisions = Rule(AFTER).fit(0.0, figures, capacity=120.0)
+    assert [d.name for d in decisions] == ["mid-b", "low-a", "low-b"]  # in one step
+
+
+def test_fit_keeps_the_highest_priority_whole_and_sheds_nothing_among_equals() -> None:
+    rule = Rule(AFTER)
+    equals = [running(f"s{i}", 0, speed=0.4, cpu=40.0) for i in range(10)]
+    assert rule.fit(0.0, equals, capacity=180.0) == []
+    tops = [running(f"t{i}", 10, speed=0.4, cpu=40.0) for i in range(6)]
+    decisions = rule.fit(0.0, [*tops, running("low", 0, speed=0.4)], capacity=180.0)
+    assert [d.name for d in decisions] == ["low"]  # the top group does not fit either
+
+
+def test_fit_needs_a_slow_stream_and_skips_streams_without_figures() -> None:
+    rule = Rule(AFTER)
+    in_time = [running("top", 10, cpu=150.0), running("low", 0, cpu=150.0)]
+    assert rule.fit(0.0, in_time, capacity=180.0) == []  # nobody suffers
+    unknown = Seen("new", 0, "running", paced=True, speed=None, cpu=None)
+    figures = [running("top", 10, speed=0.5, cpu=80.0), unknown, running("low", 0, speed=0.5)]
+    assert [d.name for d in rule.fit(0.0, figures, capacity=180.0)] == ["low"]
+    assert Rule(0).fit(0.0, figures, capacity=180.0) == []  # SHED_AFTER=0: never
+
+
+def test_after_fit_the_rule_waits_settle_seconds_before_its_next_change() -> None:
+    s = Script(after=5)
+    top = running("top", 10, speed=0.5, cpu=100.0)
+    s.run(4, [top, running("low-a", 0, speed=0.5), running("low-b", 0, speed=0.5, cpu=60.0)])
+    assert [
+        d.name
+        for d in s.rule.fit(
+            s.now,
+            [top, running("low-a", 0, speed=0.5), running("low-b", 0, speed=0.5, cpu=60.0)],
+            capacity=310.0,
+        )
+    ] == ["low-b"]
+    after_fit = [top, running("low-a", 0, speed=0.5), shed("low-b", 0)]
+    s.run(4, after_fit)  # top has been slow long enough, but the fit was a change
+    assert s.decisions == []
+    s.run(1, after_fit)
+    assert s.actions() == [(SHED, "low-a")]
+
+
+def test_settle_follows_shed_after_between_bounds() -> None:
+    assert Rule(20).settle == SETTLE
+    assert Rule(5).settle == 5.0
+    assert Rule(1).settle == 3.0
+
+
+def test_sheds_follow_quickly_while_the_needs_say_more_must_go() -> None:
+    s = Script()
+    top = running("top", 10, speed=0.5, cpu=30.0)  # needs 60
+    lows = [running(f"low{i}", 0, speed=0.5, cpu=30.0 + i) for i in range(6)]  # ~60 each
+    figures = [top, *lows]
+    for _ in range(int(AFTER) + 12):
+        s.now += 1
+        decision = s.rule.decide(s.now, figures, 0.0, capacity=190.0)
+        if decision is not None:
+            s.decisions.append((s.now, decision))
+            figures = [f if f.name != decision.name else shed(f.name, 0) for f in figures]
+    times = [t for t, _ in s.decisions]
+    # 60 for the top; low0 and low1 fit in 190 (182): four go, the largest first, QUICK apart.
+    assert [d.name for _, d in s.decisions] == ["low5", "low4", "low3", "low2"]
+    first = AFTER + 1  # slow from the first second on
+    assert times == [first, first + QUICK, first + 2 * QUICK, first + 3 * QUICK]
+
+
+def test_once_the_needs_fit_the_next_shed_waits_settle_seconds() -> None:
+    s = Script()
+    figures = [running("top", 10, speed=0.8, cpu=40.0), running("low", 0, speed=0.8)]
+    s.run(int(AFTER) + 1, figures, idle=0.0)  # slow from the first second on
+    assert s.actions() == [(SHED, "low")]
+    figures = [figures[0], shed("low", 0), running("other", 0, speed=0.8, cpu=20.0)]
+    for _ in range(int(SETTLE) - 1):  # 50 + 25 fit in 180: not a quick one
+        s.now += 1
+        assert s.rule.decide(s.now, figures, 0.0, capacity=180.0) is None
+    s.now += 1
+    assert s.rule.decide(s.now, figures, 0.0, capacity=180.0) is not None

@@ -8,6 +8,7 @@ from outside over ten seconds.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -26,7 +27,8 @@ from streamalchemy.settings import load_settings
 pytestmark = pytest.mark.e2e
 
 FPS = 30
-OPTIONS = ["--testsrc", "--resolution", "720", "--fps", str(FPS), "--output", "null"]
+RESOLUTION = "1080"  # fewer, heavier streams: fewer sheds to wait for
+OPTIONS = ["--testsrc", "--resolution", RESOLUTION, "--fps", str(FPS), "--output", "null"]
 CORES = os.cpu_count() or 1
 MOST = 20  # streams at the most, however cheap one is
 
@@ -81,7 +83,9 @@ def cpu_of_one() -> float:
     return used
 
 
+@functools.cache
 def count_for_twice_the_cores() -> int:
+    """Measured once per run (a daemon must be up for the first call)."""
     one = cpu_of_one()
     count = max(4, min(MOST, math.ceil(2 * CORES * 100 / one)))
     print(f"one stream: {one:.0f}% of a core; {count} streams for {CORES} cores")
@@ -100,7 +104,7 @@ def test_priorities_decide_who_keeps_real_time(shed_after: Path) -> None:
         for name in names:
             start(name)
         # Equal priorities, twice the machine: every stream slows down, none is shed.
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 15  # three times SHED_AFTER
         while time.monotonic() < deadline:
             assert shed_names() == []
             time.sleep(1)
@@ -138,7 +142,7 @@ def test_priorities_decide_who_keeps_real_time(shed_after: Path) -> None:
 def pattern(priority: int) -> dict[str, object]:
     config = {
         "video_codec": "h264",
-        "resolution": "720",
+        "resolution": RESOLUTION,
         "target_fps": str(FPS),
         "audio_enabled": "no",
         "hardware_accel": "no",
@@ -153,18 +157,20 @@ def pattern(priority: int) -> dict[str, object]:
 def test_a_restore_of_an_overloaded_set_ends_with_the_top_priority_in_real_time(
     shed_after: Path,
 ) -> None:
-    d = Daemon(shed_after)
-    try:
-        count = count_for_twice_the_cores()
-    finally:
-        d.stop(timeout=60)
+    if count_for_twice_the_cores.cache_info().currsize == 0:
+        d = Daemon(shed_after)
+        try:
+            count_for_twice_the_cores()
+        finally:
+            d.stop(timeout=60)
+    count = count_for_twice_the_cores()
     state = shed_after / "active_streams.json"
     state.write_text(json.dumps({f"r{i}": pattern(10 if i == 0 else 0) for i in range(count)}))
     state.chmod(0o600)
 
     d = Daemon(shed_after)  # knows nothing of their CPU yet: starts all, then sheds
-    try:
-        wait_for(lambda: shed_names() and in_real_time("r0"), 150, "r0 in real time")
+    try:  # what will not fit goes at once, as soon as the figures are in
+        wait_for(lambda: shed_names() and in_real_time("r0"), 90, "r0 in real time")
     finally:
         d.stop(timeout=60)
 

@@ -173,6 +173,7 @@ async def restore(c: Lifecycle) -> Results:
             results[step.name] = {"result": "failed", "reason": str(outcome)}
     c.children.flush()
     c.keep_retrying()
+    c.shedder.restored({n for n, r in results.items() if r["result"] == "restored"})
     c.metrics.count_restore(results)
     return results
 

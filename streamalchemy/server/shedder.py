@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from streamalchemy.core.restore import Step
 from streamalchemy.errors import StreamAlchemyError
-from streamalchemy.server.shedding import BRING_BACK, Decision, Rule, Seen, hold_back
+from streamalchemy.server.shedding import (
+    BRING_BACK,
+    Decision,
+    Rule,
+    Seen,
+    hold_back,
+    real_time_need,
+)
 from streamalchemy.supervision import procs
 from streamalchemy.supervision.pace import HostIdle, Window, host_cpu
 from streamalchemy.supervision.rules import SHED
@@ -43,6 +50,7 @@ SIDE_FILE = "shedding.json"
 TICK = 1.0  # seconds between two looks
 SAVE_EVERY = 30.0  # seconds between two writes of the measured CPU figures
 CAPACITY = 0.9  # the share of the host's cores that a restore counts on for streams
+FIT_WITHIN = 15.0  # seconds after a restore: judge with the figures there are by then
 PACED = frozenset({"file", "testsrc"})  # sources read at their own pace (-re)
 
 
@@ -77,13 +85,6 @@ class Memory:
             log.warning("cannot write %s: %s", self.path, exc)
 
 
-def need_at_real_time(cpu: float, speed: float | None, paced: bool) -> float:
-    """The CPU a stream would use in real time: a slow one uses less than it needs."""
-    if paced and speed is not None and 0.3 < speed < 1.0:
-        return cpu / speed
-    return cpu
-
-
 class Owner(Protocol):
     """What shedding needs of the per-name lifecycle (``Controller`` is one)."""
 
@@ -109,6 +110,7 @@ class Shedder:
         self._cpu: dict[str, tuple[int, Window]] = {}  # name -> FFmpeg pid, CPU seconds
         self._seen_shed: set[str] = set()
         self._saved_at = time.monotonic()
+        self._fit: tuple[float, set[str]] | None = None  # since when, the streams restored
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -138,12 +140,33 @@ class Shedder:
 
     # -- each second -------------------------------------------------------------
 
+    def restored(self, names: set[str]) -> None:
+        """A restore just started ``names``: once their figures are in, shed at once
+        what will not fit (``Rule.fit``) rather than one stream per decision."""
+        if self.enabled and names:
+            self._fit = (time.monotonic(), set(names))
+            self.start()
+
     async def tick(self) -> None:
         mono = time.monotonic()
         streams = self.controller.supervisor.streams.values()
         if len({s.spec.priority for s in streams}) < 2 and not self._seen_shed:
+            self._fit = None
             return  # nobody can be shed for anybody: not even a /proc read
-        decision = self.rule.decide(mono, self.measure(mono), self.host.percent())
+        seen = self.measure(mono)
+        idle = self.host.percent()
+        if self._fit is not None and self._figures_in(seen, mono):
+            self._fit = None
+            decisions = self.rule.fit(mono, seen, self._capacity(seen, idle))
+            outcomes = await asyncio.gather(
+                *(self._carry_out(d, save=False) for d in decisions), return_exceptions=True
+            )
+            for d, outcome in zip(decisions, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    log.error("%s: could not be shed: %s", d.name, outcome)
+            if decisions:
+                await asyncio.to_thread(self.memory.save)
+        decision = self.rule.decide(mono, seen, idle, self._capacity(seen, idle))
         if decision is not None:
             await self._carry_out(decision)
         if mono - self._saved_at >= SAVE_EVERY:
@@ -163,7 +186,7 @@ class Shedder:
             speed = stream.pace.rate() if stream.status == "running" else None
             cpu = self._cpu_now(name, stream.pid, mono) if stream.status == "running" else None
             if cpu is not None:
-                self.memory.cpu[name] = round(need_at_real_time(cpu, speed, paced), 1)
+                self.memory.cpu[name] = round(real_time_need(cpu, speed, paced), 1)
             elif stream.status == SHED:
                 cpu = self.memory.cpu.get(name)
             seen.append(
@@ -179,6 +202,31 @@ class Shedder:
             )
         self._note_shed({s.name for s in seen if s.state == SHED})
         return seen
+
+    def _figures_in(self, seen: list[Seen], mono: float) -> bool:
+        """Whether every stream the last restore started has its figures (or it is late)."""
+        assert self._fit is not None
+        since, names = self._fit
+        if mono - since >= FIT_WITHIN:
+            return True
+        waiting = [
+            s
+            for s in seen
+            if s.name in names
+            and (
+                s.state == "starting"
+                or (s.state == "running" and (s.cpu is None or (s.paced and s.speed is None)))
+            )
+        ]
+        return not waiting
+
+    def _capacity(self, seen: list[Seen], idle: float | None) -> float:
+        """What the streams can have: CAPACITY of the cores, less what other work takes."""
+        most = 100 * self.host.cores * CAPACITY
+        if idle is None:
+            return most
+        using = sum(s.cpu or 0.0 for s in seen if s.state == "running")
+        return min(most, idle + using)
 
     def _cpu_now(self, name: str, pid: int | None, mono: float) -> float | None:
         if pid is None:
@@ -206,7 +254,7 @@ class Shedder:
         keep = set(self.controller.supervisor.streams) | set(self.memory.shed)
         self.memory.cpu = {n: c for n, c in self.memory.cpu.items() if n in keep}
 
-    async def _carry_out(self, decision: Decision) -> None:
+    async def _carry_out(self, decision: Decision, save: bool = True) -> None:
         name, reason = decision.name, decision.reason
         controller = self.controller
         async with controller.owning(name):
@@ -224,7 +272,8 @@ class Shedder:
                 controller.inputs.close(name)
                 self.memory.shed[name] = {"reason": reason, "count": self.rule.shed_count(name)}
                 self._seen_shed.add(name)
-        await asyncio.to_thread(self.memory.save)
+        if save:
+            await asyncio.to_thread(self.memory.save)
 
     def _bring_back(self, shed: Stream, reason: str) -> None:
         try:
