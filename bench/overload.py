@@ -114,7 +114,7 @@ class Watch:
             if status == "shed" and before not in (None, "shed"):
                 self.sheds[name] += 1
                 self.shed_times.append(now - self.t0)
-            elif status == "running" and before == "shed":
+            elif status != "shed" and before == "shed":  # sampled starting or running
                 self.backs[name] += 1
             if status == "shed" and before is None:
                 self.sheds[name] += 1  # held back at restore

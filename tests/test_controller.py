@@ -283,3 +283,21 @@ def test_a_failed_launch_restore_is_tried_again(
     c.writer.load = flaky  # type: ignore[method-assign]
     run(asyncio.wait_for(restoring.at_launch(c, {}, True), 10))
     assert not failures and fake.running() == {"a", "b"}
+
+
+def test_overwrite_keeps_the_old_file_until_the_new_start_runs(
+    controller: tuple[Controller, FakeSupervisor], home: Path
+) -> None:
+    c, fake = controller
+    out = home / "rec.mp4"
+    out.write_bytes(b"yesterday's recording")
+    rec = spec_from_request({"name": "r", "testsrc": True, "output": str(out)})
+    fake.fail["r"] = "Conversion failed!"
+    with pytest.raises(OperationFailed, match="Conversion failed"):
+        run(c.start_spec(rec, overwrite=True))
+    assert out.read_bytes() == b"yesterday's recording"  # put back
+    assert sorted(p.name for p in home.iterdir() if p.name.startswith(".rec")) == []
+    del fake.fail["r"]
+    run(c.start_spec(rec, overwrite=True))
+    assert not out.exists()  # gone once the new one runs (a fake FFmpeg writes nothing)
+    assert sorted(p.name for p in home.iterdir() if p.name.startswith(".rec")) == []

@@ -25,17 +25,8 @@ from streamalchemy import encoders
 from streamalchemy.core import outputs
 from streamalchemy.core.masking import has_secret, remember, spec_secrets
 from streamalchemy.core.saved import expired, read_saved, to_config
-from streamalchemy.core.spec import (
-    StreamSpec,
-    mask_credentials,
-    validate_name,
-)
-from streamalchemy.errors import (
-    OperationFailed,
-    StateFileError,
-    StreamExists,
-    StreamNotFound,
-)
+from streamalchemy.core.spec import StreamSpec, mask_credentials, validate_name
+from streamalchemy.errors import OperationFailed, StateFileError, StreamExists, StreamNotFound
 from streamalchemy.persist import StateStore, StateWriter, new_entry
 from streamalchemy.server import restoring
 from streamalchemy.server.inputsockets import InputSockets
@@ -46,7 +37,7 @@ from streamalchemy.server.shedder import SIDE_FILE, Shedder
 from streamalchemy.settings import Settings
 from streamalchemy.supervision.ffmpeg import STATS_PERIOD, build_argv, input_script
 from streamalchemy.supervision.procs import ChildRecord
-from streamalchemy.supervision.recordings import refuse_existing_file
+from streamalchemy.supervision.recordings import OldFile
 from streamalchemy.supervision.sources import check_file, check_source
 from streamalchemy.supervision.streamlog import LogSweeper
 from streamalchemy.supervision.supervisor import (
@@ -325,6 +316,7 @@ class Controller:
         checking = asyncio.create_task(
             asyncio.to_thread(self.check_source, spec, self.settings.ffprobe)
         )
+        old_file = OldFile()  # an --overwrite's: put back unless the new start runs
         try:
             is_file = outputs.kind_of(spec.output).is_file
             replacing_file = refuse and overwrite and is_file and os.path.lexists(spec.output)
@@ -333,21 +325,24 @@ class Controller:
             else:
                 check_file(spec)  # missing or unreadable: refused before anything starts
             if refuse:
-                refuse_existing_file(spec.output, overwrite)
+                old_file.refuse_or_set_aside(spec.output, overwrite)
             encoder = await self.choose_encoder.choose_async(spec)
         except Exception:
+            old_file.put_back()
             await checking  # the source's own error, if it has one, comes first
             raise
         try:
             await self._stop_stream(name, REPLACED)
             stream = self.launch(spec, time.time() if saved_at is None else saved_at, encoder)
         except BaseException:
+            old_file.put_back()
             checking.cancel()  # its verdict no longer matters
             raise
         try:
             await checking
         except Exception as exc:
             await self._stop_stream(name, f"not started: {exc}")
+            old_file.put_back()
             raise
         failure = await stream.confirmed(CONFIRM_WINDOW)
         if failure is None:
@@ -358,10 +353,12 @@ class Controller:
                 self.keep_retrying()  # until a write succeeds and the status clears
             else:
                 self.children.flush()  # recorded, as saved, before the start answers
+                old_file.drop()
                 return stream
         else:
             failure = f"FFmpeg failed to start: {failure}"
         await self._stop_stream(name, failure)
+        old_file.put_back()
         message = f"{name}: {failure}"
         if previous is not None:
             # As a bad configuration reload leaves the old one serving: what runs

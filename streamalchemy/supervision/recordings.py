@@ -45,24 +45,49 @@ def next_free_file(path: Path) -> Path:
     return numbered(path, n)
 
 
-def refuse_existing_file(output: str, overwrite: bool) -> None:
-    """A ``start`` to a file that exists is refused unless ``overwrite``, which removes it.
+class OldFile:
+    """A ``start`` to a file that exists is refused unless ``--overwrite``; with it, the
+    old file is set aside (renamed beside it, ``.NAME.overwritten``) until the new
+    start is confirmed: put back if the start fails, removed once it runs.
 
     Only the file named goes: numbered files of earlier runs stay where they are.
     """
-    if not outputs.kind_of(output).is_file:
-        return
-    path = Path(output)
-    if not (path.exists() or path.is_symlink()):
-        return
-    if not overwrite:
-        raise InvalidInput(
-            f"output file {output} already exists: use --overwrite to replace it, "
-            "or choose another path"
-        )
-    if path.is_dir():
-        raise InvalidInput(f"output {output} is a directory; choose a file path")
-    path.unlink()
+
+    def __init__(self) -> None:
+        self._moved: tuple[Path, Path] | None = None
+
+    def refuse_or_set_aside(self, output: str, overwrite: bool) -> None:
+        if not outputs.kind_of(output).is_file:
+            return
+        path = Path(output)
+        if not (path.exists() or path.is_symlink()):
+            return
+        if not overwrite:
+            raise InvalidInput(
+                f"output file {output} already exists: use --overwrite to replace it, "
+                "or choose another path"
+            )
+        if path.is_dir():
+            raise InvalidInput(f"output {output} is a directory; choose a file path")
+        aside = path.with_name(f".{path.name}.overwritten")
+        os.replace(path, aside)
+        self._moved = (path, aside)
+
+    def put_back(self) -> None:
+        """The start failed: the old file is where it was (what FFmpeg wrote is gone)."""
+        if self._moved is not None:
+            path, aside = self._moved
+            self._moved = None
+            with contextlib.suppress(OSError):
+                os.replace(aside, path)
+
+    def drop(self) -> None:
+        """The start is confirmed: the old file goes."""
+        if self._moved is not None:
+            _, aside = self._moved
+            self._moved = None
+            with contextlib.suppress(OSError):
+                aside.unlink()
 
 
 def hls_files(directory: Path) -> list[Path]:
