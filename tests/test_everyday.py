@@ -11,12 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 import streamalchemy
 from conftest import FFPROBE, Daemon, cli, cli_json, kill_tree, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.parallel]
 
 SMALL = ("--testsrc", "--output", "null", "--resolution", "480", "--fps", "10")
 
@@ -119,7 +120,15 @@ def test_logs_of_every_stream_prefixed_and_followed(daemon: Daemon) -> None:
         start_new_session=True,
     )
     try:
-        time.sleep(1.5)  # let it open both files before anything new is written
+        logs = {str(daemon.home / "logs" / "streams" / f"{n}.log") for n in ("a1", "b2")}
+
+        def following() -> bool:  # both files open: nothing written from now on is missed
+            try:
+                return logs <= {f.path for f in psutil.Process(follower.pid).open_files()}
+            except psutil.Error:
+                return False
+
+        wait_for(following, 20, "the follower to open both logs")
         assert cli("restart", "a1", "b2").returncode == 0
         seen: set[str] = set()
         assert follower.stdout is not None
