@@ -276,8 +276,8 @@ def test_a_hidden_source_makes_as_many_segments_as_a_plain_one_across_loops(
         # The hidden one restarts FFmpeg at each loop (about a second each, see README).
         resets = [e for e in _stream_doc("hidden")["exits"] if "timestamps" in e["reason"]]
         assert 1 <= len(resets) <= 5, resets
-        least = counted["plain"] - len(resets) - 1
-        assert least <= counted["hidden"] <= counted["plain"] + 1, counted
+        # A restart may lose a segment, or cut one short and so make one more.
+        assert abs(counted["hidden"] - counted["plain"]) <= len(resets) + 1, (counted, resets)
         assert _stream("hidden")["status"] == "running"
         cmdlines = [" ".join(p.cmdline()) for p in daemon.ffmpeg_children()]
         assert not any("Hidden9Pass" in line or "T0kenLoop9" in line for line in cmdlines)
