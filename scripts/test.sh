@@ -9,4 +9,12 @@ echo "==> ruff"
 echo "==> mypy"
 .venv/bin/mypy streamalchemy
 echo "==> pytest"
-.venv/bin/pytest -q "$@"
+if [ $# -gt 0 ]; then
+    .venv/bin/pytest -q "$@"  # your own selection, one test at a time
+    exit
+fi
+# Most tests wait on real time (FFmpeg plays at its own pace), not on the CPU: the fast
+# tier and the e2e tests marked parallel run two at a time; the e2e tests that measure
+# CPU, gaps or stalls run after them, alone.
+.venv/bin/pytest -q -n 2 -m "not e2e or parallel"
+.venv/bin/pytest -q -m "e2e and not parallel"

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import FFPROBE, Daemon, cli, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.parallel]
 
 
 def codecs(path: Path) -> list[str]:

@@ -17,6 +17,9 @@ from conftest import Daemon, cli
 from streamalchemy.client import columns, render, top
 from streamalchemy.client.columns import ALWAYS, Column
 
+# Its e2e tests may share the machine (scripts/test.sh runs them two at a time).
+pytestmark = pytest.mark.parallel
+
 NAMES = ("lobby-camera-north", "parking-garage-entrance-2", "warehouse-dock-3")
 
 

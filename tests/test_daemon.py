@@ -17,7 +17,7 @@ import pytest
 
 from conftest import Daemon, cli, cli_json, end_daemon_of, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.parallel]
 
 
 def ffmpeg_pids_for(home: Path) -> set[int]:

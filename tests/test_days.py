@@ -20,7 +20,7 @@ import pytest
 
 from conftest import FFPROBE, Daemon, RtspReceiver, cli, cli_json, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.parallel]
 
 SMALL = ("--resolution", "480", "--fps", "10")
 

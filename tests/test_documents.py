@@ -14,6 +14,9 @@ import pytest
 from conftest import Daemon, cli_json, wait_for
 from streamalchemy.core import documents as d
 
+# Its e2e tests may share the machine (scripts/test.sh runs them two at a time).
+pytestmark = pytest.mark.parallel
+
 
 def mismatches(value: Any, kind: Any, where: str = "$") -> list[str]:
     """Where ``value`` does not fit the type ``kind``; empty when it fits."""

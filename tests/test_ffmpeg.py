@@ -25,6 +25,9 @@ from streamalchemy.supervision import ffmpeg
 from streamalchemy.supervision.ffmpeg import build_argv
 from streamalchemy.supervision.sources import check_source
 
+# Its e2e tests may share the machine (scripts/test.sh runs them two at a time).
+pytestmark = pytest.mark.parallel
+
 SMALL = {"resolution": 480, "fps": 10}
 
 

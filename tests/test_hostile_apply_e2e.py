@@ -20,7 +20,7 @@ import pytest
 
 from conftest import Daemon, cli, cli_json, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.parallel]
 
 CHEAP = 'testsrc = true\nresolution = 480\nfps = 5\noutput = "null"\n'
 CHEAP_ARGS = ("--testsrc", "--resolution", "480", "--fps", "5", "--output", "null")

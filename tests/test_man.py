@@ -16,6 +16,9 @@ import typer
 from streamalchemy.cli import app
 from streamalchemy.settings import _KNOWN
 
+# Its e2e tests may share the machine (scripts/test.sh runs them two at a time).
+pytestmark = pytest.mark.parallel
+
 ROOT = Path(__file__).resolve().parent.parent
 MAN_DIR = ROOT / "man"
 README = (ROOT / "README.md").read_text()

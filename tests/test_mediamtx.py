@@ -19,6 +19,9 @@ from conftest import Daemon, cli_json, free_port, wait_for
 from streamalchemy.settings import load_settings
 from streamalchemy.supervision import adoption, mediamtx
 
+# Its e2e tests may share the machine (scripts/test.sh runs them two at a time).
+pytestmark = pytest.mark.parallel
+
 # Each stand-in appends "<pid> <cwd>" to $STANDIN_MARKER when it starts.
 LISTENER = """\
 import os, socket, sys

@@ -24,6 +24,9 @@ from conftest import kill_tree
 from streamalchemy.errors import StateFileError
 from streamalchemy.persist import StateStore, new_entry
 
+# Its e2e tests may share the machine (scripts/test.sh runs them two at a time).
+pytestmark = pytest.mark.parallel
+
 REPO = Path(__file__).resolve().parents[1]
 
 CONTRACT_EXAMPLE = """{

@@ -15,6 +15,9 @@ from conftest import kill_tree, wait_for
 from streamalchemy.supervision.childfiles import ChildFiles
 from streamalchemy.supervision.procs import MARK_VAR, ChildRecord, with_parent_death_signal
 
+# Its e2e tests may share the machine (scripts/test.sh runs them two at a time).
+pytestmark = pytest.mark.parallel
+
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
 

@@ -11,7 +11,7 @@ from fakes import pattern_config
 
 from conftest import Daemon, cli, cli_json, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.parallel]
 
 
 def write_state(home: Path, doc: dict[str, object]) -> Path:

@@ -27,6 +27,9 @@ from streamalchemy.core.spec import StreamSpec, spec_from_request
 from streamalchemy.server.inputsockets import InputSockets
 from streamalchemy.supervision.ffmpeg import INPUT_PROTOCOLS, build_argv, input_script
 
+# Its e2e tests may share the machine (scripts/test.sh runs them two at a time).
+pytestmark = pytest.mark.parallel
+
 
 def _spec(url: str) -> StreamSpec:
     return spec_from_request({"name": "cam", "url": url, "output": "null"})

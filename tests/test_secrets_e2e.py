@@ -74,6 +74,7 @@ def _seen_by_everyone(home: Path, daemon: Daemon, names: tuple[str, ...] = ("cam
     return "\n".join(texts)
 
 
+@pytest.mark.parallel
 @root_only
 def test_a_password_with_a_quote_or_a_space_is_hidden_and_used(
     tmp_home: Path, sample_video: Path
@@ -132,6 +133,7 @@ def ts_file(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.parallel
 @root_only
 def test_an_srt_stream_id_with_user_and_password_is_hidden(tmp_home: Path, ts_file: Path) -> None:
     port = free_port()
@@ -158,6 +160,7 @@ def test_an_srt_stream_id_with_user_and_password_is_hidden(tmp_home: Path, ts_fi
         kill_tree(sender)
 
 
+@pytest.mark.parallel
 def test_a_resolved_value_with_a_space_is_in_no_reply_nor_log(
     tmp_home: Path, sample_video: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -181,6 +184,7 @@ def test_a_resolved_value_with_a_space_is_in_no_reply_nor_log(
         source.stop()
 
 
+@pytest.mark.parallel
 def test_export_then_apply_keeps_the_saved_password_and_the_running_ffmpeg(
     tmp_home: Path, sample_video: Path, tmp_path: Path
 ) -> None:

@@ -22,7 +22,7 @@ from rtsp_auth_source import RtspAuthSource
 
 from conftest import Daemon, RtspReceiver, cli, cli_json, free_port, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.parallel]
 
 USER, PASSWORD, TOKEN = "camuser", "S3cretPass", "T0kenSecret"
 OUT_USER, OUT_PASSWORD, OUT_TOKEN = "pubuser", "PubPass", "0utT0ken"

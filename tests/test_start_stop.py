@@ -12,7 +12,7 @@ import pytest
 
 from conftest import Daemon, RtspReceiver, cli, cli_json, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.parallel]
 
 
 def saved_names(home: Path) -> set[str]:
