@@ -11,9 +11,12 @@
 3. The daemon is stopped and launched again (a power cut's restore): it remembers the
    CPU and the shed streams, so it holds back what will not fit; the seconds until the
    top priority is in real time again.
+4. ``--raise``: N streams of equal priority (nothing may be shed for 30 s), then one
+   raised to priority 10 with ``start --replace``: the seconds until it is in real time,
+   and how many were shed for it (the one-at-a-time rule, not a restore).
 
-Usage: bash bench/run.sh --overload [--minutes 10] [--shed-after 20] [--write]
-(--write puts the table in docs/benchmarks.md, section "Overload").
+Usage: bash bench/run.sh --overload [--minutes 10] [--shed-after 20] [--raise] [--write]
+(--write puts the tables in docs/benchmarks.md, section "Overload").
 """
 
 from __future__ import annotations
@@ -31,9 +34,12 @@ from typing import Any
 
 import psutil
 
-from bench.common import BenchError, Daemon, log, temp_home, write_section
+from bench.common import BenchError, Daemon, env_for, log, run_cmd, temp_home, write_section
 
 BEGIN, END = "<!-- overload: begin (bench/overload.py --write) -->", "<!-- overload: end -->"
+RAISE_BEGIN = "<!-- overload-raise: begin (bench/overload.py --raise --write) -->"
+RAISE_END = "<!-- overload-raise: end -->"
+EQUAL_FOR = 30.0  # seconds of equal priorities, where nothing may be shed
 FPS = 30
 WINDOW = 10.0  # seconds of frames a "real time" verdict is taken over
 CORES = os.cpu_count() or 1
@@ -157,11 +163,74 @@ class Watch:
             time.sleep(1.0)
 
 
+def sized(root: Path) -> tuple[float, int]:
+    """One stream's CPU, and how many need about twice the cores."""
+    one = cpu_of_one(root)
+    return one, max(4, min(MOST, math.ceil(2 * CORES * 100 / one)))
+
+
+def raised(shed_after: float) -> dict[str, Any]:
+    """N equal streams, then one raised to priority 10: time to real time, sheds."""
+    os.environ["STREAMALCHEMY_SHED_AFTER"] = f"{shed_after:g}"
+    with temp_home("raise") as root:
+        one, n = sized(root)
+        log(f"one stream takes {one:.0f}% of a core: {n} streams of priority 0")
+        home = root / "h"
+        home.mkdir(mode=0o700)
+        write_state(home, {f"e{i:02d}": 0 for i in range(n)})
+        daemon = Daemon(home)
+        try:
+            daemon.wait_ready()
+            equal = Watch(daemon, "e00")
+            equal.run(EQUAL_FOR)
+            c = config(10)
+            run_cmd(
+                [sys.executable, "-m", "streamalchemy", "start", "e00", "--testsrc", "--replace",
+                 "--resolution", c["resolution"], "--fps", c["target_fps"],
+                 "--output", "null", "--priority", "10"],
+                env_for(home), home,
+            )  # fmt: skip
+            watch = Watch(daemon, "e00")
+            watch.run(300, until_real_time=True)
+            watch.run(30)  # and then: more sheds, or flapping?
+        finally:
+            daemon.stop(timeout=60)
+    return {
+        "cores": CORES,
+        "cpu_of_one": round(one, 1),
+        "streams": n,
+        "shed_after": shed_after,
+        "shed_while_equal": sum(equal.sheds.values()),
+        "real_time_after": watch.real_time_at,
+        "last_shed_at": max(watch.shed_times, default=None),
+        "shed": sum(watch.sheds.values()),
+        "brought_back": sum(watch.backs.values()),
+        "flapped": sorted(n for n, c in watch.sheds.items() if c > 1),
+    }
+
+
+def raise_table(r: dict[str, Any]) -> str:
+    back = r["real_time_after"]
+    rows = [
+        ("machine", f"{r['cores']} cores; one 480p30 libx264 test pattern: "
+                    f"{r['cpu_of_one']:.0f}% of a core"),
+        ("streams", f"{r['streams']}, all priority 0, STREAMALCHEMY_SHED_AFTER="
+                    f"{r['shed_after']:g}"),
+        (f"shed in {EQUAL_FOR:g} s of equal priorities", str(r["shed_while_equal"])),
+        ("one raised to 10 (`start --replace`): in real time after (10 s of frames)",
+         "never" if back is None else f"{back:.0f} s"),
+        ("shed for it (last one at)", f"{r['shed']} ({r['last_shed_at'] or 0:.0f} s)"),
+        ("in the 30 s after: brought back, flapped",
+         f"{r['brought_back']}, {', '.join(r['flapped']) or 'none'}"),
+    ]  # fmt: skip
+    lines = ["| measure | result |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)]
+    return "\n".join(lines)
+
+
 def overload(minutes: float, shed_after: float) -> dict[str, Any]:
     os.environ["STREAMALCHEMY_SHED_AFTER"] = f"{shed_after:g}"
     with temp_home("overload") as root:
-        one = cpu_of_one(root)
-        n = max(4, min(MOST, math.ceil(2 * CORES * 100 / one)))
+        one, n = sized(root)
         mids = max(1, n // 4)
         priorities = {f"o{i:02d}": 10 if i == 0 else 5 if i <= mids else 0 for i in range(n)}
         log(f"one stream takes {one:.0f}% of a core: {n} streams ({mids} at 5, 1 at 10)")
@@ -244,7 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--shed-after", type=float, default=20.0)
     p.add_argument("--write", action="store_true", help="put the table in docs/benchmarks.md")
+    p.add_argument("--raise", dest="raise_", action="store_true", help="the raise scenario only")
     args = p.parse_args(argv)
+    if args.raise_:
+        return raise_main(args.shed_after, args.write)
     try:
         result = overload(args.minutes, args.shed_after)
     except BenchError as exc:
@@ -260,6 +332,25 @@ def main(argv: list[str] | None = None) -> int:
             f"measured {time.strftime('%Y-%m-%d')}.\n\n{text}\n{END}"
         )
         write_section(block, BEGIN, END)
+    return 0
+
+
+def raise_main(shed_after: float, write: bool) -> int:
+    try:
+        result = raised(shed_after)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=1))
+    text = raise_table(result)
+    print(text)
+    if write:
+        block = (
+            f"{RAISE_BEGIN}\n### One stream raised above its equals\n\n"
+            f"`bash bench/run.sh --overload --raise --write`, measured "
+            f"{time.strftime('%Y-%m-%d')}.\n\n{text}\n{RAISE_END}"
+        )
+        write_section(block, RAISE_BEGIN, RAISE_END)
     return 0
 
 

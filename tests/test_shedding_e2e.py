@@ -19,6 +19,7 @@ from typing import Any
 
 import psutil
 import pytest
+from fakes import pattern_config
 
 from conftest import Daemon, cli, wait_for
 from streamalchemy.client.connection import Client
@@ -140,17 +141,7 @@ def test_priorities_decide_who_keeps_real_time(shed_after: Path) -> None:
 
 
 def pattern(priority: int) -> dict[str, object]:
-    config = {
-        "video_codec": "h264",
-        "resolution": RESOLUTION,
-        "target_fps": str(FPS),
-        "audio_enabled": "no",
-        "hardware_accel": "no",
-        "duration_hours": "0",
-        "stream_type": "testsrc",
-        "output": "null",
-        "priority": str(priority),
-    }
+    config = pattern_config(resolution=RESOLUTION, target_fps=str(FPS), priority=str(priority))
     return {"config": config, "saved_at": time.time(), "status": "active"}
 
 
