@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh test
 echo "==> ruff"
 .venv/bin/ruff check streamalchemy tests bench scripts
+.venv/bin/ruff format --check streamalchemy tests bench scripts
 echo "==> mypy"
 .venv/bin/mypy streamalchemy
 echo "==> pytest"
