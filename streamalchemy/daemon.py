@@ -30,7 +30,7 @@ from streamalchemy.errors import OperationFailed, StateFileError
 from streamalchemy.server import handover, routes
 from streamalchemy.server.controller import Controller
 from streamalchemy.server.handover import Handover
-from streamalchemy.server.httpserver import PUBLIC, connection_handler
+from streamalchemy.server.httpserver import BACKLOG, CONTROL, PUBLIC, connection_handler
 from streamalchemy.server.metrics import listen
 from streamalchemy.server.restoring import at_launch
 from streamalchemy.settings import Settings
@@ -145,10 +145,9 @@ class _Listeners:
 
     The servers accept on duplicates, so that ``pause`` stops accepting without
     closing a socket: a client that connects meanwhile waits in the backlog, for
-    this daemon's next image, which inherits the sockets across the exec.
+    this daemon's next image, which inherits the sockets across the exec (as many as
+    ``httpserver.BACKLOG``).
     """
-
-    BACKLOG = 512  # connections that may wait during a restart
 
     def __init__(
         self, control: socket.socket, metrics: list[socket.socket], controller: Controller
@@ -175,13 +174,16 @@ class _Listeners:
     async def serve(self) -> None:
         control = self._tracked(connection_handler(routes.dispatcher(self.controller)))
         self.servers = [
-            await asyncio.start_unix_server(control, sock=self.control.dup(), backlog=self.BACKLOG)
+            await asyncio.start_unix_server(
+                control, sock=self.control.dup(), backlog=CONTROL.accept_batch
+            )
         ]
         scrape = self._tracked(connection_handler(self.controller.metrics.handle_tcp, PUBLIC))
         for sock in self.metrics:
             self.servers.append(
-                await asyncio.start_server(scrape, sock=sock.dup(), backlog=self.BACKLOG)
+                await asyncio.start_server(scrape, sock=sock.dup(), backlog=PUBLIC.accept_batch)
             )
+            sock.listen(BACKLOG)  # asyncio set its batch as the kernel's queue: long again
 
     async def pause(self, timeout: float) -> None:
         """Stop accepting (the sockets stay open) and let in-flight requests finish."""

@@ -96,8 +96,11 @@ def test_the_control_socket_answers_and_start_works_under_attack(
     assert all(answered), answered
     # Idle peers past the cap were answered 503 and closed (and came back).
     wait_for(lambda: hostile.reconnects > IDLE, 30, "idle peers to be refused", interval=0.2)
-    # Descriptors: the cap holds (slack for the stream, its pipes and the CLI's requests).
-    assert most_fds <= baseline + PUBLIC.max_connections + 32, (baseline, most_fds)
+    # Descriptors: the cap holds, whatever the number of peers. Beyond the connections
+    # served, asyncio holds those it accepted at one go (a batch each turn of the loop)
+    # until each is refused; slack for the stream, its pipes and the CLI.
+    in_flight = 8 * PUBLIC.accept_batch
+    assert most_fds <= baseline + PUBLIC.max_connections + in_flight + 32, (baseline, most_fds)
     assert daemon.proc.poll() is None
     assert cli("stop", "net1").returncode == 0
     log = (load_settings().log_dir / "daemon.log").read_text()

@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 from streamalchemy import __version__
 from streamalchemy.errors import InvalidInput
-from streamalchemy.server.httpserver import PUBLIC, Reply, Text, TextReply, connection_handler
+from streamalchemy.server.httpserver import (
+    BACKLOG,
+    PUBLIC,
+    Reply,
+    Text,
+    TextReply,
+    connection_handler,
+)
 from streamalchemy.supervision import procs
 from streamalchemy.supervision.recordings import hls_files
 
@@ -378,7 +385,7 @@ async def listen(metrics: Metrics, addr: tuple[str, int]) -> asyncio.Server:
     host, port = addr
     try:
         return await asyncio.start_server(
-            connection_handler(metrics.handle_tcp, PUBLIC), host, port
+            connection_handler(metrics.handle_tcp, PUBLIC), host, port, backlog=BACKLOG
         )
     except OSError as exc:
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
