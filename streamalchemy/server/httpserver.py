@@ -58,6 +58,9 @@ _DRAIN_BYTES = 1 << 20  # and bytes at most
 _METHOD = re.compile(r"[A-Z]{1,16}")
 
 
+BACKLOG = 512  # connections that may wait in the kernel, e.g. while the daemon restarts
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one listener allows a peer: its body, its connections, its time."""
@@ -68,13 +71,12 @@ class Limits:
     check_uid: bool  # a Unix-socket peer must be our own uid (or root)
     # How many connections asyncio accepts at one go: past the cap, each holds a
     # descriptor until it is refused. (The kernel's queue is ``BACKLOG`` for all.)
-    accept_batch: int
+    accept_batch: int = BACKLOG
 
 
-BACKLOG = 512  # connections that may wait in the kernel, e.g. while the daemon restarts
 # The control socket: our own uid only, requests with bodies. 256 connections at most
 # (each one fd), so a flood of clients never takes the descriptors FFmpeg respawns need.
-CONTROL = Limits(MAX_BODY, 256, REQUEST_TIMEOUT, check_uid=True, accept_batch=BACKLOG)
+CONTROL = Limits(MAX_BODY, 256, REQUEST_TIMEOUT, check_uid=True)
 # The metrics TCP listener, reachable from the network: no body ever, 64 connections,
 # accepted 16 at a time, so that a flood of peers waits in the kernel, not in our fds.
 PUBLIC = Limits(0, 64, 5.0, check_uid=False, accept_batch=16)
