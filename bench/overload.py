@@ -29,6 +29,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -317,41 +318,46 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.raise_:
         return raise_main(args.shed_after, args.write)
+    how = f"`bash bench/run.sh --overload --minutes {args.minutes:g} --write`"
+    title = "## Overload: shedding by priority (bench/overload.py)"
+    return report(lambda: overload(args.minutes, args.shed_after), table, args.write,
+                  (BEGIN, END), title, how)  # fmt: skip
+
+
+def report(
+    run: Callable[[], dict[str, Any]],
+    tabled: Callable[[dict[str, Any]], str],
+    write: bool,
+    markers: tuple[str, str],
+    title: str,
+    how: str,
+) -> int:
+    """Run a scenario, print its figures and table; with ``write``, put the table in
+    docs/benchmarks.md between ``markers``."""
     try:
-        result = overload(args.minutes, args.shed_after)
+        result = run()
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=1))
-    text = table(result)
+    text = tabled(result)
     print(text)
-    if args.write:
-        block = (
-            f"{BEGIN}\n## Overload: shedding by priority (bench/overload.py)\n\n"
-            f"`bash bench/run.sh --overload --minutes {args.minutes:g} --write`, "
-            f"measured {time.strftime('%Y-%m-%d')}.\n\n{text}\n{END}"
-        )
-        write_section(block, BEGIN, END)
+    if write:
+        begin, end = markers
+        block = f"{begin}\n{title}\n\n{how}, measured {time.strftime('%Y-%m-%d')}.\n\n{text}\n{end}"
+        write_section(block, begin, end)
     return 0
 
 
 def raise_main(shed_after: float, write: bool) -> int:
-    try:
-        result = raised(shed_after)
-    except BenchError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=1))
-    text = raise_table(result)
-    print(text)
-    if write:
-        block = (
-            f"{RAISE_BEGIN}\n### One stream raised above its equals\n\n"
-            f"`bash bench/run.sh --overload --raise --write`, measured "
-            f"{time.strftime('%Y-%m-%d')}.\n\n{text}\n{RAISE_END}"
-        )
-        write_section(block, RAISE_BEGIN, RAISE_END)
-    return 0
+    return report(
+        lambda: raised(shed_after),
+        raise_table,
+        write,
+        (RAISE_BEGIN, RAISE_END),
+        "### One stream raised above its equals",
+        "`bash bench/run.sh --overload --raise --write`",
+    )
 
 
 if __name__ == "__main__":
