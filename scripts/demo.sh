@@ -59,7 +59,9 @@ rm -rf "$STREAMALCHEMY_HOME"
 
 # The command shown is the command run.
 start_args=(start demo --testsrc --output hls --duration 1h --resolution 720 --fps 15)
-step "streamalchemy ${start_args[*]}   (starts the daemon too)"
+step "streamalchemy ${start_args[*]:0:5} \\"
+echo "    ${start_args[*]:5}"
+echo "(this starts the daemon too)"
 playlist=$("$sa" "${start_args[@]}")
 echo "$playlist"
 "$sa" daemon status
@@ -123,14 +125,16 @@ echo "$info"
 grep -qx 'codec_name=h264' <<<"$info" || fail "expected H.264 video"
 grep -qx 'height=720' <<<"$info" || fail "expected 720 lines"
 
-step "live restore: streamalchemy daemon restart   (the daemon is replaced, FFmpeg is not)"
+step "live restore: streamalchemy daemon restart"
+echo "(the daemon is replaced, FFmpeg is not)"
 ffmpeg_before=$(field streams.0.pid list)
 "$sa" daemon restart
 ffmpeg_after=$(field streams.0.pid list)
 [ "$ffmpeg_before" = "$ffmpeg_after" ] || fail "FFmpeg was restarted ($ffmpeg_before -> $ffmpeg_after)"
-echo "FFmpeg pid $ffmpeg_before before the daemon restart and $ffmpeg_after after it: the stream never stopped"
+echo "FFmpeg pid $ffmpeg_before before the daemon restart and $ffmpeg_after after it:"
+echo "the stream never stopped"
 
-step "done: the stream survived a daemon stop (restored) and a daemon restart (adopted), and plays"
+step "done: restored after a daemon stop, adopted across a restart; it plays"
 if [ "$keep" = 1 ]; then
     cat <<EOF
 It keeps running (for up to an hour). Watch it with either of:
@@ -145,7 +149,8 @@ else
     "$sa" daemon stop
     cat <<EOF
 Nothing is left running. To watch the stream, run the demo with --keep, then:
-    ffplay $playlist      (or: vlc $playlist)
+    ffplay $playlist
+(or: vlc $playlist)
 and stop it with:
     $env_prefix $sa daemon stop
 EOF
